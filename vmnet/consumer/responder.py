@@ -1,0 +1,125 @@
+"""vmnet's own consumer: an AF_XDP endpoint that plays QEMU's part exactly.
+
+It takes the same -netdev af-xdp and -device strings vmnet generates for
+QEMU, inherits the socket fds the same way, resolves ifname= in its own
+netns, refuses a port whose program is not attached in mode= (as QEMU <=
+10.0 does), binds every queue like QEMU, and answers ARP, ICMP echo, a UDP
+echo port and TCP SYNs (with RST) for one MAC/IP. It counts per queue what
+it received, bad checksums and oversized frames, and prints JSON lines:
+"ready" once bound (with its credentials), "stats" on SIGUSR1 and at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import sys
+
+from pyroute2 import IPRoute
+
+from ..caps import process_credentials
+from ..errors import CheckFailed, NotFound, PermissionDenied
+from ..model import ETH_HLEN
+from ..packets import Responder
+from ..qemu_args import parse_af_xdp_netdev, parse_opts
+from .afxdp import XskQueue
+
+XDP_ATTACHED_PROG_ATTR = {"native": "IFLA_XDP_DRV_PROG_ID", "skb": "IFLA_XDP_SKB_PROG_ID"}
+
+
+def _emit(kind: str, **data):
+    print(json.dumps({"event": kind, **data}), flush=True)
+
+
+def check_program_mode(ifname: str, mode: str):
+    """What QEMU <= 10.0 checks with bpf_xdp_query_id(ifindex, mode flags)."""
+    with IPRoute() as ip:
+        msg = ip.link("get", ifname=ifname)[0]
+    xdp = msg.get("IFLA_XDP") or {}
+    attached = {1: "native", 2: "skb"}.get(xdp.get("IFLA_XDP_ATTACHED"))
+    prog_id = xdp.get(XDP_ATTACHED_PROG_ATTR[mode]) or (xdp.get("IFLA_XDP_PROG_ID") if attached == mode else 0)
+    if not prog_id:
+        raise CheckFailed(f"no XDP program loaded on '{ifname}' in {mode} mode",
+                          fix="the port's mode= must match how its program is attached")
+
+
+def check_unprivileged(allow_privileged: bool) -> dict:
+    creds = process_credentials()
+    extra = [c for c in creds["effective"] + creds["permitted"] + creds["bounding"] if c != "ipc_lock"]
+    if not allow_privileged and (creds["uid"] == 0 or extra or not creds["no_new_privs"]):
+        raise PermissionDenied(
+            f"the responder must run unprivileged, but it has uid {creds['uid']}, "
+            f"capabilities {sorted(set(extra)) or 'none'}, no_new_privs={creds['no_new_privs']}",
+            fix="start it through vmnet (selftest or exec), or pass --allow-privileged to debug by hand")
+    return creds
+
+
+class Counters(dict):
+    def __init__(self, queue: int):
+        super().__init__(queue=queue, rx=0, tx=0, arp=0, icmp=0, udp=0, tcp=0, other=0,
+                         bad_checksum=0, oversized=0)
+
+
+def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: bool = False) -> int:
+    creds = check_unprivileged(allow_privileged)
+    nd = parse_af_xdp_netdev(netdev)
+    _, dev = parse_opts(device)
+    mac, mtu = dev["mac"], int(dev.get("host_mtu", "1500"))
+    try:
+        ifindex = socket.if_nametoindex(nd["ifname"])
+    except OSError:
+        raise NotFound(f"failed to get ifindex for '{nd['ifname']}' in the responder's netns",
+                       fix="the sockets and the interface must live in the consumer's netns") from None
+    queues = []
+    for i, fd in enumerate(nd["sock_fds"]):
+        queues.append(XskQueue(fd, ifindex, nd["start_queue"] + i, nd["force_copy"]))
+    check_program_mode(nd["ifname"], nd["mode"])
+    responder = Responder(mac, ip, udp_port)
+    counters = [Counters(q.queue_id) for q in queues]
+
+    def stats():
+        return [dict(c, **{"kernel": q.statistics()}) for c, q in zip(counters, queues)]
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGUSR1, lambda *_: _emit("stats", queues=stats()))
+    _emit("ready", ifname=nd["ifname"], ifindex=ifindex, mode=nd["mode"], mac=mac, ip=ip, mtu=mtu,
+          queues=[q.queue_id for q in queues], credentials=creds)
+    poller = select.poll()
+    by_fd = {}
+    for q, c in zip(queues, counters):
+        poller.register(q.fd, select.POLLIN)
+        by_fd[q.fd] = (q, c)
+    while not stop:
+        try:
+            events = poller.poll(100)
+        except InterruptedError:
+            continue
+        for fd, _ in events:
+            q, c = by_fd[fd]
+            replies = []
+            for _, frame in q.receive():
+                c["rx"] += 1
+                if len(frame) > mtu + ETH_HLEN:
+                    c["oversized"] += 1
+                verdict = responder.handle(frame)
+                c[verdict.kind] += 1
+                if not verdict.checksum_ok:
+                    c["bad_checksum"] += 1
+                if verdict.reply:
+                    replies.append(verdict.reply)
+            if replies:
+                c["tx"] += q.transmit(replies)
+        for q in queues:
+            q.reclaim()
+    _emit("stats", queues=stats(), final=True)
+    for q in queues:
+        q.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(*sys.argv[1:]))

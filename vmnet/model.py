@@ -1,0 +1,187 @@
+"""What a port is, validated: names, queue ranges, netns references, MACs.
+
+Pure: nothing here touches the kernel, so every rule about what vmnet
+accepts can be tested anywhere and is applied before anything is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+
+from .errors import InvalidInput
+
+# Ports are named by users; devices are derived from the name. Linux
+# interface names hold at most 15 bytes: "vmn-" + 11 characters.
+PORT_NAME_MAX = 11
+_PORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+QUEUES_MAX = 64
+MODES = ("auto", "native", "skb")
+BACKENDS = ("veth",)
+
+# AF_XDP frames are 4 KiB UMEM chunks; the kernel keeps XDP_PACKET_HEADROOM
+# (256 bytes) in front of the data in each, so a frame carries at most
+# 3840 bytes of Ethernet frame: an MTU of 3826 without a VLAN tag.
+UMEM_FRAME_SIZE = 4096
+XDP_PACKET_HEADROOM = 256
+ETH_HLEN = 14
+MTU_MIN = 576
+MTU_FRAME_MAX = UMEM_FRAME_SIZE - XDP_PACKET_HEADROOM - ETH_HLEN
+
+
+def validate_port_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("port name is empty", fix="name the port, e.g. 'vm1'")
+    if len(name) > PORT_NAME_MAX:
+        raise InvalidInput(
+            f"port name {name!r} is {len(name)} characters long; the limit is {PORT_NAME_MAX}",
+            fix=f"use at most {PORT_NAME_MAX} characters: device names are 'vmn-<port>' and Linux allows 15",
+        )
+    if not _PORT_NAME.match(name):
+        raise InvalidInput(
+            f"port name {name!r} has characters vmnet does not accept",
+            fix="use lower-case letters, digits, '-' and '_', starting with a letter or digit",
+        )
+    return name
+
+
+def validate_ifname(name: str) -> str:
+    if not isinstance(name, str) or not _IFNAME.match(name):
+        raise InvalidInput(
+            f"interface name {name!r} is not valid",
+            fix="use 1-15 characters from letters, digits, '.', '-', '_'",
+        )
+    return name
+
+
+def validate_queues(queues, start_queue=0) -> tuple[int, int]:
+    for label, value, low, high in (("queue count", queues, 1, QUEUES_MAX),
+                                     ("start queue", start_queue, 0, 1023)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidInput(f"{label} {value!r} is out of range",
+                               fix=f"give a {label} from {low} to {high}")
+    return queues, start_queue
+
+
+def validate_netns(ref: str | None) -> str | None:
+    """Accept /proc/<pid>/ns/net, /run/netns/<name> or a bare <name>."""
+    if ref is None or ref == "":
+        return None
+    if not isinstance(ref, str):
+        raise InvalidInput(f"netns reference {ref!r} is not a string")
+    m = re.match(r"^/proc/(\d+)/ns/net$", ref)
+    if m:
+        return ref
+    for prefix in ("/run/netns/", "/var/run/netns/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+            break
+    if _NETNS_NAME.match(ref) and ref not in (".", ".."):
+        return "/run/netns/" + ref
+    raise InvalidInput(
+        f"netns reference {ref!r} is not one vmnet accepts",
+        fix="give /proc/<pid>/ns/net, /run/netns/<name> or a name made by 'ip netns add'",
+    )
+
+
+def validate_mac(mac: str) -> str:
+    mac = mac.lower() if isinstance(mac, str) else mac
+    if not isinstance(mac, str) or not _MAC.match(mac):
+        raise InvalidInput(f"MAC address {mac!r} is not valid", fix="write it as 02:00:00:00:00:01")
+    if int(mac[:2], 16) & 1:
+        raise InvalidInput(f"MAC address {mac} is a multicast address",
+                           fix="clear the lowest bit of the first byte")
+    return mac
+
+
+def default_mac(port_name: str) -> str:
+    """A stable, locally administered unicast MAC derived from the port name."""
+    digest = hashlib.sha256(port_name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02,) + tuple(digest[:5]))
+
+
+def validate_mtu(mtu) -> int | None:
+    if mtu is None:
+        return None
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_FRAME_MAX:
+        raise InvalidInput(
+            f"MTU {mtu!r} is out of range",
+            fix=f"give {MTU_MIN}-{MTU_FRAME_MAX}: an AF_XDP frame is one 4 KiB UMEM chunk",
+        )
+    return mtu
+
+
+@dataclasses.dataclass(frozen=True)
+class PortSpec:
+    """A port as requested. Devices: host end 'vmn-<name>', consumer end 'vmc-<name>'."""
+
+    name: str
+    queues: int = 1
+    start_queue: int = 0
+    backend: str = "veth"
+    mode: str = "auto"
+    netns: str | None = None      # where the consumer end and sockets go
+    mac: str | None = None        # the VM's MAC (virtio-net device)
+    mtu: int | None = None        # None: the largest one frame carries
+    consumer_uid: int | None = None
+    consumer_gid: int | None = None
+
+    def __post_init__(self):
+        validate_port_name(self.name)
+        validate_queues(self.queues, self.start_queue)
+        if self.backend not in BACKENDS:
+            raise InvalidInput(f"backend {self.backend!r} is not available",
+                               fix=f"use one of: {', '.join(BACKENDS)}")
+        if self.mode not in MODES:
+            raise InvalidInput(f"XDP mode {self.mode!r} is not known",
+                               fix=f"use one of: {', '.join(MODES)}")
+        object.__setattr__(self, "netns", validate_netns(self.netns))
+        object.__setattr__(self, "mac", validate_mac(self.mac) if self.mac else default_mac(self.name))
+        validate_mtu(self.mtu)
+        for label, ident in (("consumer uid", self.consumer_uid), ("consumer gid", self.consumer_gid)):
+            if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)
+                                      or not 0 <= ident < 2**32 - 1):
+                raise InvalidInput(f"{label} {ident!r} is not a valid id")
+
+    @property
+    def host_ifname(self) -> str:
+        return "vmn-" + self.name
+
+    @property
+    def consumer_ifname(self) -> str:
+        return "vmc-" + self.name
+
+    @property
+    def map_keys(self) -> list[int]:
+        return [self.start_queue + i for i in range(self.queues)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Port:
+    """A port as created: the spec plus what the kernel decided."""
+
+    spec: PortSpec
+    mode: str                   # "native" or "skb": how the program is attached
+    mtu: int
+    host_ifindex: int
+    consumer_ifindex: int
+    prog_id: int = 0
+    link_id: int = 0
+    map_id: int = 0
+
+    def to_dict(self) -> dict:
+        out = self.spec.to_dict()
+        out.update(mode_requested=self.spec.mode, mode=self.mode, mtu=self.mtu,
+                   host_ifname=self.spec.host_ifname, consumer_ifname=self.spec.consumer_ifname,
+                   host_ifindex=self.host_ifindex, consumer_ifindex=self.consumer_ifindex,
+                   map_keys=self.spec.map_keys, prog_id=self.prog_id, link_id=self.link_id,
+                   map_id=self.map_id)
+        return out

@@ -1,0 +1,173 @@
+"""The XSK program on a port's device: load, attach by bpf_link, pin, remove.
+
+Each port gets its own program instance and XSK map, both owned by a
+bpf_link pinned at /sys/fs/bpf/vmnet/<port>/link (the map at .../xsks), so
+the attachment outlives the process that made it (a helper restart keeps
+traffic flowing) and removing the pins is what detaches it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from importlib import resources
+
+from ..errors import AlreadyExists, InvalidInput, KernelError, NotSupported
+from . import libbpf
+
+PIN_ROOT = "/sys/fs/bpf/vmnet"
+PROGRAM_NAME = "vmnet_xsk_v1"      # the version tag; matches bpf/xsk_redirect.c
+MAP_NAME = "vmnet_xsks"
+BPF_FS_MAGIC = 0xCAFE4A11
+MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "skb": libbpf.XDP_FLAGS_SKB_MODE}
+
+
+def object_path() -> str:
+    return str(resources.files("vmnet.bpf") / "xsk_redirect.o")
+
+
+def bpffs_mounted(root: str = "/sys/fs/bpf") -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == root and line.split()[2] == "bpf" for line in f)
+
+
+def require_bpffs():
+    """Mount bpffs at /sys/fs/bpf when nothing is there, as systemd does at boot."""
+    if bpffs_mounted():
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", b"/sys/fs/bpf", b"bpf", 0, b"mode=0700") != 0:
+        raise NotSupported("no BPF filesystem is mounted at /sys/fs/bpf and vmnet cannot mount one",
+                           errno=ctypes.get_errno(), fix="mount -t bpf bpf /sys/fs/bpf")
+
+
+def pin_dir(port: str) -> str:
+    return os.path.join(PIN_ROOT, port)
+
+
+class Attached:
+    """The kernel objects of one port's program, held by fds until pinned or closed."""
+
+    def __init__(self, link_fd: int, map_fd: int, mode: str):
+        self.link_fd, self.map_fd, self.mode = link_fd, map_fd, mode
+
+    @property
+    def ids(self) -> dict:
+        link = libbpf.link_info(self.link_fd)
+        return {"link_id": link.id, "prog_id": link.prog_id,
+                "map_id": libbpf.map_info(self.map_fd).id, "ifindex": link.xdp_ifindex}
+
+    def close(self):
+        for fd in (self.link_fd, self.map_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.link_fd = self.map_fd = -1
+
+
+def load_and_attach(ifindex: int, ifname: str, map_entries: int, mode: str) -> Attached:
+    """Load the XSK program and attach it to `ifindex` (in the current netns).
+
+    mode "auto" tries native first and falls back to skb; the mode that
+    took is recorded, because QEMU must be told the same one.
+    """
+    modes = ["native", "skb"] if mode == "auto" else [mode]
+    if mode not in ("auto", "native", "skb"):
+        raise InvalidInput(f"XDP mode {mode!r} is not known", fix="use auto, native or skb")
+    try:
+        obj = libbpf.BpfObject(object_path())
+    except OSError as exc:
+        raise KernelError(f"cannot open the XSK program {object_path()}", errno=exc.errno,
+                          fix="reinstall vmnet; the object is built by 'make -C bpf'") from None
+    with obj:
+        try:
+            obj.resize_map(MAP_NAME, map_entries)
+            obj.load()
+        except OSError as exc:
+            raise KernelError("the kernel refused to load the XSK program", errno=exc.errno,
+                              fix="run 'vmnet doctor': loading needs CAP_BPF and a kernel with BTF and AF_XDP") from None
+        prog_fd = obj.program_fd(PROGRAM_NAME)
+        map_fd = os.dup(obj.map_fd(MAP_NAME))
+        failures = []
+        for m in modes:
+            try:
+                link_fd = libbpf.link_create_xdp(prog_fd, ifindex, MODE_FLAGS[m])
+                return Attached(link_fd, map_fd, m)
+            except OSError as exc:
+                failures.append((m, exc.errno))
+        os.close(map_fd)
+    if any(e == errno.EBUSY for _, e in failures):
+        raise AlreadyExists(f"{ifname} already has an XDP program attached",
+                            fix=f"detach it first ('ip link set dev {ifname} xdp off')")
+    tried = ", ".join(f"{m}: {os.strerror(e)}" for m, e in failures)
+    raise KernelError(f"cannot attach the XSK program to {ifname} ({tried})",
+                      errno=failures[-1][1], fix="try --mode skb, or check 'vmnet doctor'")
+
+
+def pin(port: str, attached: Attached):
+    require_bpffs()
+    os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
+    d = pin_dir(port)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        raise AlreadyExists(f"port {port} already has pins in {d}",
+                            fix=f"delete the port with 'vmnet port del {port}'") from None
+    libbpf.obj_pin(attached.link_fd, os.path.join(d, "link"))
+    libbpf.obj_pin(attached.map_fd, os.path.join(d, "xsks"))
+
+
+def pinned(port: str) -> bool:
+    return os.path.isdir(pin_dir(port))
+
+
+def open_pinned(port: str) -> Attached | None:
+    """Reopen a port's link and map from its pins, or None when not there."""
+    d = pin_dir(port)
+    try:
+        link_fd = libbpf.obj_get(os.path.join(d, "link"))
+    except OSError:
+        return None
+    try:
+        map_fd = libbpf.obj_get(os.path.join(d, "xsks"))
+    except OSError:
+        os.close(link_fd)
+        return None
+    return Attached(link_fd, map_fd, mode="unknown")
+
+
+def is_vmnet_program(prog_id: int) -> bool:
+    """True when the program with this id is vmnet's (by its version tag)."""
+    try:
+        fd = libbpf.prog_fd_by_id(prog_id)
+    except OSError:
+        return False
+    try:
+        return libbpf.prog_info(fd).name.decode() == PROGRAM_NAME
+    finally:
+        os.close(fd)
+
+
+def unpin(port: str) -> bool:
+    """Remove a port's pins (which detaches its program); True if any existed."""
+    d = pin_dir(port)
+    found = False
+    for name in ("link", "xsks"):
+        try:
+            os.unlink(os.path.join(d, name))
+            found = True
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(d)
+        found = True
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def pinned_ports() -> list[str]:
+    try:
+        return sorted(os.listdir(PIN_ROOT))
+    except FileNotFoundError:
+        return []

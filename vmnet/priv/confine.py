@@ -1,0 +1,66 @@
+"""Dropping privileges in the consumer's process just before exec.
+
+The contract (as passt documents its stages):
+  Should: run as the given uid/gid with no supplementary groups; have
+    no_new_privs set; have an empty bounding set and empty effective,
+    permitted, inheritable and ambient sets; have RLIMIT_MEMLOCK raised when
+    the plan says so (done first, while CAP_SYS_RESOURCE is still held).
+  May: keep CAP_IPC_LOCK, and only it, in the permitted, effective,
+    inheritable and ambient sets when the memlock plan is "ipc-lock"
+    (ambient is what carries it across the uid switch and exec).
+  Mustn't: keep any other capability, any group of the caller, or any fd
+    not handed over explicitly (the caller closes the rest).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+
+import prctl
+
+from ..memlock import MemlockPlan
+
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def apply_memlock(plan: MemlockPlan | None, pid: int = 0):
+    """Raise RLIMIT_MEMLOCK of pid (0: this process) to what the plan needs."""
+    if plan is not None and plan.action == "raise":
+        hard = plan.hard if plan.hard == resource.RLIM_INFINITY else max(plan.hard, plan.need)
+        resource.prlimit(pid, resource.RLIMIT_MEMLOCK, (plan.need, hard))
+
+
+def confine(uid: int, gid: int, keep_ipc_lock: bool = False):
+    """Become uid/gid with no capabilities (but CAP_IPC_LOCK when asked). Irreversible."""
+    if keep_ipc_lock:
+        # must be inheritable before the bounding set loses it
+        prctl.cap_inheritable.ipc_lock = True
+    prctl.set_keepcaps(keep_ipc_lock)
+    for cap in range(_last_cap() + 1):
+        prctl.capbset_drop(cap)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if keep_ipc_lock:
+        prctl.cap_permitted.limit(prctl.CAP_IPC_LOCK)
+        prctl.cap_effective.limit(prctl.CAP_IPC_LOCK)
+        prctl.cap_inheritable.limit(prctl.CAP_IPC_LOCK)
+        if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, prctl.CAP_IPC_LOCK, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "cannot raise CAP_IPC_LOCK in the ambient set")
+    else:
+        prctl.cap_inheritable.limit()
+        prctl.cap_permitted.limit()
+        _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    prctl.set_keepcaps(False)
+    prctl.set_no_new_privs(True)

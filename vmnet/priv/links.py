@@ -1,0 +1,142 @@
+"""Network devices of a port: the veth pair, its MTU and offloads.
+
+The host end stays in the caller's netns; the consumer end (the one QEMU
+binds, and the one carrying the XSK program) is created directly inside
+the consumer's netns. AF_XDP carries no offload metadata, so everything
+that would let the host hand the consumer a frame with an unfinished
+checksum, a segmentation job or an out-of-band VLAN tag is turned off on
+the host end, whose transmitted frames are what the XSK program receives.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from pyroute2 import IPRoute
+from pyroute2.ethtool import Ethtool
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import AlreadyExists, KernelError, NotFound, from_oserror
+from ..model import PortSpec
+from . import netns as _netns
+
+XDP_ATTACHED = {0: None, 1: "native", 2: "skb", 3: "hw", 4: "multi"}
+
+
+def _offload_feature(name: str) -> bool:
+    return (name.startswith("tx-checksum") or name.endswith("segmentation")
+            or name in ("tx-gso-list", "tx-vlan-hw-insert", "tx-vlan-stag-hw-insert"))
+
+
+def create_veth(spec: PortSpec) -> None:
+    """Create host end vmn-<port> here and consumer end vmc-<port> in spec.netns."""
+    peer = {"ifname": spec.consumer_ifname, "address": spec.mac,
+            "num_rx_queues": spec.start_queue + spec.queues,
+            "num_tx_queues": spec.start_queue + spec.queues}
+    nsfd = _netns.open_netns(spec.netns) if spec.netns else None
+    if nsfd is not None:
+        peer["net_ns_fd"] = nsfd
+    try:
+        with IPRoute() as ip:
+            ip.link("add", ifname=spec.host_ifname, kind="veth", peer=peer,
+                    num_rx_queues=spec.start_queue + spec.queues,
+                    num_tx_queues=spec.start_queue + spec.queues)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise AlreadyExists(
+                f"port {spec.name} already exists (device {spec.host_ifname} or {spec.consumer_ifname} is present)",
+                fix=f"delete it with 'vmnet port del {spec.name}' or pick another port name") from None
+        raise KernelError(f"cannot create veth pair {spec.host_ifname}/{spec.consumer_ifname}",
+                          errno=exc.code) from None
+    finally:
+        if nsfd is not None:
+            os.close(nsfd)
+
+
+def delete_link(ifname: str) -> bool:
+    """Delete a device here; True if it existed. Idempotent."""
+    with IPRoute() as ip:
+        try:
+            ip.link("del", ifname=ifname)
+            return True
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise KernelError(f"cannot delete device {ifname}", errno=exc.code) from None
+
+
+def link_state(ifname: str) -> dict | None:
+    """ifindex, MTU, max MTU and XDP attachment of a device here, or None."""
+    with IPRoute() as ip:
+        try:
+            msg = ip.link("get", ifname=ifname)[0]
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise KernelError(f"cannot read device {ifname}", errno=exc.code) from None
+    xdp = msg.get("IFLA_XDP")
+    return {
+        "ifname": ifname,
+        "ifindex": msg["index"],
+        "mtu": msg.get("IFLA_MTU"),
+        "max_mtu": msg.get("IFLA_MAX_MTU"),
+        "address": msg.get("IFLA_ADDRESS"),
+        "xdp_mode": XDP_ATTACHED.get(xdp.get("IFLA_XDP_ATTACHED")) if xdp else None,
+        "xdp_prog_id": (xdp.get("IFLA_XDP_PROG_ID") or 0) if xdp else 0,
+        "xdp_drv_prog_id": (xdp.get("IFLA_XDP_DRV_PROG_ID") or 0) if xdp else 0,
+        "xdp_skb_prog_id": (xdp.get("IFLA_XDP_SKB_PROG_ID") or 0) if xdp else 0,
+        "num_rx_queues": msg.get("IFLA_NUM_RX_QUEUES"),
+    }
+
+
+def require_link(ifname: str) -> dict:
+    state = link_state(ifname)
+    if state is None:
+        raise NotFound(f"device {ifname} does not exist")
+    return state
+
+
+def set_mtu_up(ifname: str, mtu: int) -> None:
+    with IPRoute() as ip:
+        try:
+            ip.link("set", ifname=ifname, mtu=mtu, state="up")
+        except NetlinkError as exc:
+            raise KernelError(f"cannot set MTU {mtu} on {ifname}", errno=exc.code,
+                              fix="choose a smaller MTU for the port") from None
+
+
+def disable_offloads(ifname: str) -> list[str]:
+    """Turn off checksum/segmentation/VLAN offloads; return what is now off."""
+    try:
+        eth = Ethtool()
+        try:
+            feats = eth.get_features(ifname)
+            for name, feat in feats.features.items():
+                if _offload_feature(name) and feat.available:
+                    feat.enable = False
+            eth.set_features(ifname, feats)
+            after = eth.get_features(ifname).features
+        finally:
+            eth.close()
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot change offloads of {ifname}") from None
+    left = [n for n, f in after.items() if _offload_feature(n) and f.enable]
+    if left:
+        raise KernelError(f"offloads {', '.join(left)} stay enabled on {ifname}",
+                          fix="AF_XDP cannot carry offloaded frames; this driver cannot be used")
+    return sorted(n for n in after if _offload_feature(n))
+
+
+def add_address(ifname: str, address: str, prefixlen: int) -> None:
+    with IPRoute() as ip:
+        idx = ip.link_lookup(ifname=ifname)
+        if not idx:
+            raise NotFound(f"device {ifname} does not exist")
+        ip.addr("add", index=idx[0], address=address, prefixlen=prefixlen)
+        ip.link("set", index=idx[0], state="up")
+
+
+def bring_up(ifname: str) -> None:
+    with IPRoute() as ip:
+        ip.link("set", ifname=ifname, state="up")

@@ -1,0 +1,96 @@
+"""Entering the consumer's network namespace for the duration of a block.
+
+AF_XDP sockets bind to ifindexes of the netns they were created in, and
+QEMU resolves ifname= in its own netns: so the helper creates the sockets
+(and attaches the program) after setns() into the consumer's netns.
+setns() moves only the calling thread, and `entered` always moves it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+
+from ..errors import InvalidInput, KernelError, NotFound
+from ..model import validate_netns
+
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int):
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise KernelError("cannot enter network namespace", errno=err)
+
+
+def open_netns(ref: str) -> int:
+    """Open a validated netns reference; refuse paths that are not a netns."""
+    path = validate_netns(ref)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {ref} does not exist",
+                       fix="create it with 'ip netns add NAME' or give /proc/<pid>/ns/net of a running process") from None
+    try:
+        nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            raise InvalidInput(f"{ref} is not a network namespace",
+                               fix="give /proc/<pid>/ns/net or /run/netns/<name>") from None
+        raise
+    if nstype != CLONE_NEWNET:
+        os.close(fd)
+        raise InvalidInput(f"{ref} is a namespace, but not a network namespace")
+    return fd
+
+
+@contextlib.contextmanager
+def entered(ref: str | None):
+    """Run the block in netns `ref` (None: stay where we are)."""
+    if ref is None:
+        yield
+        return
+    target = open_netns(ref)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def same_netns(ref: str | None) -> bool:
+    if ref is None:
+        return True
+    return os.stat(validate_netns(ref)).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def create_named(name: str) -> str:
+    """Create /run/netns/<name> (as 'ip netns add' does); return its path."""
+    from pyroute2 import netns as _pr_netns
+    path = validate_netns(name)
+    try:
+        _pr_netns.create(name)
+    except OSError as exc:
+        raise KernelError(f"cannot create network namespace {name}", errno=exc.errno) from None
+    return path
+
+
+def remove_named(name: str) -> bool:
+    """Remove /run/netns/<name>; idempotent. Devices inside go with it."""
+    from pyroute2 import netns as _pr_netns
+    if not os.path.exists(validate_netns(name)):
+        return False
+    _pr_netns.remove(name)
+    return True

@@ -1,0 +1,103 @@
+"""The exact QEMU arguments for a port, and their parser.
+
+Pure. The netdev string is the contract with QEMU's net/af-xdp.c: one
+socket fd per queue (sock-fds count == queues), queue i bound to
+start-queue + i (the XSK map key the program uses), inhibit=on because the
+sockets come from outside, and mode= always given because QEMU <= 10.0
+checks for a program attached in that mode (native when omitted). The
+responder parses the same strings, so what vmnet hands QEMU is what the
+tests exercise.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidInput
+from .model import Port
+
+
+def netdev_id(port_name: str) -> str:
+    return "vmnet-" + port_name
+
+
+def netdev_arg(port: Port, fds: list) -> str:
+    spec = port.spec
+    if len(fds) != spec.queues:
+        raise InvalidInput(f"port {spec.name} has {spec.queues} queues but {len(fds)} socket fds were given")
+    return ",".join([
+        "af-xdp",
+        f"id={netdev_id(spec.name)}",
+        f"ifname={spec.consumer_ifname}",
+        f"queues={spec.queues}",
+        f"start-queue={spec.start_queue}",
+        f"mode={port.mode}",
+        "inhibit=on",
+        "sock-fds=" + ":".join(str(fd) for fd in fds),
+    ])
+
+
+def device_arg(port: Port, driver: str = "virtio-net-pci") -> str:
+    spec = port.spec
+    parts = [driver, f"netdev={netdev_id(spec.name)}", f"mac={spec.mac}", f"host_mtu={port.mtu}"]
+    if spec.queues > 1:
+        # one RX/TX vector pair per queue, plus config and control
+        parts += ["mq=on", f"vectors={2 * spec.queues + 2}"]
+    return ",".join(parts)
+
+
+def qemu_argv(port: Port, fds: list) -> list[str]:
+    return ["-netdev", netdev_arg(port, fds), "-device", device_arg(port)]
+
+
+def parse_opts(text: str) -> tuple[str, dict]:
+    """Split QEMU's 'type,key=value,...' (',,' is a literal comma)."""
+    parts, cur, i = [], "", 0
+    while i < len(text):
+        if text[i] == ",":
+            if text[i + 1:i + 2] == ",":
+                cur += ","
+                i += 2
+                continue
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += text[i]
+        i += 1
+    parts.append(cur)
+    kind, opts = parts[0], {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"option {part!r} in {text!r} is not key=value")
+        opts[key] = value
+    return kind, opts
+
+
+def parse_af_xdp_netdev(text: str) -> dict:
+    """Read an af-xdp netdev the way QEMU does; refuse what QEMU would refuse."""
+    kind, opts = parse_opts(text)
+    if kind != "af-xdp":
+        raise InvalidInput(f"netdev type is {kind!r}, not 'af-xdp'")
+    for key in ("id", "ifname"):
+        if key not in opts:
+            raise InvalidInput(f"af-xdp netdev has no {key}=")
+    try:
+        queues = int(opts.get("queues", "1"))
+        start = int(opts.get("start-queue", "0"))
+    except ValueError:
+        raise InvalidInput("queues= and start-queue= must be numbers") from None
+    if queues < 1:
+        raise InvalidInput(f"invalid number of queues ({queues}) for '{opts['ifname']}'")
+    inhibit = opts.get("inhibit", "off") == "on"
+    fds = opts["sock-fds"].split(":") if "sock-fds" in opts else []
+    if inhibit != bool(fds):
+        raise InvalidInput("'inhibit=on' requires 'sock-fds' and vice versa")
+    if fds and len(fds) != queues:
+        raise InvalidInput(f"expected {queues} socket fds, got {len(fds)}")
+    mode = opts.get("mode", "native")
+    if mode not in ("native", "skb"):
+        raise InvalidInput(f"mode={mode} is not native or skb")
+    return {
+        "id": opts["id"], "ifname": opts["ifname"], "queues": queues, "start_queue": start,
+        "mode": mode, "inhibit": inhibit, "force_copy": opts.get("force-copy", "off") == "on",
+        "sock_fds": [int(fd) for fd in fds],
+    }
