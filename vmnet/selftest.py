@@ -84,7 +84,9 @@ def _read_event(proc, kind: str, timeout: float) -> dict:
 
 
 def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool,
-             tag: str, pings: int = 5, flows: int = 16) -> Row:
+             tag: str, pings: int = 5, flows: int = 16, separate_netns: bool = True) -> Row:
+    """One row: port, responder, probes, teardown. The consumer end lives in a
+    second netns unless separate_netns is False (then beside the host end)."""
     from .priv import netns, links, ports
     from .priv.launch import spawn_consumer
 
@@ -94,12 +96,14 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
     plan: MemlockPlan = plan_memlock(queues, soft=soft, hard=hard, can_raise_hard=can_raise,
                                      allow_ipc_lock=allow_ipc_lock)
     row.memlock = plan.action
-    host_ns, cons_ns = f"vmnet-st{tag}h", f"vmnet-st{tag}c"
+    host_ns = f"vmnet-st{tag}h"
+    cons_ns = f"vmnet-st{tag}c" if separate_netns else None
     name = f"st{tag}{mode[0]}{queues}"
     created = proc = None
     netns.create_named(host_ns)
     try:
-        netns.create_named(cons_ns)
+        if cons_ns:
+            netns.create_named(cons_ns)
         with netns.entered(host_ns):
             links.bring_up("lo")
             created = ports.create_port(PortSpec(name=name, queues=queues, mode=mode, netns=cons_ns))
@@ -109,7 +113,7 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
         argv = [sys.executable, "-I", "-m", "vmnet", "respond",
                 "--netdev", netdev_arg(created.port, fds), "--device", device_arg(created.port),
                 "--ip", CONSUMER_IP, "--udp-port", str(UDP_PORT)]
-        proc = spawn_consumer(argv, fds, uid=uid, gid=gid, netns_ref=cons_ns, plan=plan)
+        proc = spawn_consumer(argv, fds, uid=uid, gid=gid, netns_ref=cons_ns or host_ns, plan=plan)
         created.close()     # the helper's copies are not needed for the data path
         ready = _read_event(proc, "ready", 20)
         row.credentials = ready["credentials"]
@@ -152,7 +156,8 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
             created.close()
         with netns.entered(host_ns):
             ports.delete_port(name)
-        netns.remove_named(cons_ns)
+        if cons_ns:
+            netns.remove_named(cons_ns)
         netns.remove_named(host_ns)
     row.ok = not row.problems
     row.seconds = time.monotonic() - started

@@ -38,8 +38,7 @@ def check_program_mode(ifname: str, mode: str):
     with IPRoute() as ip:
         msg = ip.link("get", ifname=ifname)[0]
     xdp = msg.get("IFLA_XDP") or {}
-    attached = {1: "native", 2: "skb"}.get(xdp.get("IFLA_XDP_ATTACHED"))
-    prog_id = xdp.get(XDP_ATTACHED_PROG_ATTR[mode]) or (xdp.get("IFLA_XDP_PROG_ID") if attached == mode else 0)
+    prog_id = xdp.get(XDP_ATTACHED_PROG_ATTR[mode])
     if not prog_id:
         raise CheckFailed(f"no XDP program loaded on '{ifname}' in {mode} mode",
                           fix="the port's mode= must match how its program is attached")

@@ -21,7 +21,9 @@ from ..errors import AlreadyExists, KernelError, NotFound, from_oserror
 from ..model import PortSpec
 from . import netns as _netns
 
-XDP_ATTACHED = {0: None, 1: "native", 2: "skb", 3: "hw", 4: "multi"}
+# IFLA_XDP_ATTACHED, as a number or as pyroute2 names it
+XDP_ATTACHED = {0: None, 1: "native", 2: "skb", 3: "hw", 4: "multi",
+                "xdp": "native", "xdpgeneric": "skb", "xdpoffload": "hw", "xdpmulti": "multi"}
 
 
 def _offload_feature(name: str) -> bool:

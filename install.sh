@@ -1,0 +1,27 @@
+#!/bin/bash
+# Install vmnet and everything it needs on a Debian bookworm machine, as root:
+# the system packages, a virtualenv in /opt/vmnet (readable by the unprivileged
+# users consumers run as), and /usr/local/bin/vmnet. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+prefix=${VMNET_PREFIX:-/opt/vmnet}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (it installs system packages)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+    python3 python3-venv python3-dev gcc make pkg-config libcap-dev \
+    libbpf1 libbpf-dev linux-libc-dev clang llvm iproute2 iputils-ping
+
+# The XSK object is committed; fail early when it no longer matches its source.
+make -s -C bpf check
+
+/usr/bin/python3 -m venv "$prefix"
+"$prefix/bin/pip" install -q --disable-pip-version-check ".[test]"
+ln -sf "$prefix/bin/vmnet" /usr/local/bin/vmnet
+chmod -R a+rX "$prefix"
+echo "vmnet installed in $prefix; try: vmnet doctor && vmnet selftest"

@@ -1,0 +1,89 @@
+"""Test tiers and the guarantees every root test gets.
+
+unit: pure, anywhere. netns: root; each test runs inside its own fresh
+network namespace (the thread is moved there and back), and afterwards the
+machine must hold exactly the vmnet devices, pins, namespaces and open fds
+it held before. system: real libvirtd/QEMU, skipped with the reason when
+absent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from vmnet.priv import bpf, netns
+
+
+def _vmnet_links_everywhere() -> set[str]:
+    out = subprocess.run(["ip", "-o", "-all", "netns", "exec", "ip", "-o", "link"],
+                         capture_output=True, text=True).stdout
+    out += subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+            if ":" in line and line.split(":")[1].strip().startswith(("vmn-", "vmc-"))}
+
+
+def _snapshot() -> dict:
+    return {
+        "links": _vmnet_links_everywhere(),
+        "pins": set(bpf.pinned_ports()),
+        "netns": set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set(),
+        "fds": set(os.listdir("/proc/self/fd")),
+    }
+
+
+def pytest_collection_modifyitems(config, items):
+    is_root = os.geteuid() == 0
+    for item in items:
+        if not is_root and ("netns" in item.keywords or "system" in item.keywords):
+            item.add_marker(pytest.mark.skip(reason="needs root: creates kernel objects"))
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(request):
+    """Every root test must leave no link, pin, netns or fd behind."""
+    if "netns" not in request.keywords and "system" not in request.keywords:
+        yield
+        return
+    before = _snapshot()
+    yield
+    after = _snapshot()
+    leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+    assert not leaks, f"test left kernel objects or fds behind: {leaks}"
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def test_netns():
+    """A fresh netns the test thread runs in; removed (with its devices) after."""
+    name = _unique("vmnet-t")
+    netns.create_named(name)
+    try:
+        with netns.entered(name):
+            from vmnet.priv import links
+            links.bring_up("lo")
+            yield name
+    finally:
+        netns.remove_named(name)
+
+
+@pytest.fixture
+def consumer_netns():
+    """A second netns for the consumer end of a port."""
+    name = _unique("vmnet-c")
+    netns.create_named(name)
+    try:
+        yield name
+    finally:
+        netns.remove_named(name)
+
+
+@pytest.fixture
+def port_name():
+    return "t" + uuid.uuid4().hex[:8]

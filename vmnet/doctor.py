@@ -1,0 +1,281 @@
+"""`vmnet doctor`: what this host offers vmnet, and what to do about the gaps.
+
+Each check is a cheap, read-only probe (no network, no kernel objects left
+behind) that answers one question a failed `port add` or a silent guest
+would otherwise leave open: which backends this kernel can do, whether
+QEMU can take AF_XDP sockets at all, and whether memlock will bite. A
+probe that breaks becomes a "warn" row instead of an exception, so one odd
+corner of a host never hides the other answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import gzip
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+
+from . import caps
+from .memlock import INFINITY, UMEM_BYTES_PER_QUEUE, mib
+
+OK, MISSING, WARN = "ok", "missing", "warn"
+CHECK_NAMES = ("kernel", "af-xdp", "btf", "bpf-link", "netkit", "queue-lease", "bpffs",
+               "memlock", "qemu", "libvirt", "privileges")
+AF_XDP = 44
+# The torvalds/linux netdev.h copies at hand predate it; "[PATCH net-next v7
+# 01/16] net: Add queue-create operation" (D. Borkmann, Jan 2026) appends it
+# to enum netdev_cmd in include/uapi/linux/netdev.h right after
+# NETDEV_CMD_BIND_TX = 15. A 6.18 kernel lists ops 1, 5, 10-15.
+NETDEV_CMD_QUEUE_CREATE = 16
+# netkit_new_link/netkit_xmit exist only in drivers/net/netkit.c; names such
+# as netkit_peer_dev also show up without netkit (inline stubs in
+# include/net/netkit.h that the compiler kept out of line).
+NETKIT_SYMBOLS = {"netkit_new_link", "netkit_xmit"}
+SUBPROCESS_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    status: str            # OK, MISSING or WARN
+    detail: str
+    fix: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def kernel_version(release: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _run(argv: list[str]) -> str:
+    """stdout+stderr of a short command; raises OSError/TimeoutExpired for the caller to word."""
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=SUBPROCESS_TIMEOUT)
+    return proc.stdout
+
+
+def check_kernel() -> Check:
+    return Check("kernel", OK, os.uname().release)
+
+
+def check_af_xdp() -> Check:
+    try:
+        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as exc:
+        # The family lookup comes before xsk_create()'s CAP_NET_RAW test, so
+        # EPERM/EACCES already prove the kernel has AF_XDP.
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            return Check("af-xdp", WARN, "the kernel has AF_XDP sockets, but this process may not "
+                         "create one", "run vmnet as root (AF_XDP sockets need CAP_NET_RAW)")
+        return Check("af-xdp", MISSING, f"cannot create an AF_XDP socket: {exc.strerror}",
+                     "boot a kernel with CONFIG_XDP_SOCKETS=y, and run vmnet with CAP_NET_RAW")
+    return Check("af-xdp", OK, "AF_XDP sockets can be created")
+
+
+def check_btf() -> Check:
+    if os.path.exists("/sys/kernel/btf/vmlinux"):
+        return Check("btf", OK, "/sys/kernel/btf/vmlinux")
+    return Check("btf", MISSING, "the kernel exposes no BTF (/sys/kernel/btf/vmlinux)",
+                 "boot a kernel with CONFIG_DEBUG_INFO_BTF=y")
+
+
+def check_bpf_link(release: str) -> Check:
+    version = kernel_version(release)
+    if version is None:
+        return Check("bpf-link", WARN, f"unknown: cannot parse kernel release {release!r}")
+    if version >= (5, 9):
+        return Check("bpf-link", OK, f"inferred from kernel {version[0]}.{version[1]} >= 5.9")
+    return Check("bpf-link", MISSING, f"inferred from kernel {version[0]}.{version[1]} < 5.9: "
+                 "XDP cannot be attached through a bpf_link", "boot a kernel >= 5.9")
+
+
+def netkit_config(release: str) -> str | None:
+    """'y', 'm' or 'n' from the kernel's config; None when there is none to read.
+
+    A config without the option (kernel < 6.7, or unmet dependencies) has no
+    netkit either."""
+    for path, opener in ((f"/boot/config-{release}", open), ("/proc/config.gz", gzip.open)):
+        try:
+            with opener(path, "rt") as f:
+                m = re.search(r"^CONFIG_NETKIT=([ym])$", f.read(), re.M)
+            return m.group(1) if m else "n"
+        except OSError:
+            continue
+    return None
+
+
+def netkit_evidence(release: str) -> str | None:
+    """Where netkit shows up in the running system, without a config to read.
+
+    Only positive evidence: an unloaded module leaves no trace in /sys/module
+    or kallsyms."""
+    if os.path.isdir("/sys/module/netkit"):
+        return "netkit module loaded"
+    with open("/proc/kallsyms") as f:
+        if any(line.split()[2] in NETKIT_SYMBOLS for line in f if "netkit" in line):
+            return "netkit symbols in the running kernel"
+    for name in ("modules.builtin", "modules.dep"):
+        try:
+            with open(f"/lib/modules/{release}/{name}") as f:
+                if "/netkit.ko" in f.read():
+                    return f"netkit listed in {name}"
+        except OSError:
+            continue
+    return None
+
+
+def check_netkit(release: str) -> Check:
+    fix = "use the veth backend, or boot a kernel with CONFIG_NETKIT (>= 6.7)"
+    version = kernel_version(release)
+    state = "n" if version and version < (6, 7) else netkit_config(release)
+    if state in ("y", "m"):
+        return Check("netkit", OK, f"CONFIG_NETKIT={state}")
+    if state == "n":
+        return Check("netkit", MISSING, f"kernel {release} is built without CONFIG_NETKIT", fix)
+    evidence = netkit_evidence(release)
+    if evidence:
+        return Check("netkit", OK, evidence)
+    return Check("netkit", WARN, "unknown: no kernel config, module or symbol tells", fix)
+
+
+def check_queue_lease() -> Check:
+    from pyroute2.netlink import ctrlmsg
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.generic import GenericNetlinkSocket
+
+    fix = ("use the veth or netkit backend; netkit-lease needs a kernel with netdev "
+           "queue-create (queue leasing, merged in 2026)")
+    sock = GenericNetlinkSocket()
+    try:
+        sock.asyncore.module_err_level = "debug"   # a missing family is an answer, not an error
+        sock.bind("nlctrl", ctrlmsg)
+        try:
+            family = sock.discovery("netdev")
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return Check("queue-lease", MISSING,
+                             "no 'netdev' generic-netlink family (added in 6.3)", fix)
+            raise
+        ops = {op.get_attr("CTRL_ATTR_OP_ID") for op in family.get_attr("CTRL_ATTR_OPS", [])}
+    finally:
+        sock.close()
+    if NETDEV_CMD_QUEUE_CREATE in ops:
+        return Check("queue-lease", OK, "netdev family has queue-create "
+                     f"(op {NETDEV_CMD_QUEUE_CREATE}); leasing also needs netkit")
+    return Check("queue-lease", MISSING, "netdev family has no queue-create op "
+                 f"(ops {', '.join(map(str, sorted(ops)))})", fix)
+
+
+def bpffs_mounted(mounts: str, root: str = "/sys/fs/bpf") -> bool:
+    return any(f[1:3] == [root, "bpf"] for f in (line.split() for line in mounts.splitlines())
+               if len(f) >= 3)
+
+
+def check_bpffs() -> Check:
+    with open("/proc/self/mounts") as f:
+        if bpffs_mounted(f.read()):
+            return Check("bpffs", OK, "mounted at /sys/fs/bpf")
+    return Check("bpffs", WARN, "no bpffs at /sys/fs/bpf (vmnet mounts it itself when run as "
+                 "root; ports are pinned there)", "mount -t bpf bpf /sys/fs/bpf")
+
+
+def check_memlock() -> Check:
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    can_raise = caps.has_capability("sys_resource")
+    detail = (f"soft {mib(soft)}, hard {mib(hard)}; each queue needs {mib(UMEM_BYTES_PER_QUEUE)}; "
+              + ("CAP_SYS_RESOURCE: the helper can raise a consumer's limit" if can_raise
+                 else "no CAP_SYS_RESOURCE: limits cannot be raised above the hard limit"))
+    if hard != INFINITY and hard < UMEM_BYTES_PER_QUEUE and not can_raise:
+        return Check("memlock", WARN, detail + ", so consumers need CAP_IPC_LOCK",
+                     "give the helper CAP_SYS_RESOURCE, or allow the CAP_IPC_LOCK fallback "
+                     "(--allow-ipc-lock)")
+    return Check("memlock", OK, detail)
+
+
+def find_qemu(qemu: str | None = None) -> str | None:
+    return qemu or os.environ.get("VMNET_QEMU") or shutil.which("qemu-system-x86_64")
+
+
+def check_qemu(qemu: str | None = None) -> Check:
+    path = find_qemu(qemu)
+    if path is None:
+        return Check("qemu", MISSING, "qemu-system-x86_64 not found (PATH, VMNET_QEMU)",
+                     "apt-get install qemu-system-x86")
+    try:
+        version = (_run([path, "-version"]).splitlines() or ["unknown version"])[0].strip()
+        backends = _run([path, "-netdev", "help"]).split()
+    except subprocess.TimeoutExpired:
+        return Check("qemu", WARN, f"{path} did not answer within {SUBPROCESS_TIMEOUT:g} s")
+    except OSError as exc:
+        return Check("qemu", MISSING, f"cannot run {path}: {exc.strerror}",
+                     "apt-get install qemu-system-x86, or point VMNET_QEMU at an existing QEMU")
+    if "af-xdp" in backends:
+        return Check("qemu", OK, f"{path}: {version}, with af-xdp")
+    return Check("qemu", MISSING, f"{path} ({version}) has no af-xdp netdev backend",
+                 "use a QEMU built with libxdp (--enable-af-xdp); Debian's QEMU is built without it")
+
+
+def check_libvirt() -> Check:
+    for tool in ("libvirtd", "virsh"):
+        path = shutil.which(tool)
+        if path is None:
+            continue
+        try:
+            out = _run([path, "--version"]).strip()
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Check("libvirt", WARN, f"{path} --version failed: {exc}")
+        return Check("libvirt", OK, f"{tool} {out.split()[-1] if out else 'unknown version'}")
+    return Check("libvirt", MISSING, "neither libvirtd nor virsh found",
+                 "apt-get install libvirt-daemon-system")
+
+
+def check_privileges() -> Check:
+    creds = caps.process_credentials()
+    have = set(creds["effective"])
+    lacking = [c for c in ("net_admin", "net_raw") if c not in have]
+    if not have & {"bpf", "sys_admin"}:
+        lacking.append("bpf (or sys_admin)")
+    who = f"uid {creds['uid']}"
+    if not lacking:
+        return Check("privileges", OK, f"{who} with net_admin, net_raw and "
+                     f"{'bpf' if 'bpf' in have else 'sys_admin'}: can create ports")
+    return Check("privileges", MISSING, f"{who} lacks {', '.join(lacking)}: cannot create ports",
+                 "run the vmnet helper as root (or with CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW)")
+
+
+def run_checks(qemu: str | None = None) -> list[Check]:
+    release = os.uname().release
+    probes = [
+        ("kernel", check_kernel), ("af-xdp", check_af_xdp), ("btf", check_btf),
+        ("bpf-link", lambda: check_bpf_link(release)), ("netkit", lambda: check_netkit(release)),
+        ("queue-lease", check_queue_lease), ("bpffs", check_bpffs), ("memlock", check_memlock),
+        ("qemu", lambda: check_qemu(qemu)), ("libvirt", check_libvirt),
+        ("privileges", check_privileges),
+    ]
+    checks = []
+    for name, probe in probes:
+        try:
+            checks.append(probe())
+        except Exception as exc:   # noqa: BLE001 - one broken probe must not hide the rest
+            checks.append(Check(name, WARN, f"unknown: the check itself failed ({exc!r})"))
+    return checks
+
+
+LABELS = {OK: "[ ok ]", MISSING: "[MISS]", WARN: "[warn]"}
+
+
+def format_checks(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{LABELS.get(check.status, '[????]')} {check.name}: {check.detail}")
+        if check.fix:
+            lines.append(f"       fix: {check.fix}")
+    return "\n".join(lines)
