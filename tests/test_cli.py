@@ -69,3 +69,13 @@ def test_memlock_too_low_without_fallback_fails_before_anything_exists():
     assert "1 MiB" in out.stderr
     assert "--allow-ipc-lock" in out.stderr and "CAP_SYS_RESOURCE" in out.stderr
     assert not os.path.exists("/sys/fs/bpf/vmnet") or not os.listdir("/sys/fs/bpf/vmnet")
+
+
+@pytest.mark.netns
+def test_doctor_prints_one_line_per_check_and_passes_here():
+    out = run("doctor")
+    assert out.returncode == 0, out.stderr
+    for name in ("af-xdp", "btf", "bpf-link", "netkit", "queue-lease", "bpffs", "memlock", "qemu", "libvirt"):
+        assert f"] {name}:" in out.stdout
+    data = json.loads(run("--json", "doctor").stdout)
+    assert {c["name"] for c in data["checks"]} >= {"af-xdp", "netkit", "qemu"}

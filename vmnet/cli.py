@@ -77,7 +77,31 @@ def selftest(ctx, modes, queue_counts, user, ipc_lock):
         raise CheckFailed("selftest failed", fix="see the rows marked FAIL above; 'vmnet doctor' checks the kernel")
 
 
-@cli.command(hidden=False)
+ESSENTIAL_CHECKS = ("af-xdp", "btf", "bpf-link")
+
+
+@cli.command()
+@click.option("--qemu", metavar="PATH", help="QEMU binary to check (default: $VMNET_QEMU, then PATH).")
+@click.pass_obj
+def doctor(ctx, qemu):
+    """Check what this machine offers vmnet, one line each, with the fix.
+
+    Kernel features (AF_XDP, BTF, bpf_link XDP, netkit, netdev queue-create),
+    bpffs, the memlock situation, QEMU and its af-xdp support, libvirt, and
+    this process's privileges. Exits non-zero when AF_XDP, BTF or bpf_link
+    (which every port needs) are missing; the rest only limit backends or
+    integrations.
+    """
+    from . import doctor as dr
+    checks = dr.run_checks(qemu)
+    _emit(ctx, {"checks": [c.to_dict() for c in checks]}, dr.format_checks(checks))
+    missing = [c.name for c in checks if c.name in ESSENTIAL_CHECKS and c.status == "missing"]
+    if missing:
+        raise CheckFailed(f"this machine cannot run vmnet ports: {', '.join(missing)} missing",
+                          fix="see the fix lines above")
+
+
+@cli.command()
 @click.option("--netdev", required=True, help="The af-xdp netdev string vmnet generated for QEMU.")
 @click.option("--device", required=True, help="The -device string (mac= and host_mtu= are used).")
 @click.option("--ip", required=True, help="IPv4 address the responder answers for.")

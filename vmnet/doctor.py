@@ -1,11 +1,10 @@
 """`vmnet doctor`: what this host offers vmnet, and what to do about the gaps.
 
-Each check is a cheap, read-only probe (no network, no kernel objects left
-behind) that answers one question a failed `port add` or a silent guest
-would otherwise leave open: which backends this kernel can do, whether
-QEMU can take AF_XDP sockets at all, and whether memlock will bite. A
-probe that breaks becomes a "warn" row instead of an exception, so one odd
-corner of a host never hides the other answers.
+Each check is a cheap, read-only probe (no network, nothing left behind)
+answering a question a failed `port add` or a silent guest would leave
+open: which backends the kernel can do, whether QEMU takes AF_XDP sockets,
+whether memlock will bite. A probe that breaks becomes a "warn" row, so one
+odd corner of a host never hides the other answers.
 """
 
 from __future__ import annotations
@@ -62,10 +61,6 @@ def _run(argv: list[str]) -> str:
     return proc.stdout
 
 
-def check_kernel() -> Check:
-    return Check("kernel", OK, os.uname().release)
-
-
 def check_af_xdp() -> Check:
     try:
         socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
@@ -98,10 +93,8 @@ def check_bpf_link(release: str) -> Check:
 
 
 def netkit_config(release: str) -> str | None:
-    """'y', 'm' or 'n' from the kernel's config; None when there is none to read.
-
-    A config without the option (kernel < 6.7, or unmet dependencies) has no
-    netkit either."""
+    """'y', 'm' or 'n' ('n' also when the option is absent: kernel < 6.7 or
+    unmet dependencies); None when there is no config to read."""
     for path, opener in ((f"/boot/config-{release}", open), ("/proc/config.gz", gzip.open)):
         try:
             with opener(path, "rt") as f:
@@ -113,10 +106,8 @@ def netkit_config(release: str) -> str | None:
 
 
 def netkit_evidence(release: str) -> str | None:
-    """Where netkit shows up in the running system, without a config to read.
-
-    Only positive evidence: an unloaded module leaves no trace in /sys/module
-    or kallsyms."""
+    """Only positive evidence: an unloaded module leaves no trace in
+    /sys/module or kallsyms, so their silence proves nothing."""
     if os.path.isdir("/sys/module/netkit"):
         return "netkit module loaded"
     with open("/proc/kallsyms") as f:
@@ -254,19 +245,21 @@ def check_privileges() -> Check:
 def run_checks(qemu: str | None = None) -> list[Check]:
     release = os.uname().release
     probes = [
-        ("kernel", check_kernel), ("af-xdp", check_af_xdp), ("btf", check_btf),
+        ("kernel", lambda: Check("kernel", OK, release)),
+        ("af-xdp", check_af_xdp), ("btf", check_btf),
         ("bpf-link", lambda: check_bpf_link(release)), ("netkit", lambda: check_netkit(release)),
         ("queue-lease", check_queue_lease), ("bpffs", check_bpffs), ("memlock", check_memlock),
         ("qemu", lambda: check_qemu(qemu)), ("libvirt", check_libvirt),
         ("privileges", check_privileges),
     ]
-    checks = []
-    for name, probe in probes:
-        try:
-            checks.append(probe())
-        except Exception as exc:   # noqa: BLE001 - one broken probe must not hide the rest
-            checks.append(Check(name, WARN, f"unknown: the check itself failed ({exc!r})"))
-    return checks
+    return [_guarded(name, probe) for name, probe in probes]
+
+
+def _guarded(name: str, probe) -> Check:
+    try:
+        return probe()
+    except Exception as exc:   # noqa: BLE001 - one broken probe must not hide the rest
+        return Check(name, WARN, f"unknown: the check itself failed ({exc!r})")
 
 
 LABELS = {OK: "[ ok ]", MISSING: "[MISS]", WARN: "[warn]"}

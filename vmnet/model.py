@@ -15,10 +15,12 @@ from .errors import InvalidInput
 # Ports are named by users; devices are derived from the name. Linux
 # interface names hold at most 15 bytes: "vmn-" + 11 characters.
 PORT_NAME_MAX = 11
-_PORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_PORT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+_NETNS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_PROC_NETNS = re.compile(r"/proc/[0-9]+/ns/net")
+# all patterns are used with fullmatch: "$" would let a trailing newline through
 
 QUEUES_MAX = 64
 MODES = ("auto", "native", "skb")
@@ -42,7 +44,7 @@ def validate_port_name(name: str) -> str:
             f"port name {name!r} is {len(name)} characters long; the limit is {PORT_NAME_MAX}",
             fix=f"use at most {PORT_NAME_MAX} characters: device names are 'vmn-<port>' and Linux allows 15",
         )
-    if not _PORT_NAME.match(name):
+    if not _PORT_NAME.fullmatch(name):
         raise InvalidInput(
             f"port name {name!r} has characters vmnet does not accept",
             fix="use lower-case letters, digits, '-' and '_', starting with a letter or digit",
@@ -51,7 +53,7 @@ def validate_port_name(name: str) -> str:
 
 
 def validate_ifname(name: str) -> str:
-    if not isinstance(name, str) or not _IFNAME.match(name):
+    if not isinstance(name, str) or not _IFNAME.fullmatch(name):
         raise InvalidInput(
             f"interface name {name!r} is not valid",
             fix="use 1-15 characters from letters, digits, '.', '-', '_'",
@@ -73,15 +75,15 @@ def validate_netns(ref: str | None) -> str | None:
     if ref is None or ref == "":
         return None
     if not isinstance(ref, str):
-        raise InvalidInput(f"netns reference {ref!r} is not a string")
-    m = re.match(r"^/proc/(\d+)/ns/net$", ref)
-    if m:
+        raise InvalidInput(f"netns reference {ref!r} is not a string",
+                           fix="give /proc/<pid>/ns/net or /run/netns/<name>")
+    if _PROC_NETNS.fullmatch(ref):
         return ref
     for prefix in ("/run/netns/", "/var/run/netns/"):
         if ref.startswith(prefix):
             ref = ref[len(prefix):]
             break
-    if _NETNS_NAME.match(ref) and ref not in (".", ".."):
+    if _NETNS_NAME.fullmatch(ref) and ref not in (".", ".."):
         return "/run/netns/" + ref
     raise InvalidInput(
         f"netns reference {ref!r} is not one vmnet accepts",
@@ -91,8 +93,11 @@ def validate_netns(ref: str | None) -> str | None:
 
 def validate_mac(mac: str) -> str:
     mac = mac.lower() if isinstance(mac, str) else mac
-    if not isinstance(mac, str) or not _MAC.match(mac):
+    if not isinstance(mac, str) or not _MAC.fullmatch(mac):
         raise InvalidInput(f"MAC address {mac!r} is not valid", fix="write it as 02:00:00:00:00:01")
+    if mac == "00:00:00:00:00:00":
+        raise InvalidInput("MAC address 00:00:00:00:00:00 is not usable (QEMU treats it as unset)",
+                           fix="leave the MAC out to get one derived from the port name")
     if int(mac[:2], 16) & 1:
         raise InvalidInput(f"MAC address {mac} is a multicast address",
                            fix="clear the lowest bit of the first byte")
@@ -146,7 +151,8 @@ class PortSpec:
         for label, ident in (("consumer uid", self.consumer_uid), ("consumer gid", self.consumer_gid)):
             if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)
                                       or not 0 <= ident < 2**32 - 1):
-                raise InvalidInput(f"{label} {ident!r} is not a valid id")
+                raise InvalidInput(f"{label} {ident!r} is not a valid id",
+                                   fix="give a numeric id from 0 to 4294967294")
 
     @property
     def host_ifname(self) -> str:

@@ -108,6 +108,8 @@ class Responder:
             return Verdict(kind, ok)
         if proto == IPPROTO_UDP and len(payload) >= 8:
             sport, dport, ulen, csum = _UDP.unpack_from(payload)
+            if not 8 <= ulen <= len(payload):
+                return Verdict(kind, False)
             if csum:
                 ok = ok and checksum_ok(_pseudo(saddr, daddr, proto, len(payload)) + payload)
             if ok and daddr == self.ip and dport == self.udp_port:
@@ -124,7 +126,8 @@ class Responder:
             sport, dport, seq, ack, off, flags, *_ = _TCP.unpack_from(payload)
             if ok and daddr == self.ip and flags & TCP_SYN and not flags & (TCP_RST | TCP_ACK):
                 # nobody listens: refuse the connection, so the client learns at once
-                body = _TCP.pack(dport, sport, 0, (seq + 1) & 0xFFFFFFFF, 5 << 4,
+                data_len = len(payload) - (off >> 4) * 4
+                body = _TCP.pack(dport, sport, 0, (seq + 1 + max(0, data_len)) & 0xFFFFFFFF, 5 << 4,
                                  TCP_RST | TCP_ACK, 0, 0, 0)
                 body = body[:16] + checksum(_pseudo(self.ip, saddr, proto, len(body)) + body) + body[18:]
                 return Verdict(kind, True, self._ip_reply(src_mac, saddr, proto, body))

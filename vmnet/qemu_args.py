@@ -11,6 +11,8 @@ tests exercise.
 
 from __future__ import annotations
 
+import re
+
 from .errors import InvalidInput
 from .model import Port
 
@@ -22,7 +24,8 @@ def netdev_id(port_name: str) -> str:
 def netdev_arg(port: Port, fds: list) -> str:
     spec = port.spec
     if len(fds) != spec.queues:
-        raise InvalidInput(f"port {spec.name} has {spec.queues} queues but {len(fds)} socket fds were given")
+        raise InvalidInput(f"port {spec.name} has {spec.queues} queues but {len(fds)} socket fds were given",
+                           fix="pass one socket fd per queue")
     return ",".join([
         "af-xdp",
         f"id={netdev_id(spec.name)}",
@@ -72,6 +75,15 @@ def parse_opts(text: str) -> tuple[str, dict]:
     return kind, opts
 
 
+def _bool(opts: dict, key: str) -> bool:
+    value = opts.get(key, "off")
+    if value in ("on", "yes", "true"):
+        return True
+    if value in ("off", "no", "false"):
+        return False
+    raise InvalidInput(f"{key}={value} is not on or off")
+
+
 def parse_af_xdp_netdev(text: str) -> dict:
     """Read an af-xdp netdev the way QEMU does; refuse what QEMU would refuse."""
     kind, opts = parse_opts(text)
@@ -87,17 +99,23 @@ def parse_af_xdp_netdev(text: str) -> dict:
         raise InvalidInput("queues= and start-queue= must be numbers") from None
     if queues < 1:
         raise InvalidInput(f"invalid number of queues ({queues}) for '{opts['ifname']}'")
-    inhibit = opts.get("inhibit", "off") == "on"
-    fds = opts["sock-fds"].split(":") if "sock-fds" in opts else []
-    if inhibit != bool(fds):
+    if start < 0:
+        raise InvalidInput(f"start-queue={start} is negative")
+    inhibit = _bool(opts, "inhibit")
+    # QEMU splits with g_strsplit: "" is zero entries, "3:" is two (the second empty)
+    fds = opts["sock-fds"].split(":") if opts.get("sock-fds") else []
+    if inhibit != ("sock-fds" in opts):
         raise InvalidInput("'inhibit=on' requires 'sock-fds' and vice versa")
-    if fds and len(fds) != queues:
+    if inhibit and len(fds) != queues:
         raise InvalidInput(f"expected {queues} socket fds, got {len(fds)}")
+    for fd in fds:
+        if not re.fullmatch(r"[0-9]+|[A-Za-z][A-Za-z0-9_.-]*", fd):
+            raise InvalidInput(f"sock-fds entry {fd!r} is neither an fd number nor a getfd name")
     mode = opts.get("mode", "native")
     if mode not in ("native", "skb"):
         raise InvalidInput(f"mode={mode} is not native or skb")
     return {
         "id": opts["id"], "ifname": opts["ifname"], "queues": queues, "start_queue": start,
-        "mode": mode, "inhibit": inhibit, "force_copy": opts.get("force-copy", "off") == "on",
-        "sock_fds": [int(fd) for fd in fds],
+        "mode": mode, "inhibit": inhibit, "force_copy": _bool(opts, "force-copy"),
+        "sock_fds": fds,
     }

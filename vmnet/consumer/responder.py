@@ -20,7 +20,7 @@ import sys
 from pyroute2 import IPRoute
 
 from ..caps import process_credentials
-from ..errors import CheckFailed, NotFound, PermissionDenied
+from ..errors import CheckFailed, InvalidInput, NotFound, PermissionDenied
 from ..model import ETH_HLEN
 from ..packets import Responder
 from ..qemu_args import parse_af_xdp_netdev, parse_opts
@@ -71,8 +71,11 @@ def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: 
     except OSError:
         raise NotFound(f"failed to get ifindex for '{nd['ifname']}' in the responder's netns",
                        fix="the sockets and the interface must live in the consumer's netns") from None
+    if not all(fd.isascii() and fd.isdigit() for fd in nd["sock_fds"]):
+        raise InvalidInput("the responder has no QMP monitor: sock-fds must be fd numbers",
+                           fix="pass inherited fd numbers, as vmnet exec does")
     queues = []
-    for i, fd in enumerate(nd["sock_fds"]):
+    for i, fd in enumerate(int(fd) for fd in nd["sock_fds"]):
         queues.append(XskQueue(fd, ifindex, nd["start_queue"] + i, nd["force_copy"]))
     check_program_mode(nd["ifname"], nd["mode"])
     responder = Responder(mac, ip, udp_port)
