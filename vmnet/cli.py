@@ -120,6 +120,189 @@ def respond(netdev, device, ip, udp_port, allow_privileged):
     responder.run(netdev, device, ip, udp_port, allow_privileged)
 
 
+# ---- the helper and its clients -------------------------------------------
+
+def _config(path=None):
+    from .config import load
+    return load(path)
+
+
+def _call(verb, **args):
+    from .client import call
+    return call(_config().socket, verb, **args)
+
+
+@cli.command()
+@click.option("--config", "config_path", metavar="PATH",
+              help="Configuration file (default: $VMNET_CONFIG or /etc/vmnet/vmnet.toml).")
+@click.option("--socket", "socket_path", metavar="PATH", help="Listen here instead of the configured socket.")
+def helper(config_path, socket_path):
+    """Run the privileged helper in the foreground (as root; systemd: vmnet-helper.service).
+
+    It owns every privileged operation: creating and deleting ports, handing
+    a port's socket fds to its consumer, raising a consumer's memlock limit.
+    Requests arrive on a Unix SOCK_SEQPACKET socket and are authorised from
+    the peer's credentials. Ports survive a restart of the helper.
+    """
+    import dataclasses as dc
+    from .priv import daemon
+    cfg = _config(config_path)
+    if socket_path:
+        cfg = dc.replace(cfg, socket=socket_path)
+    daemon.run(cfg)
+
+
+@cli.group()
+def port():
+    """Create, delete and inspect ports (through the helper)."""
+
+
+def _uid(value):
+    import pwd
+    if value is None or value.isdigit():
+        return int(value) if value is not None else None
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise click.BadParameter(f"no user named {value!r}") from None
+
+
+def _gid(value):
+    import grp
+    if value is None or value.isdigit():
+        return int(value) if value is not None else None
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise click.BadParameter(f"no group named {value!r}") from None
+
+
+def _port_text(r: dict) -> str:
+    return (f"{r['name']}: {r['backend']} {r['host_ifname']} <-> {r['consumer_ifname']}"
+            f" (netns {r.get('netns') or 'helper'}), {r['queues']} queue(s) from {r['start_queue']},"
+            f" mode {r['mode']}, mtu {r['mtu']}, mac {r['mac']}, consumer uid {r.get('consumer_uid')}"
+            + (f", owner {r['owner']}" if r.get("owner") else ""))
+
+
+@port.command("add")
+@click.argument("name")
+@click.option("--queues", default=1, show_default=True, type=int, help="Queues (1-64), one AF_XDP socket each.")
+@click.option("--start-queue", default=0, show_default=True, type=int, help="First queue id.")
+@click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "native", "skb"]),
+              help="XDP attach mode; auto tries native, then skb.")
+@click.option("--netns", metavar="REF", help="Consumer netns: /proc/PID/ns/net, /run/netns/NAME or NAME.")
+@click.option("--mac", help="The VM's MAC (default: derived from the port name).")
+@click.option("--mtu", type=int, help="MTU (default: the largest one frame carries).")
+@click.option("--consumer-user", "consumer", required=True, metavar="USER|UID",
+              help="The only user that may receive the port's sockets (QEMU's user).")
+@click.option("--consumer-group", metavar="GROUP|GID", help="The consumer's group.")
+@click.option("--consumer-cgroup", metavar="PATH", help="Only a consumer inside this cgroup (v2 path) gets the fds.")
+@click.option("--owner", help="Free-form owner, e.g. a libvirt domain uuid.")
+@click.pass_obj
+def port_add(ctx, name, queues, start_queue, mode, netns, mac, mtu, consumer, consumer_group,
+             consumer_cgroup, owner):
+    """Create port NAME for a consumer.
+
+    \b
+    Example:
+      vmnet port add vm1 --queues 2 --consumer-user libvirt-qemu
+      vmnet exec --user libvirt-qemu --port vm1 -- qemu-system-x86_64 ...
+    """
+    args = dict(name=name, queues=queues, start_queue=start_queue, mode=mode,
+                consumer_uid=_uid(consumer))
+    for key, value in (("netns", netns), ("mac", mac), ("mtu", mtu), ("owner", owner),
+                       ("consumer_gid", _gid(consumer_group)), ("consumer_cgroup", consumer_cgroup)):
+        if value is not None:
+            args[key] = value
+    record = _call("port-create", **args)
+    _emit(ctx, record, "created " + _port_text(record))
+
+
+@port.command("del")
+@click.argument("name")
+@click.option("--missing-ok", is_flag=True, help="Succeed when the port does not exist.")
+@click.pass_obj
+def port_del(ctx, name, missing_ok):
+    """Delete port NAME and everything it owns."""
+    result = _call("port-delete", name=name, missing_ok=missing_ok)
+    _emit(ctx, result, f"deleted port {name}" if result["deleted"] else f"port {name} did not exist")
+
+
+@port.command("list")
+@click.pass_obj
+def port_list(ctx):
+    """List ports (all for admins, your own otherwise)."""
+    result = _call("port-list")
+    _emit(ctx, result, "\n".join(_port_text(r) for r in result["ports"]) or "no ports")
+
+
+@port.command("show")
+@click.argument("name")
+@click.pass_obj
+def port_show(ctx, name):
+    """Show one port with its live socket counters."""
+    result = _call("port-show", name=name)
+    _emit(ctx, result, _status_text([result]))
+
+
+def _status_text(ports: list) -> str:
+    lines = []
+    for r in ports:
+        lines.append(_port_text(r))
+        if r.get("sockets") is None:
+            lines.append(f"  {r.get('sockets_note', 'no counters')}")
+            continue
+        for s in r["sockets"]:
+            lines.append(f"  queue {s['queue']}: rx dropped {s['rx_dropped']}, rx ring full {s['rx_ring_full']},"
+                         f" fill ring empty {s['rx_fill_ring_empty_descs']}, tx invalid {s['tx_invalid_descs']}")
+    return "\n".join(lines) or "no ports"
+
+
+@cli.command()
+@click.pass_obj
+def status(ctx):
+    """Ports, their devices, mode, queues, consumer and live AF_XDP counters."""
+    result = _call("status")
+    _emit(ctx, result, f"helper pid {result['helper']['pid']}, {result['helper']['ports']} port(s)\n"
+          + _status_text(result["ports"]))
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--port", "ports", multiple=True, metavar="NAME",
+              help="Append this port's -netdev/-device to the command (repeatable).")
+@click.option("--user", metavar="USER|UID", help="Run the command as this user (root only).")
+@click.option("--group", metavar="GROUP|GID", help="...and this group (default: the user's).")
+@click.option("--allow-ipc-lock", is_flag=True,
+              help="When the helper cannot raise memlock, keep CAP_IPC_LOCK (root only; reported).")
+@click.option("--keep-fds", is_flag=True, help="Keep fds this process inherited (default: close them).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(ports, user, group, allow_ipc_lock, keep_fds, command):
+    """Run COMMAND (QEMU) with the AF_XDP sockets of its ports and no privileges.
+
+    Placeholders key=vmnet:PORT in COMMAND are filled from the port:
+    sock-fds, ifname, queues, start-queue, mode, mac, host_mtu. The helper
+    raises this process's memlock limit; then vmnet sets no_new_privs,
+    drops every capability (and the bounding set), switches to --user, and
+    execs COMMAND, which inherits only the port sockets and stdio.
+
+    \b
+    Example:
+      vmnet exec --user libvirt-qemu -- qemu-system-x86_64 ... \\
+        -netdev af-xdp,id=n0,ifname=vmnet:vm1,queues=vmnet:vm1,mode=vmnet:vm1,inhibit=on,sock-fds=vmnet:vm1 \\
+        -device virtio-net-pci,netdev=n0,mac=vmnet:vm1,host_mtu=vmnet:vm1
+    """
+    import pwd
+    from .handoff import exec_prepared, prepare
+    cfg = _config()
+    uid = _uid(user)
+    gid = _gid(group) if group else (pwd.getpwuid(uid).pw_gid if uid is not None else None)
+    prepared = prepare(list(command), cfg.socket, extra_ports=ports,
+                       allow_ipc_lock=allow_ipc_lock or cfg.allow_ipc_lock, will_switch_user=uid is not None)
+    if prepared.keep_ipc_lock:
+        click.echo("vmnet exec: memlock could not be raised; the command keeps CAP_IPC_LOCK (allowed)", err=True)
+    exec_prepared(prepared, uid=uid, gid=gid, close_inherited=not keep_fds)
+
+
 def main(argv=None):
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])

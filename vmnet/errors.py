@@ -78,6 +78,12 @@ class PermissionDenied(VmnetError):
     exit_code = 8
 
 
+class HelperUnavailable(VmnetError):
+    """No helper answers on the socket."""
+    code = "helper-unavailable"
+    exit_code = 10
+
+
 class CheckFailed(VmnetError):
     """A selftest or doctor check did not pass."""
     code = "check-failed"

@@ -183,6 +183,18 @@ class Port:
     link_id: int = 0
     map_id: int = 0
 
+    @classmethod
+    def from_dict(cls, record: dict) -> "Port":
+        """Rebuild a port from the helper's record of it."""
+        names = {f.name for f in dataclasses.fields(PortSpec)}
+        spec = PortSpec(**{k: v for k, v in record.items() if k in names and k != "mode"},
+                        mode=record.get("mode_requested", "auto"))
+        return cls(spec=spec, mode=record["mode"], mtu=record["mtu"],
+                   host_ifindex=record.get("host_ifindex", 0),
+                   consumer_ifindex=record.get("consumer_ifindex", 0),
+                   prog_id=record.get("prog_id", 0), link_id=record.get("link_id", 0),
+                   map_id=record.get("map_id", 0))
+
     def to_dict(self) -> dict:
         out = self.spec.to_dict()
         out.update(mode_requested=self.spec.mode, mode=self.mode, mtu=self.mtu,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 from importlib import resources
 
@@ -36,6 +37,9 @@ def require_bpffs():
     """Mount bpffs at /sys/fs/bpf when nothing is there, as systemd does at boot."""
     if bpffs_mounted():
         return
+    # In a private mount namespace (e.g. under 'ip netns exec', which remounts
+    # /sys) this instance is private too, and its pins die with the namespace.
+    logging.getLogger("vmnet").warning("mounting a BPF filesystem at /sys/fs/bpf")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"bpf", b"/sys/fs/bpf", b"bpf", 0, b"mode=0700") != 0:
         raise NotSupported("no BPF filesystem is mounted at /sys/fs/bpf and vmnet cannot mount one",

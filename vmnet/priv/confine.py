@@ -41,17 +41,25 @@ def apply_memlock(plan: MemlockPlan | None, pid: int = 0):
         resource.prlimit(pid, resource.RLIMIT_MEMLOCK, (plan.need, hard))
 
 
-def confine(uid: int, gid: int, keep_ipc_lock: bool = False):
-    """Become uid/gid with no capabilities (but CAP_IPC_LOCK when asked). Irreversible."""
+def confine(uid: int | None, gid: int | None, keep_ipc_lock: bool = False):
+    """Become uid/gid with no capabilities (but CAP_IPC_LOCK when asked). Irreversible.
+
+    uid None keeps the caller's identity (an unprivileged caller, e.g. the
+    wrapper under libvirt): its capabilities still go, and its bounding set
+    too when it holds CAP_SETPCAP.
+    """
     if keep_ipc_lock:
         # must be inheritable before the bounding set loses it
         prctl.cap_inheritable.ipc_lock = True
     prctl.set_keepcaps(keep_ipc_lock)
-    for cap in range(_last_cap() + 1):
-        prctl.capbset_drop(cap)
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+    if prctl.cap_effective.setpcap:
+        for cap in range(_last_cap() + 1):
+            prctl.capbset_drop(cap)
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(gid if gid is not None else uid, gid if gid is not None else uid,
+                     gid if gid is not None else uid)
+        os.setresuid(uid, uid, uid)
     if keep_ipc_lock:
         prctl.cap_permitted.limit(prctl.CAP_IPC_LOCK)
         prctl.cap_effective.limit(prctl.CAP_IPC_LOCK)

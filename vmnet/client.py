@@ -1,0 +1,78 @@
+"""A client of the helper: one request, one reply, fds by SCM_RIGHTS.
+
+Used by the CLI (`vmnet port …`, `status`), `vmnet exec` and the QEMU
+wrapper. Imports nothing privileged.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+
+from . import protocol
+from .errors import HelperUnavailable
+
+
+class Client:
+    def __init__(self, path: str, timeout: float = 30.0):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self.sock.close()
+            raise HelperUnavailable(
+                f"no vmnet helper is listening on {path}", errno=exc.errno,
+                fix="start it ('systemctl start vmnet-helper', or 'vmnet helper' as root), "
+                    "or point VMNET_SOCKET at its socket") from None
+        except PermissionError as exc:
+            self.sock.close()
+            raise HelperUnavailable(f"no permission to connect to {path}", errno=exc.errno,
+                                    fix="ask for membership of the helper socket's group") from None
+
+    def call(self, verb: str, **args) -> tuple[dict, list[int]]:
+        """Send one request; return its result and any fds (close-on-exec)."""
+        try:
+            self.sock.sendmsg([protocol.encode_request(verb, **args)])
+            data, anc, flags, _ = self.sock.recvmsg(protocol.MAX_REPLY,
+                                                    socket.CMSG_SPACE(protocol.MAX_FDS * 4))
+        except socket.timeout:
+            raise HelperUnavailable(f"the helper did not answer {verb} in time") from None
+        except OSError as exc:
+            raise HelperUnavailable(f"the connection to the helper broke during {verb}",
+                                    errno=exc.errno, fix="check the helper's log") from None
+        fds = array.array("i")
+        for level, kind, blob in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(blob[:len(blob) - len(blob) % fds.itemsize])
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        if not data:
+            raise HelperUnavailable("the helper closed the connection without answering")
+        try:
+            result = protocol.decode_reply(data)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return result, list(fds)
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def call(path: str, verb: str, **args) -> dict:
+    """One request that hands out no fds."""
+    with Client(path) as c:
+        result, fds = c.call(verb, **args)
+    for fd in fds:
+        os.close(fd)
+    return result

@@ -1,0 +1,64 @@
+"""The helper's record of each port, one JSON file per port, written atomically.
+
+A record is written only once a port is complete, so at start-up a port
+with pins or devices but no record is one a crash left half-made, and a
+record whose pins or devices are gone describes a port that no longer
+works: both are removed. Records live in /run (gone at reboot, like the
+ports themselves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..model import validate_port_name
+
+
+class StateDir:
+    def __init__(self, path: str):
+        self.path = path
+
+    def ensure(self):
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, validate_port_name(name) + ".json")
+
+    def write(self, name: str, record: dict):
+        self.ensure()
+        final = self._file(name)
+        tmp = final + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(record, indent=1, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+
+    def read(self, name: str) -> dict | None:
+        try:
+            with open(self._file(name)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}           # unreadable: treated as half-made by the caller
+
+    def remove(self, name: str) -> bool:
+        try:
+            os.unlink(self._file(name))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if entry.endswith(".tmp"):          # a write cut short by a crash
+                os.unlink(os.path.join(self.path, entry))
+        return sorted(e[:-5] for e in entries if e.endswith(".json"))

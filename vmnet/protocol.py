@@ -1,0 +1,81 @@
+"""The helper's wire protocol: one JSON object per SOCK_SEQPACKET message.
+
+Pure. A request is {"verb": "...", "args": {...}}; a reply is
+{"ok": true, "result": {...}} or {"ok": false, "error": {"code", "message",
+"fix"}}, with the port's AF_XDP socket fds attached by SCM_RIGHTS when the
+verb hands them out. Every message is bounded in size, and anything that is
+not exactly this shape is refused with an error naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .errors import InvalidInput, VmnetError
+
+MAX_MESSAGE = 64 * 1024      # requests are tiny; replies carry at most a few hundred ports
+MAX_REPLY = 4 * 1024 * 1024
+MAX_FDS = 64                 # one per queue of one port
+VERBS = ("port-create", "port-delete", "port-list", "port-show", "fds-for-consumer",
+         "raise-memlock-for-peer", "status")
+
+
+def encode_request(verb: str, **args) -> bytes:
+    return json.dumps({"verb": verb, "args": args}, separators=(",", ":")).encode()
+
+
+def decode_request(data: bytes) -> tuple[str, dict]:
+    if len(data) > MAX_MESSAGE:
+        raise InvalidInput(f"request of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit")
+    try:
+        msg = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"request is not valid JSON ({exc.__class__.__name__})",
+                           fix='send {"verb": "...", "args": {...}}') from None
+    if not isinstance(msg, dict) or set(msg) - {"verb", "args"} or "verb" not in msg:
+        raise InvalidInput('request must be an object with "verb" and optional "args" only')
+    verb, args = msg["verb"], msg.get("args", {})
+    if verb not in VERBS:
+        raise InvalidInput(f"unknown verb {verb!r}", fix=f"use one of: {', '.join(VERBS)}")
+    if not isinstance(args, dict):
+        raise InvalidInput('"args" must be an object')
+    return verb, args
+
+
+def encode_reply(result: dict | None = None, error: VmnetError | None = None) -> bytes:
+    body = {"ok": False, "error": error.to_dict()} if error else {"ok": True, "result": result or {}}
+    return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def decode_reply(data: bytes) -> dict:
+    """The result of a reply, or the VmnetError it carries, raised."""
+    try:
+        msg = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise VmnetError("the helper sent a reply that is not JSON") from None
+    if not isinstance(msg, dict) or "ok" not in msg:
+        raise VmnetError("the helper sent a malformed reply")
+    if msg["ok"]:
+        return msg.get("result", {})
+    raise error_from_dict(msg.get("error") or {})
+
+
+def error_from_dict(err: dict) -> VmnetError:
+    from . import errors
+    cls = next((c for c in vars(errors).values()
+                if isinstance(c, type) and issubclass(c, VmnetError) and c.code == err.get("code")),
+               VmnetError)
+    return cls(str(err.get("message", "the helper refused the request")), fix=err.get("fix"),
+               errno=err.get("errno"))
+
+
+def require(args: dict, key: str, kind, default=...):
+    """One argument of a request, of the given type; absent → default or an error."""
+    if key not in args:
+        if default is ...:
+            raise InvalidInput(f"argument {key!r} is missing")
+        return default
+    value = args[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise InvalidInput(f"argument {key!r} must be {getattr(kind, '__name__', kind)}")
+    return value
