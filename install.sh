@@ -16,6 +16,12 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends \
     python3 python3-venv python3-dev gcc make pkg-config libcap-dev \
     libbpf1 libbpf-dev linux-libc-dev clang llvm iproute2 iputils-ping
+# QEMU 10.0 and libvirt 11.3 come from bookworm-backports; its sources entry is
+# derived from this machine's own Debian entry.
+/usr/bin/python3 scripts/enable-backports
+apt-get update -q
+apt-get install -y -q --no-install-recommends -t bookworm-backports \
+    qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
 
 # The XSK object is committed; fail early when it no longer matches its source.
 make -s -C bpf check
@@ -23,5 +29,7 @@ make -s -C bpf check
 /usr/bin/python3 -m venv "$prefix"
 "$prefix/bin/pip" install -q --disable-pip-version-check ".[test]"
 ln -sf "$prefix/bin/vmnet" /usr/local/bin/vmnet
+ln -sf "$prefix/bin/vmnet-qemu-wrapper" /usr/local/bin/vmnet-qemu-wrapper
+install -D -m 0644 systemd/vmnet-helper.service /usr/local/lib/systemd/system/vmnet-helper.service
 chmod -R a+rX "$prefix"
 echo "vmnet installed in $prefix; try: vmnet doctor && vmnet selftest"

@@ -87,3 +87,14 @@ def consumer_netns():
 @pytest.fixture
 def port_name():
     return "t" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def helper(test_netns):
+    """A running `vmnet helper` in the test's netns with its own socket and state."""
+    from helpers import HelperProcess
+    h = HelperProcess().start()
+    try:
+        yield h
+    finally:
+        h.cleanup()

@@ -59,9 +59,12 @@ def _log(kind: str, argv: list, **extra):
     if not path:
         return
     import json
-    with open(path, "a") as f:
-        f.write(json.dumps({"event": kind, "pid": os.getpid(), "uid": os.getuid(),
-                            "argv": argv, **extra}) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps({"event": kind, "pid": os.getpid(), "uid": os.getuid(),
+                                "argv": argv, **extra}) + "\n")
+    except OSError as exc:       # a debug log must never stop the VM
+        print(f"vmnet-qemu-wrapper: cannot write {path}: {exc.strerror}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -84,4 +84,5 @@ class Policy:
                 "with --consumer-uid set to this uid")
 
     def visible(self, peer: Peer, record: dict) -> bool:
-        return self.is_admin(peer) or self.is_consumer(peer, record)
+        """Admins see every port, a uid the ports it consumes (wherever it runs)."""
+        return self.is_admin(peer) or peer.uid == record.get("consumer_uid")

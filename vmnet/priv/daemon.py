@@ -419,8 +419,14 @@ def _group_id(name: str) -> int:
 
 
 def _rlimit_of(pid: int) -> tuple[int, int]:
-    import resource
-    return resource.prlimit(pid, resource.RLIMIT_MEMLOCK)
+    """RLIMIT_MEMLOCK of another process. prlimit() would need CAP_SYS_RESOURCE
+    just to read it; /proc/<pid>/limits is world-readable."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max locked memory"):
+                soft, hard = line.split()[3:5]
+                return tuple(INFINITY if v == "unlimited" else int(v) for v in (soft, hard))
+    raise OSError(errno.ENOENT, "no memlock line")
 
 
 def _vmnet_devices_here() -> list[str]:

@@ -1,0 +1,106 @@
+"""Shared machinery for tests that talk to a real helper daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+PYTHON = sys.executable
+ADMIN_GID = 64100           # numeric ids: no /etc/passwd entries are created or left behind
+USER_A, USER_B = 64001, 64002
+
+
+def as_identity(uid: int, gid: int, groups=(), keep_ipc_lock: bool = False):
+    """preexec_fn: become uid/gid/groups in the child (optionally with ambient CAP_IPC_LOCK)."""
+    def become():
+        if keep_ipc_lock:
+            from vmnet.priv.confine import confine
+            os.setgroups(list(groups))
+            confine(uid, gid, keep_ipc_lock=True)
+            if groups:
+                pass
+        else:
+            os.setgroups(list(groups))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+    return become
+
+
+class HelperProcess:
+    """`vmnet helper` in a subprocess, in the caller's netns and mount namespace."""
+
+    def __init__(self, extra_config: str = ""):
+        self.dir = f"/run/vmnet-test-{uuid.uuid4().hex[:8]}"
+        os.makedirs(self.dir, mode=0o755)
+        self.socket = os.path.join(self.dir, "helper.sock")
+        self.state_dir = os.path.join(self.dir, "state")
+        self.config = os.path.join(self.dir, "vmnet.toml")
+        with open(self.config, "w") as f:
+            f.write(f'socket = "{self.socket}"\nstate_dir = "{self.state_dir}"\n'
+                    f'admin_group = "{ADMIN_GID}"\nidle_timeout = 5.0\n{extra_config}')
+        os.chmod(self.config, 0o644)
+        self.env = dict(os.environ, VMNET_CONFIG=self.config)
+        self.proc = None
+        self.log = os.path.join(self.dir, "helper.log")
+
+    def start(self, timeout: float = 15.0):
+        self._logf = open(self.log, "a")
+        self.proc = subprocess.Popen([PYTHON, "-m", "vmnet", "helper"], env=self.env,
+                                     stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"helper exited: {self.read_log()}")
+            with contextlib.suppress(OSError):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    s.connect(self.socket)
+                    return self
+                finally:
+                    s.close()
+            time.sleep(0.05)
+        raise RuntimeError("helper did not start listening")
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        if getattr(self, "_logf", None):
+            self._logf.close()
+            self._logf = None
+
+    def read_log(self) -> str:
+        with open(self.log) as f:
+            return f.read()
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def vmnet(self, *args, preexec=None, timeout=60, env=None):
+        """Run the vmnet CLI against this helper; returns CompletedProcess."""
+        return subprocess.run([PYTHON, "-I", "-m", "vmnet", *args], env=dict(self.env, **(env or {})),
+                              capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
+                              stdin=subprocess.DEVNULL, cwd="/")
+
+    def vmnet_json(self, *args, **kw):
+        out = self.vmnet("--json", *args, **kw)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def cleanup(self):
+        """Stop the helper and delete every port it still has."""
+        if self.proc and self.proc.poll() is not None:
+            self.start()
+        with contextlib.suppress(Exception):
+            for port in self.vmnet_json("port", "list")["ports"]:
+                self.vmnet("port", "del", port["name"])
+        self.kill(signal.SIGTERM)
+        shutil.rmtree(self.dir, ignore_errors=True)
