@@ -21,7 +21,8 @@ apt-get install -y -q --no-install-recommends \
 /usr/bin/python3 scripts/enable-backports
 apt-get update -q
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
-    qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+    qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu \
+    libvirt-clients libvirt-dev
 
 # The XSK object is committed; fail early when it no longer matches its source.
 make -s -C bpf check
