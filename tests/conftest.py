@@ -98,3 +98,19 @@ def helper(test_netns):
         yield h
     finally:
         h.cleanup()
+
+
+@pytest.fixture(scope="module")
+def libvirt_env():
+    """A real libvirtd with the vmnet hook and a test helper (system tier)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: starts libvirtd")
+    from libvirt_env import Libvirt, missing
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    env = Libvirt().start()
+    try:
+        yield env
+    finally:
+        env.stop()

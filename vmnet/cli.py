@@ -297,10 +297,119 @@ def exec_(ports, user, group, allow_ipc_lock, keep_fds, command):
     uid = _uid(user)
     gid = _gid(group) if group else (pwd.getpwuid(uid).pw_gid if uid is not None else None)
     prepared = prepare(list(command), cfg.socket, extra_ports=ports,
-                       allow_ipc_lock=allow_ipc_lock or cfg.allow_ipc_lock, will_switch_user=uid is not None)
+                       allow_ipc_lock=allow_ipc_lock or cfg.allow_ipc_lock)
     if prepared.keep_ipc_lock:
         click.echo("vmnet exec: memlock could not be raised; the command keeps CAP_IPC_LOCK (allowed)", err=True)
     exec_prepared(prepared, uid=uid, gid=gid, close_inherited=not keep_fds)
+
+
+# ---- libvirt ---------------------------------------------------------------
+
+@cli.group("libvirt")
+def libvirt_group():
+    """Fit vmnet into libvirt: domain XML, the qemu.d hook, live attach."""
+
+
+_PORT_HELP = ("Port as NAME[,queues=N][,start-queue=S][,mode=auto|native|skb][,mac=M][,mtu=N]"
+              "[,netns=REF][,consumer-user=USER] (repeatable).")
+
+
+def _ports(specs):
+    from .libvirt_xml import port_option
+    if not specs:
+        raise click.UsageError("give at least one --port")
+    return [port_option(s) for s in specs]
+
+
+@libvirt_group.command("render")
+@click.option("--port", "specs", multiple=True, metavar="SPEC", help=_PORT_HELP)
+@click.option("--emulator", default=None, help="Wrapper path (default: /usr/local/bin/vmnet-qemu-wrapper).")
+def libvirt_render(specs, emulator):
+    """Print the <metadata>, <emulator> and <qemu:commandline> fragments for ports.
+
+    \b
+    Example:
+      vmnet libvirt render --port web1,queues=2
+    """
+    from . import libvirt_xml as lx
+    click.echo(lx.render(_ports(specs), emulator or lx.WRAPPER), nl=False)
+
+
+@libvirt_group.command("inject")
+@click.argument("domain_xml", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--port", "specs", multiple=True, metavar="SPEC", help=_PORT_HELP)
+@click.option("--emulator", default=None, help="Wrapper path (default: /usr/local/bin/vmnet-qemu-wrapper).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Write here (default: stdout).")
+def libvirt_inject(domain_xml, specs, emulator, output):
+    """Add or replace vmnet's parts in DOMAIN_XML (idempotent; '-' for stdin).
+
+    \b
+    Example:
+      virsh dumpxml web | vmnet libvirt inject - --port web1,queues=2 > web.xml
+      virsh define web.xml
+    """
+    from . import libvirt_xml as lx
+    with click.open_file(domain_xml, "rb") as f:
+        text = f.read()
+    out = lx.inject(text, _ports(specs), emulator or lx.WRAPPER)
+    with click.open_file(output, "w") as f:
+        f.write(out)
+
+
+HOOK_PATH = "/etc/libvirt/hooks/qemu.d/vmnet"
+
+
+@libvirt_group.command("install-hook")
+@click.option("--path", default=HOOK_PATH, show_default=True, help="Where to install the hook.")
+@click.option("--config", "config_path", metavar="PATH", help="Pin this VMNET_CONFIG in the installed hook.")
+@click.pass_obj
+def libvirt_install_hook(ctx, path, config_path):
+    """Install the qemu.d hook (restart libvirtd afterwards: it reads hooks at start)."""
+    from .hookinstall import install_hook
+    install_hook(path, config_path)
+    _emit(ctx, {"installed": path}, f"installed {path}; restart libvirtd (or virtqemud) to enable it")
+
+
+@libvirt_group.command("uninstall-hook")
+@click.option("--path", default=HOOK_PATH, show_default=True)
+def libvirt_uninstall_hook(path):
+    """Remove the qemu.d hook."""
+    import os
+    try:
+        os.unlink(path)
+        click.echo(f"removed {path}")
+    except FileNotFoundError:
+        click.echo(f"{path} was not installed")
+
+
+@libvirt_group.command("attach")
+@click.argument("domain")
+@click.argument("spec", metavar="PORT_SPEC")
+@click.option("--uri", default="qemu:///system", show_default=True)
+@click.pass_obj
+def libvirt_attach_cmd(ctx, domain, spec, uri):
+    """Create a port and hot-plug it into running DOMAIN (stock emulator).
+
+    PORT_SPEC is NAME[,queues=N][,mode=...][,mac=...]. The port's consumer is
+    the uid the domain's QEMU runs as; its sockets reach QEMU through
+    getfd + netdev_add af-xdp + device_add.
+    """
+    from .libvirt_attach import attach
+    from .libvirt_xml import port_option
+    record = attach(_config().socket, uri, domain, port_option(spec))
+    _emit(ctx, record, f"attached port {record['name']} to {domain}")
+
+
+@libvirt_group.command("detach")
+@click.argument("domain")
+@click.argument("port")
+@click.option("--uri", default="qemu:///system", show_default=True)
+def libvirt_detach_cmd(domain, port, uri):
+    """Unplug PORT from running DOMAIN and delete it."""
+    from .libvirt_attach import detach
+    detach(_config().socket, uri, domain, port)
+    click.echo(f"detached port {port} from {domain}")
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@ class Config:
     admin_group: str | None = None    # members may create and delete ports
     state_dir: str = "/run/vmnet/ports"
     qemu: str = "/usr/bin/qemu-system-x86_64"
+    libvirt_qemu_user: str = "libvirt-qemu"   # consumer of a domain's ports unless its metadata names one
     allow_ipc_lock: bool = False
     idle_timeout: float = 30.0        # seconds a connected client may stay silent
     max_clients: int = 256

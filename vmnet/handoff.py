@@ -31,7 +31,8 @@ class Prepared:
 
 
 def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: bool = False,
-            will_switch_user: bool = False) -> Prepared:
+            on_fds=None) -> Prepared:
+    """Fetch fds, fill the argv, get memlock; on_fds(argv, fds) sees the argv before memlock."""
     names = argvmod.ports_in(argv)
     appended = [p for p in extra_ports if p not in names]
     if not names and not appended:
@@ -46,6 +47,9 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
                 values[name] = argvmod.port_values(record, fds)
                 if name in appended:
                     extra_args += qemu_argv(Port.from_dict(record), fds)
+            final_argv = argvmod.substitute(argv, values) + extra_args
+            if on_fds:
+                on_fds(final_argv, all_fds)
             try:
                 memlock, _ = c.call("raise-memlock-for-peer", ports=names + appended)
                 keep = False
@@ -60,7 +64,7 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
             for fd in all_fds:
                 os.close(fd)
             raise
-    return Prepared(argvmod.substitute(argv, values) + extra_args, all_fds, memlock, keep)
+    return Prepared(final_argv, all_fds, memlock, keep)
 
 
 def close_all_but(keep: set[int]):

@@ -35,8 +35,9 @@ def main():
         from .handoff import exec_prepared, prepare
         cfg = load()
         qemu = os.environ.get("VMNET_QEMU") or cfg.qemu
-        prepared = prepare([qemu] + args, cfg.socket, allow_ipc_lock=cfg.allow_ipc_lock)
-        _log("substituted", prepared.argv, fds=prepared.fds, memlock=prepared.memlock)
+        prepared = prepare([qemu] + args, cfg.socket, allow_ipc_lock=cfg.allow_ipc_lock,
+                           on_fds=lambda argv, fds: _log("substituted", argv, fds=fds))
+        _log("memlock", [], memlock=prepared.memlock)
         exec_prepared(prepared, close_inherited=False)
     except VmnetError as exc:
         # libvirt shows QEMU's stderr to the user when start fails

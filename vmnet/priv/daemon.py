@@ -26,7 +26,7 @@ from pyroute2 import IPRoute
 
 from .. import protocol
 from ..config import Config
-from ..errors import InvalidInput, KernelError, NotFound, VmnetError
+from ..errors import InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
 from ..memlock import INFINITY, mib, plan_memlock
 from ..model import PortSpec
 from . import authz, bpf, links, netns, ports, state, xsk
@@ -233,6 +233,11 @@ class Helper:
     def raise_memlock_for_peer(self, peer, args):
         """Raise the peer's RLIMIT_MEMLOCK to cover every queue its uid consumes."""
         names = protocol.require(args, "ports", list)
+        target = protocol.require(args, "pid", int, peer.pid)
+        if target != peer.pid:
+            # raising another process's limit (live attach into a running QEMU): admins only,
+            # and only for a process running as the ports' consumer uid
+            self.policy.require_admin(peer, "raise another process's memlock limit")
         mine = []
         for name in names:
             if not isinstance(name, str):
@@ -244,20 +249,22 @@ class Helper:
         others = sum(e.record["queues"] for e in self.ports.values()
                      if e.record.get("consumer_uid") == peer.uid and e.record not in mine
                      and e.record.get("handed_out"))
+        if target != peer.pid and any(_uid_of(target) != r.get("consumer_uid") for r in mine):
+            raise PermissionDenied(f"pid {target} is not running as the consumer of {', '.join(names)}")
         try:
-            soft, hard = _rlimit_of(peer.pid)
+            soft, hard = _rlimit_of(target)
         except OSError as exc:
-            raise KernelError(f"cannot read the memlock limit of pid {peer.pid}", errno=exc.errno) from None
+            raise KernelError(f"cannot read the memlock limit of pid {target}", errno=exc.errno) from None
         from ..caps import has_capability
         plan = plan_memlock(queues, soft=soft, hard=hard, can_raise_hard=has_capability("sys_resource"),
                             allow_ipc_lock=False, already_locked=others * 32 * 2**20)
         if plan.action == "raise":
             try:
-                apply_memlock(plan, pid=peer.pid)
+                apply_memlock(plan, pid=target)
             except OSError as exc:
-                raise KernelError(f"cannot raise the memlock limit of pid {peer.pid} to {mib(plan.need)}",
+                raise KernelError(f"cannot raise the memlock limit of pid {target} to {mib(plan.need)}",
                                   errno=exc.errno) from None
-            log.info("raised memlock of %s to %s", peer.describe(), mib(plan.need))
+            log.info("raised memlock of pid %d to %s for %s", target, mib(plan.need), peer.describe())
         return plan.to_dict(), []
 
     # ---- the loop -------------------------------------------------------
@@ -427,6 +434,11 @@ def _rlimit_of(pid: int) -> tuple[int, int]:
                 soft, hard = line.split()[3:5]
                 return tuple(INFINITY if v == "unlimited" else int(v) for v in (soft, hard))
     raise OSError(errno.ENOENT, "no memlock line")
+
+
+def _uid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
 
 
 def _vmnet_devices_here() -> list[str]:

@@ -1,0 +1,1 @@
+"""The libvirt hook script, shipped as package data for `vmnet libvirt install-hook`."""

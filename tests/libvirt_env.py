@@ -1,0 +1,109 @@
+"""A real libvirtd for the system tier: started without systemd, always stopped.
+
+The vmnet hook is installed (pinned to a test helper's configuration) before
+libvirtd starts, because libvirtd reads its hooks at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from helpers import PYTHON, HelperProcess
+
+HOOK = "/etc/libvirt/hooks/qemu.d/vmnet"
+QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
+BASE_DOMAIN = """<domain type="qemu">
+  <name>{name}</name>
+  <memory unit="MiB">96</memory>
+  <vcpu>1</vcpu>
+  <os><type arch="x86_64" machine="pc">hvm</type></os>
+  <devices>
+    <emulator>{qemu}</emulator>
+  </devices>
+</domain>
+"""
+
+
+def missing() -> str | None:
+    for tool in ("libvirtd", "virtlogd", "virsh"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (install.sh installs libvirt 11.3 from bookworm-backports)"
+    if not os.path.exists(QEMU):
+        return "qemu-system-x86_64 is not installed"
+    return None
+
+
+def _pid(path):
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            return int(f.read().strip())
+    return None
+
+
+def _alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class Libvirt:
+    def __init__(self):
+        self.helper = HelperProcess()
+        self.started = []
+
+    def start(self):
+        if _alive(_pid("/run/libvirtd.pid")):
+            raise RuntimeError("a libvirtd is already running; the system tests need their own")
+        self.helper.start()
+        subprocess.run([PYTHON, "-m", "vmnet", "libvirt", "install-hook", "--config", self.helper.config],
+                       check=True, capture_output=True)
+        # the wrapper as libvirt's <emulator>: pinned to the test helper, logging its argv
+        self.wrapper = os.path.join(self.helper.dir, "qemu-wrapper")
+        self.wrapper_log = os.path.join(self.helper.dir, "wrapper.log")
+        open(self.wrapper_log, "w").close()
+        os.chmod(self.wrapper_log, 0o666)
+        with open(self.wrapper, "w") as f:
+            f.write(f"#!/bin/sh\nexport VMNET_CONFIG={self.helper.config} VMNET_QEMU={QEMU} "
+                    f"VMNET_WRAPPER_LOG={self.wrapper_log}\n"
+                    f"exec {os.path.join(os.path.dirname(PYTHON), 'vmnet-qemu-wrapper')} \"$@\"\n")
+        os.chmod(self.wrapper, 0o755)
+        for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
+            if not _alive(_pid(pidfile)):
+                subprocess.run([daemon, "-d"], check=True)
+                self.started.append(pidfile)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError("libvirtd did not come up")
+
+    def virsh(self, *args, check=False):
+        return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
+                              timeout=120, check=check)
+
+    def stop(self):
+        for dom in self.virsh("list", "--all", "--name").stdout.split():
+            if dom.startswith("vmnet-t"):
+                self.virsh("destroy", dom)
+                self.virsh("undefine", dom)
+        for pidfile in reversed(self.started):
+            pid = _pid(pidfile)
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(100):
+                    if not _alive(pid):
+                        break
+                    time.sleep(0.1)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(HOOK)
+        self.helper.cleanup()

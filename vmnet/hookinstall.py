@@ -1,0 +1,36 @@
+"""Installing the libvirt hook with the right interpreter (and, optionally, config).
+
+The committed hooks/vmnet starts with a placeholder interpreter; the
+installed copy runs with vmnet's own Python (-I -S: isolated, no
+site-packages until needed) so it is fast for domains that do not use vmnet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+
+from .errors import from_oserror
+
+
+def hook_text(config_path: str | None = None) -> str:
+    text = (resources.files("vmnet.hooks") / "vmnet").read_text()
+    lines = text.splitlines(keepends=True)
+    lines[0] = f"#!{sys.executable} -IS\n"
+    out = "".join(lines)
+    if config_path:
+        out = out.replace("CONFIG = None\n", f"CONFIG = {os.path.abspath(config_path)!r}\n", 1)
+    return out
+
+
+def install_hook(path: str, config_path: str | None = None):
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(hook_text(config_path))
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot install the hook at {path}") from None

@@ -1,0 +1,128 @@
+"""Hot-plugging a port into a running libvirt domain that uses the stock QEMU.
+
+libvirt closes fds it does not know, so the sockets reach QEMU through
+libvirt_qemu.qemuMonitorCommandWithFiles: `getfd` once per queue, then
+`netdev_add` af-xdp naming those fds and `device_add` virtio-net-pci. Every
+step is undone when a later one fails. Run from the CLI (or the helper's
+host), never from inside a libvirt hook: it calls back into libvirt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import client
+from .errors import InvalidInput, KernelError, NotFound, NotSupported, VmnetError
+from .qemu_args import netdev_id
+
+
+def _libvirt():
+    try:
+        import libvirt
+        import libvirt_qemu
+    except ImportError:
+        raise NotSupported("libvirt-python is not installed",
+                           fix="install vmnet with the libvirt extra: pip install 'vmnet[libvirt]'") from None
+    return libvirt, libvirt_qemu
+
+
+def _domain(uri: str, name: str):
+    libvirt, _ = _libvirt()
+    try:
+        conn = libvirt.open(uri)
+        return conn, conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        raise NotFound(f"libvirt domain {name} cannot be found at {uri}: {exc.get_error_message()}",
+                       fix="check the name with 'virsh list --all'") from None
+
+
+def _qmp(dom, command: str, arguments: dict, fds: list[int] = ()):
+    libvirt, libvirt_qemu = _libvirt()
+    cmd = json.dumps({"execute": command, "arguments": arguments})
+    try:
+        if fds:
+            out = libvirt_qemu.qemuMonitorCommandWithFiles(dom, cmd, list(fds), 0)
+            reply = out[0] if isinstance(out, tuple) else out
+        else:
+            reply = libvirt_qemu.qemuMonitorCommand(dom, cmd, 0)
+    except libvirt.libvirtError as exc:
+        raise KernelError(f"QEMU refused {command}: {exc.get_error_message()}",
+                          fix="check 'vmnet doctor' for QEMU's af-xdp support") from None
+    data = json.loads(reply)
+    if "error" in data:
+        raise KernelError(f"QEMU refused {command}: {data['error'].get('desc')}",
+                          fix="QEMU needs af-xdp support (built with libxdp); see 'vmnet doctor'")
+    return data.get("return")
+
+
+def qemu_pid(name: str, run_dir: str = "/run/libvirt/qemu") -> int:
+    try:
+        with open(os.path.join(run_dir, f"{name}.pid")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        raise NotFound(f"domain {name} is not running (no pid file in {run_dir})",
+                       fix="start it first; live attach needs a running QEMU") from None
+
+
+def attach(socket_path: str, uri: str, name: str, port: dict) -> dict:
+    conn, dom = _domain(uri, name)
+    pid = qemu_pid(name)
+    with open(f"/proc/{pid}/status") as f:
+        uid = int(next(l for l in f if l.startswith("Uid:")).split()[1])
+    ns = f"/proc/{pid}/ns/net"
+    if os.stat(ns).st_ino != os.stat("/proc/self/ns/net").st_ino:
+        port = dict(port, netns=ns)
+    args = {k: v for k, v in port.items() if k != "consumer_user"}
+    record = client.call(socket_path, "port-create", consumer_uid=uid, owner=dom.UUIDString(), **args)
+    pname = record["name"]
+    fd_names, added_netdev = [], False
+    fds: list[int] = []
+    try:
+        with client.Client(socket_path) as c:
+            record, fds = c.call("fds-for-consumer", name=pname)
+            c.call("raise-memlock-for-peer", ports=[pname], pid=pid)
+        for i, fd in enumerate(fds):
+            _qmp(dom, "getfd", {"fdname": f"{netdev_id(pname)}-{i}"}, [fd])
+            fd_names.append(f"{netdev_id(pname)}-{i}")
+        _qmp(dom, "netdev_add", {"type": "af-xdp", "id": netdev_id(pname), "ifname": record["consumer_ifname"],
+                                 "queues": record["queues"], "start-queue": record["start_queue"],
+                                 "mode": record["mode"], "inhibit": True, "sock-fds": ":".join(fd_names)})
+        added_netdev = True
+        device = {"driver": "virtio-net-pci", "id": f"{netdev_id(pname)}-dev", "netdev": netdev_id(pname),
+                  "mac": record["mac"], "host_mtu": record["mtu"]}
+        if record["queues"] > 1:
+            device.update(mq=True, vectors=2 * record["queues"] + 2)
+        _qmp(dom, "device_add", device)
+        return record
+    except BaseException:
+        if added_netdev:
+            _quiet(_qmp, dom, "netdev_del", {"id": netdev_id(pname)})
+        for fdname in fd_names:
+            _quiet(_qmp, dom, "closefd", {"fdname": fdname})
+        _quiet(client.call, socket_path, "port-delete", name=pname, missing_ok=True)
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+
+def detach(socket_path: str, uri: str, name: str, pname: str) -> None:
+    conn, dom = _domain(uri, name)
+    try:
+        record = client.call(socket_path, "port-show", name=pname)
+        if record.get("owner") != dom.UUIDString():
+            raise InvalidInput(f"port {pname} does not belong to domain {name}")
+        _quiet(_qmp, dom, "device_del", {"id": f"{netdev_id(pname)}-dev"})
+        _quiet(_qmp, dom, "netdev_del", {"id": netdev_id(pname)})
+        client.call(socket_path, "port-delete", name=pname, missing_ok=True)
+    finally:
+        conn.close()
+
+
+def _quiet(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except VmnetError:
+        pass

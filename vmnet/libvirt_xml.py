@@ -1,0 +1,214 @@
+"""vmnet's part of a libvirt domain XML: metadata, emulator, QEMU arguments.
+
+Pure (xml.etree only). A domain declares its ports in <metadata> under
+vmnet's namespace; <emulator> is vmnet-qemu-wrapper; <qemu:commandline>
+carries -netdev/-device pairs whose values are `vmnet:PORT` placeholders the
+wrapper fills at start. `render` produces those parts, `inject` puts them
+into an existing domain (replacing earlier vmnet parts, leaving everything
+else as it was), `parse_ports` reads them back for the hook.
+
+    <metadata>
+      <vmnet:ports xmlns:vmnet="urn:vmnet:domain:1">
+        <vmnet:port name="web1" queues="2" mode="auto" consumer-user="libvirt-qemu"/>
+      </vmnet:ports>
+    </metadata>
+"""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+
+from .errors import InvalidInput
+from .model import PortSpec, validate_netns
+from .qemu_args import netdev_id, parse_opts
+
+NS = "urn:vmnet:domain:1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+WRAPPER = "/usr/local/bin/vmnet-qemu-wrapper"
+ET.register_namespace("vmnet", NS)
+ET.register_namespace("qemu", QEMU_NS)
+
+# metadata attribute -> PortSpec field
+ATTRS = {"name": "name", "queues": "queues", "start-queue": "start_queue", "backend": "backend",
+         "mode": "mode", "netns": "netns", "mac": "mac", "mtu": "mtu"}
+INT_ATTRS = ("queues", "start-queue", "mtu")
+EXTRA_ATTRS = ("consumer-user",)
+
+
+def parse_domain(text: str | bytes) -> ET.Element:
+    parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
+    try:
+        parser.feed(text)
+        root = parser.close()
+    except ET.ParseError as exc:
+        raise InvalidInput(f"the domain XML is not well-formed ({exc})",
+                           fix="check the XML with 'virt-xml-validate'") from None
+    if root.tag != "domain":
+        raise InvalidInput(f"the XML's root element is <{root.tag}>, not <domain>")
+    return root
+
+
+def port_from_element(el: ET.Element) -> dict:
+    """One <vmnet:port>, validated, as port-create arguments (+ consumer_user)."""
+    unknown = set(el.attrib) - set(ATTRS) - set(EXTRA_ATTRS)
+    if unknown:
+        raise InvalidInput(f"<vmnet:port> has unknown attribute(s) {', '.join(sorted(unknown))}",
+                           fix=f"known attributes: {', '.join(list(ATTRS) + list(EXTRA_ATTRS))}")
+    args: dict = {}
+    for attr, field in ATTRS.items():
+        if attr not in el.attrib:
+            continue
+        value = el.attrib[attr]
+        if attr in INT_ATTRS:
+            if not value.isascii() or not value.isdigit():
+                raise InvalidInput(f"<vmnet:port {attr}={value!r}> is not a number")
+            value = int(value)
+        args[field] = value
+    if "name" not in args:
+        raise InvalidInput("<vmnet:port> has no name attribute", fix='add name="..." (at most 11 characters)')
+    PortSpec(**args)        # every rule of a port, before anything is created
+    if args.get("netns"):
+        args["netns"] = validate_netns(args["netns"])
+    if "consumer-user" in el.attrib:
+        args["consumer_user"] = el.attrib["consumer-user"]
+    return args
+
+
+def parse_ports(domain: ET.Element) -> list[dict]:
+    ports = []
+    for container in domain.findall(f"metadata/{{{NS}}}ports"):
+        for el in container:
+            if el.tag != f"{{{NS}}}port":
+                raise InvalidInput(f"unexpected element {el.tag} in <vmnet:ports>")
+            ports.append(port_from_element(el))
+    names = [p["name"] for p in ports]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"a port is declared twice in the domain's vmnet metadata: {names}")
+    return ports
+
+
+def port_option(text: str) -> dict:
+    """`NAME[,queues=N][,mode=...][,mac=...][,consumer-user=...]` (the CLI's --port)."""
+    name, opts = parse_opts(text)
+    el = ET.Element(f"{{{NS}}}port", {"name": name, **opts})
+    return port_from_element(el)
+
+
+def _port_element(port: dict) -> ET.Element:
+    attrib = {}
+    for attr, field in ATTRS.items():
+        if port.get(field) not in (None, ""):
+            attrib[attr] = str(port[field])
+    if port.get("consumer_user"):
+        attrib["consumer-user"] = port["consumer_user"]
+    return ET.Element(f"{{{NS}}}port", attrib)
+
+
+def qemu_args_for(port: dict) -> list[str]:
+    name = port["name"]
+    ph = f"vmnet:{name}"
+    netdev = (f"af-xdp,id={netdev_id(name)},ifname={ph},queues={ph},start-queue={ph},"
+              f"mode={ph},inhibit=on,sock-fds={ph}")
+    device = f"virtio-net-pci,id={netdev_id(name)}-dev,netdev={netdev_id(name)},mac={ph},host_mtu={ph}"
+    queues = port.get("queues", 1)
+    if queues > 1:
+        device += f",mq=on,vectors={2 * queues + 2}"
+    return ["-netdev", netdev, "-device", device]
+
+
+def render(ports: list[dict], emulator: str = WRAPPER) -> str:
+    """The XML fragments a domain needs for these ports."""
+    meta = ET.Element("metadata")
+    container = ET.SubElement(meta, f"{{{NS}}}ports")
+    for p in ports:
+        container.append(_port_element(p))
+    cmd = ET.Element(f"{{{QEMU_NS}}}commandline")
+    for p in ports:
+        for arg in qemu_args_for(p):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", {"value": arg})
+    emu = ET.Element("emulator")
+    emu.text = emulator
+    parts = []
+    for el in (meta, emu, cmd):
+        ET.indent(el, "  ")
+        parts.append(ET.tostring(el, encoding="unicode"))
+    return "\n".join(parts) + "\n"
+
+
+def _is_vmnet_arg(arg: ET.Element) -> bool:
+    value = arg.get("value", "")
+    return "=vmnet:" in value or value.startswith(("af-xdp,id=vmnet-", "virtio-net-pci,id=vmnet-"))
+
+
+def inject(text: str | bytes, ports: list[dict], emulator: str = WRAPPER,
+           commandline: bool = True) -> str:
+    """Add or replace vmnet's parts of a domain XML; idempotent; the rest is kept.
+
+    commandline=False declares the ports only (the hook still creates them),
+    keeping the domain's emulator: for domains that take ports by live attach.
+    """
+    root = parse_domain(text)
+    # metadata: replace our container, keep every other application's
+    meta = root.find("metadata")
+    if meta is None:
+        meta = ET.Element("metadata")
+        _insert_after(root, meta, ("description", "title", "uuid", "genid", "name"))
+    for old in meta.findall(f"{{{NS}}}ports"):
+        meta.remove(old)
+    container = ET.SubElement(meta, f"{{{NS}}}ports")
+    for p in ports:
+        container.append(_port_element(p))
+    # emulator
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    emu = devices.find("emulator")
+    if emu is None:
+        emu = ET.Element("emulator")
+        devices.insert(0, emu)
+    if commandline:
+        emu.text = emulator
+    # qemu:commandline: drop earlier vmnet -netdev/-device pairs, append ours
+    cmd = root.find(f"{{{QEMU_NS}}}commandline")
+    if cmd is None:
+        cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    args = list(cmd)
+    keep: list[ET.Element] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if (a.tag == f"{{{QEMU_NS}}}arg" and a.get("value") in ("-netdev", "-device") and nxt is not None
+                and _is_vmnet_arg(nxt)):
+            i += 2
+            continue
+        keep.append(a)
+        i += 1
+    for a in args:
+        cmd.remove(a)
+    for a in keep:
+        cmd.append(a)
+    for p in ports if commandline else ():
+        for value in qemu_args_for(p):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", {"value": value})
+    if not len(cmd):
+        root.remove(cmd)
+    ET.indent(root, "  ")
+    out = io.StringIO()
+    ET.ElementTree(root).write(out, encoding="unicode", xml_declaration=False)
+    return out.getvalue() + "\n"
+
+
+def _insert_after(root: ET.Element, el: ET.Element, after: tuple[str, ...]):
+    index = 0
+    for i, child in enumerate(list(root)):
+        if child.tag in after:
+            index = i + 1
+    root.insert(index, el)
+
+
+def domain_identity(root: ET.Element) -> tuple[str, str]:
+    name = (root.findtext("name") or "").strip()
+    uuid = (root.findtext("uuid") or "").strip()
+    return name, uuid
