@@ -28,7 +28,7 @@ apt-get install -y -q --no-install-recommends -t bookworm-backports \
 make -s -C bpf check
 
 /usr/bin/python3 -m venv "$prefix"
-"$prefix/bin/pip" install -q --disable-pip-version-check ".[test]"
+"$prefix/bin/pip" install -q --disable-pip-version-check ".[test,libvirt]"
 ln -sf "$prefix/bin/vmnet" /usr/local/bin/vmnet
 ln -sf "$prefix/bin/vmnet-qemu-wrapper" /usr/local/bin/vmnet-qemu-wrapper
 install -D -m 0644 systemd/vmnet-helper.service /usr/local/lib/systemd/system/vmnet-helper.service

@@ -17,6 +17,7 @@ else as it was), `parse_ports` reads them back for the hook.
 from __future__ import annotations
 
 import io
+import re
 import xml.etree.ElementTree as ET
 
 from .errors import InvalidInput
@@ -37,9 +38,14 @@ EXTRA_ATTRS = ("consumer-user",)
 
 
 def parse_domain(text: str | bytes) -> ET.Element:
+    data = text.encode() if isinstance(text, str) else text
     parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
     try:
-        parser.feed(text)
+        # keep the document's own prefixes when it is written back (ET would say ns0:)
+        for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
+            if prefix and not re.fullmatch(r"ns[0-9]+", prefix) and uri not in (NS, QEMU_NS):
+                ET.register_namespace(prefix, uri)
+        parser.feed(data)
         root = parser.close()
     except ET.ParseError as exc:
         raise InvalidInput(f"the domain XML is not well-formed ({exc})",
@@ -156,9 +162,12 @@ def inject(text: str | bytes, ports: list[dict], emulator: str = WRAPPER,
         _insert_after(root, meta, ("description", "title", "uuid", "genid", "name"))
     for old in meta.findall(f"{{{NS}}}ports"):
         meta.remove(old)
-    container = ET.SubElement(meta, f"{{{NS}}}ports")
-    for p in ports:
-        container.append(_port_element(p))
+    if ports:
+        container = ET.SubElement(meta, f"{{{NS}}}ports")
+        for p in ports:
+            container.append(_port_element(p))
+    elif not len(meta):
+        root.remove(meta)
     # emulator
     devices = root.find("devices")
     if devices is None:
