@@ -23,10 +23,7 @@ def as_identity(uid: int, gid: int, groups=(), keep_ipc_lock: bool = False):
     def become():
         if keep_ipc_lock:
             from vmnet.priv.confine import confine
-            os.setgroups(list(groups))
-            confine(uid, gid, keep_ipc_lock=True)
-            if groups:
-                pass
+            confine(uid, gid, keep_ipc_lock=True)       # no supplementary groups
         else:
             os.setgroups(list(groups))
             os.setresgid(gid, gid, gid)

@@ -1,10 +1,9 @@
 """The helper daemon through its clients: ports, authorization, restart, recovery."""
 
-import json
 import os
 import signal
 import subprocess
-import time
+import sys
 
 import pytest
 from helpers import ADMIN_GID, USER_A, USER_B, as_identity
@@ -55,7 +54,7 @@ def test_port_creation_is_allowed_only_to_root_and_the_admin_group(helper, port_
         assert out.returncode == 8, out.stderr
         assert f"uid {USER_A}" in out.stderr and "admin_group" in out.stderr
         assert not ports.port_exists(port_name)
-        assert f"refused port-create from pid" in helper.read_log()
+        assert "refused port-create from pid" in helper.read_log()
 
 
 def _fds_for(helper, name, ident):
@@ -68,8 +67,8 @@ def _fds_for(helper, name, ident):
             "except VmnetError as e:\n"
             "    print(e.code, e.message); sys.exit(1)\n"
             "print(len(fds), rec['queues'])\n")
-    out = subprocess.run([helper.env.get("PYTHON", "python3") if False else __import__("sys").executable,
-                          "-I", "-c", code], capture_output=True, text=True, preexec_fn=ident, cwd="/")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         preexec_fn=ident, cwd="/")
     return out.returncode, out.stdout.strip()
 
 

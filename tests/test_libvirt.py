@@ -3,9 +3,10 @@
 import concurrent.futures
 import json
 import os
+import pathlib
 import re
+import shutil
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -175,11 +176,13 @@ def test_live_attach_into_a_running_domain_rolls_back_when_qemu_cannot_take_it(l
         _undefine(env, name)
 
 
-@pytest.mark.parametrize("path", sorted(
-    [str(p) for p in __import__("pathlib").Path(__file__).parent.glob("golden/*.out.xml")]
-    + [str(p) for p in (__import__("pathlib").Path(__file__).parent.parent / "libvirt-xml").glob("*.xml")]))
+HERE = pathlib.Path(__file__).parent
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in list(HERE.glob("golden/*.out.xml"))
+                                        + list((HERE.parent / "libvirt-xml").glob("*.xml"))))
 def test_libvirts_schema_accepts_what_inject_and_the_examples_produce(path):
-    if not __import__("shutil").which("virt-xml-validate"):
+    if not shutil.which("virt-xml-validate"):
         pytest.skip("virt-xml-validate (libvirt-clients) is not installed")
     out = subprocess.run(["virt-xml-validate", path, "domain"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

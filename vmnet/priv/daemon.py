@@ -211,7 +211,7 @@ class Helper:
             if entry.record.get("handed_out"):
                 raise InvalidInput(
                     f"port {entry.record['name']}'s sockets were handed out before the helper restarted",
-                    fix=f"its consumer still holds them; to start a new consumer, delete and re-create the port")
+                    fix="its consumer still holds them; to start a new consumer, delete and re-create the port")
             entry.sockets = self._new_sockets(entry.record)
         if not entry.record.get("handed_out"):
             entry.record["handed_out"] = True
