@@ -28,6 +28,7 @@ class Config:
     allow_ipc_lock: bool = False
     idle_timeout: float = 30.0        # seconds a connected client may stay silent
     max_clients: int = 256
+    max_clients_per_uid: int = 32     # no single user can take every slot
 
 
 _TYPES = {f.name: f.type for f in dataclasses.fields(Config)}

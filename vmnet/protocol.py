@@ -4,7 +4,9 @@ Pure. A request is {"verb": "...", "args": {...}}; a reply is
 {"ok": true, "result": {...}} or {"ok": false, "error": {"code", "message",
 "fix"}}, with the port's AF_XDP socket fds attached by SCM_RIGHTS when the
 verb hands them out. Every message is bounded in size, and anything that is
-not exactly this shape is refused with an error naming what was wrong.
+not exactly this shape is refused with an error naming what was wrong. An
+empty message cannot be told from the peer hanging up, and closes the
+connection.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def decode_request(data: bytes) -> tuple[str, dict]:
         raise InvalidInput(f"request of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit")
     try:
         msg = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"request is not valid JSON ({exc.__class__.__name__})",
                            fix='send {"verb": "...", "args": {...}}') from None
     if not isinstance(msg, dict) or set(msg) - {"verb", "args"} or "verb" not in msg:
@@ -51,13 +53,19 @@ def decode_reply(data: bytes) -> dict:
     """The result of a reply, or the VmnetError it carries, raised."""
     try:
         msg = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise VmnetError("the helper sent a reply that is not JSON") from None
-    if not isinstance(msg, dict) or "ok" not in msg:
+    if not isinstance(msg, dict) or not isinstance(msg.get("ok"), bool):
         raise VmnetError("the helper sent a malformed reply")
     if msg["ok"]:
-        return msg.get("result", {})
-    raise error_from_dict(msg.get("error") or {})
+        result = msg.get("result", {})
+        if not isinstance(result, dict):
+            raise VmnetError("the helper sent a malformed reply")
+        return result
+    err = msg.get("error") or {}
+    if not isinstance(err, dict):
+        raise VmnetError("the helper sent a malformed reply")
+    raise error_from_dict(err)
 
 
 def error_from_dict(err: dict) -> VmnetError:
@@ -65,8 +73,11 @@ def error_from_dict(err: dict) -> VmnetError:
     cls = next((c for c in vars(errors).values()
                 if isinstance(c, type) and issubclass(c, VmnetError) and c.code == err.get("code")),
                VmnetError)
-    return cls(str(err.get("message", "the helper refused the request")), fix=err.get("fix"),
-               errno=err.get("errno"))
+    errno = err.get("errno")
+    fix = err.get("fix")
+    return cls(str(err.get("message", "the helper refused the request")),
+               fix=fix if isinstance(fix, str) else None,
+               errno=errno if isinstance(errno, int) and not isinstance(errno, bool) else None)
 
 
 def require(args: dict, key: str, kind, default=...):

@@ -28,7 +28,7 @@ from .. import protocol
 from ..config import Config
 from ..errors import InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
 from ..memlock import INFINITY, mib, plan_memlock
-from ..model import PortSpec
+from ..model import PortSpec, validate_port_name
 from . import authz, bpf, links, netns, ports, state, xsk
 from .confine import apply_memlock
 
@@ -119,7 +119,7 @@ class Helper:
     # ---- verbs ----------------------------------------------------------
 
     def _entry(self, peer, args) -> Entry:
-        name = protocol.require(args, "name", str)
+        name = validate_port_name(protocol.require(args, "name", str))
         entry = self.ports.get(name)
         if entry is None or not self.policy.visible(peer, entry.record):
             raise NotFound(f"port {name} does not exist", fix="list ports with 'vmnet port list'")
@@ -269,17 +269,20 @@ class Helper:
 
     # ---- the loop -------------------------------------------------------
 
-    def handle(self, peer, data: bytes, received_fds: list[int]) -> tuple[bytes, list[int]]:
+    def handle(self, peer, data: bytes, received_fds: list[int],
+               truncated: bool = False) -> tuple[bytes, list[int]]:
         verb = "?"
         try:
             if received_fds:
-                raise InvalidInput(f"the request carried {len(received_fds)} file descriptor(s); "
+                count = f"at least {len(received_fds)}" if truncated else str(len(received_fds))
+                raise InvalidInput(f"the request carried {count} file descriptor(s); "
                                    "the helper accepts none (they were closed)")
             verb, args = protocol.decode_request(data)
             result, fds = self.verbs[verb](peer, args)
             return protocol.encode_reply(result), fds
         except VmnetError as exc:
-            log.warning("refused %s from %s: %s", verb, peer.describe(), exc.message)
+            # the message may quote client input: keep it on one log line
+            log.warning("refused %s from %s: %s", verb, peer.describe(), _one_line(exc.message))
             return protocol.encode_reply(error=exc), []
         except Exception as exc:      # a bug must not take the helper down
             log.exception("internal error in %s from %s", verb, peer.describe())
@@ -289,7 +292,7 @@ class Helper:
         listener = _listen(self.cfg)
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ)
-        conns: dict[socket.socket, float] = {}
+        conns: dict[socket.socket, tuple[float, int]] = {}   # last activity, peer uid
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         signal.signal(signal.SIGINT, lambda *_: stop.append(1))
@@ -309,7 +312,7 @@ class Helper:
                         if key.fileobj is not listener:
                             _drop(key.fileobj, sel, conns)
                 now = time.monotonic()
-                for conn, last in list(conns.items()):
+                for conn, (last, _) in list(conns.items()):
                     if now - last > self.cfg.idle_timeout:
                         _drop(conn, sel, conns)
         finally:
@@ -331,8 +334,15 @@ class Helper:
         except (BlockingIOError, InterruptedError):
             return
         if len(conns) >= self.cfg.max_clients:
-            conn.close()
             log.warning("refused a connection: %d clients already connected", len(conns))
+            conn.close()
+            return
+        peer = authz.peer_of(conn)
+        if sum(1 for p in conns.values() if p[1] == peer.uid) >= self.cfg.max_clients_per_uid:
+            # one user holding every slot with silent connections must not lock out QEMU
+            log.warning("refused a connection from %s: it already has %d", peer.describe(),
+                        self.cfg.max_clients_per_uid)
+            conn.close()
             return
         conn.setblocking(False)
         try:
@@ -340,7 +350,7 @@ class Helper:
         except OSError:
             pass
         sel.register(conn, selectors.EVENT_READ)
-        conns[conn] = time.monotonic()
+        conns[conn] = (time.monotonic(), peer.uid)
 
     def _serve_one(self, conn, sel, conns):
         try:
@@ -357,20 +367,24 @@ class Helper:
         if not data and not anc:
             _drop(conn, sel, conns)          # orderly close
             return
-        conns[conn] = time.monotonic()
+        conns[conn] = (time.monotonic(), conns[conn][1])
         peer = authz.peer_of(conn)
         if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE:
             reply, fds = protocol.encode_reply(error=InvalidInput(
                 f"request is over the {protocol.MAX_MESSAGE}-byte limit")), []
             log.warning("refused an oversized request from %s", peer.describe())
         else:
-            reply, fds = self.handle(peer, data, received or ([-1] if flags & socket.MSG_CTRUNC else []))
+            reply, fds = self.handle(peer, data, received, truncated=bool(flags & socket.MSG_CTRUNC))
         try:
             anc_out = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
             conn.sendmsg([reply], anc_out)
         except OSError as exc:
             log.warning("could not reply to %s: %s", peer.describe(), exc)
             _drop(conn, sel, conns)
+
+
+def _one_line(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _fds_from(anc) -> list[int]:
