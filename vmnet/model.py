@@ -24,7 +24,11 @@ _PROC_NETNS = re.compile(r"/proc/[0-9]+/ns/net")
 
 QUEUES_MAX = 64
 MODES = ("auto", "native", "skb")
-BACKENDS = ("veth",)
+# How a port's device is made (docs/backends.md). "auto" is resolved when the
+# port is created: netkit when the kernel has it and skb mode will do, else veth.
+BACKENDS = ("auto", "veth", "netkit", "netkit-lease")
+# netkit has no native XDP (no ndo_bpf); its XSK program runs in generic mode
+SKB_ONLY_BACKENDS = ("netkit",)
 
 # AF_XDP frames are 4 KiB UMEM chunks; the kernel keeps XDP_PACKET_HEADROOM
 # (256 bytes) in front of the data in each, so a frame carries at most
@@ -110,6 +114,23 @@ def default_mac(port_name: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02,) + tuple(digest[:5]))
 
 
+def validate_backend(backend: str, mode: str, lease_from: str | None) -> None:
+    """The combinations of backend, XDP mode and lease source vmnet can build."""
+    if backend in SKB_ONLY_BACKENDS and mode == "native":
+        raise InvalidInput(
+            f"backend {backend} cannot run the XSK program in native mode: netkit has no native "
+            "XDP, only generic (skb) XDP",
+            fix="use --mode skb or --mode auto with netkit, or --backend veth for native XDP")
+    if backend == "netkit-lease":
+        if lease_from is None:
+            raise InvalidInput("backend netkit-lease needs the physical NIC whose queues it leases",
+                               fix="name it with --lease-from IFNAME")
+        validate_ifname(lease_from)
+    elif lease_from is not None:
+        raise InvalidInput(f"--lease-from applies only to backend netkit-lease, not {backend}",
+                           fix="leave --lease-from out, or use --backend netkit-lease")
+
+
 def validate_mtu(mtu) -> int | None:
     if mtu is None:
         return None
@@ -135,6 +156,7 @@ class PortSpec:
     mtu: int | None = None        # None: the largest one frame carries
     consumer_uid: int | None = None
     consumer_gid: int | None = None
+    lease_from: str | None = None  # netkit-lease: the physical NIC whose queues are leased
 
     def __post_init__(self):
         validate_port_name(self.name)
@@ -145,6 +167,7 @@ class PortSpec:
         if self.mode not in MODES:
             raise InvalidInput(f"XDP mode {self.mode!r} is not known",
                                fix=f"use one of: {', '.join(MODES)}")
+        validate_backend(self.backend, self.mode, self.lease_from)
         object.__setattr__(self, "netns", validate_netns(self.netns))
         object.__setattr__(self, "mac", validate_mac(self.mac) if self.mac else default_mac(self.name))
         validate_mtu(self.mtu)
@@ -182,6 +205,8 @@ class Port:
     prog_id: int = 0
     link_id: int = 0
     map_id: int = 0
+    backend_requested: str = ""     # what was asked for ("auto" or spec.backend)
+    backend_reason: str = ""        # why spec.backend was chosen, for status/doctor
 
     @classmethod
     def from_dict(cls, record: dict) -> "Port":
@@ -193,7 +218,9 @@ class Port:
                    host_ifindex=record.get("host_ifindex", 0),
                    consumer_ifindex=record.get("consumer_ifindex", 0),
                    prog_id=record.get("prog_id", 0), link_id=record.get("link_id", 0),
-                   map_id=record.get("map_id", 0))
+                   map_id=record.get("map_id", 0),
+                   backend_requested=record.get("backend_requested", spec.backend),
+                   backend_reason=record.get("backend_reason", ""))
 
     def to_dict(self) -> dict:
         out = self.spec.to_dict()
@@ -201,5 +228,6 @@ class Port:
                    host_ifname=self.spec.host_ifname, consumer_ifname=self.spec.consumer_ifname,
                    host_ifindex=self.host_ifindex, consumer_ifindex=self.consumer_ifindex,
                    map_keys=self.spec.map_keys, prog_id=self.prog_id, link_id=self.link_id,
-                   map_id=self.map_id)
+                   map_id=self.map_id, backend_requested=self.backend_requested or self.spec.backend,
+                   backend_reason=self.backend_reason)
         return out

@@ -3,7 +3,9 @@
 create_port either returns a complete, working port or leaves nothing
 behind; delete_port removes whatever of a port exists and is idempotent.
 Every object a port owns is found from its name alone: devices
-vmn-<port>/vmc-<port>, pins /sys/fs/bpf/vmnet/<port>/.
+vmn-<port>/vmc-<port>, pins /sys/fs/bpf/vmnet/<port>/. The backend
+(docs/backends.md) decides only how the two devices are made: a veth pair
+or a netkit pair; deleting the host end deletes either pair.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import dataclasses
 import os
 import socket
 
-from ..errors import AlreadyExists, InvalidInput, VmnetError
+from ..errors import AlreadyExists, InvalidInput, NotSupported, VmnetError
 from ..model import MTU_FRAME_MAX, Port, PortSpec, validate_port_name
-from . import bpf, links, netns, xsk
+from . import bpf, links, netdev_genl, netkit, netns, xsk
 
 
 @dataclasses.dataclass
@@ -40,6 +42,35 @@ def _choose_mtu(spec: PortSpec, host_max_mtu: int | None) -> int:
     return spec.mtu
 
 
+def _create_devices(spec: PortSpec) -> tuple[PortSpec, str]:
+    """Make the port's device pair; resolve backend "auto". Returns the spec
+    with the backend actually used, and why it was chosen."""
+    if spec.backend == "veth":
+        links.create_veth(spec)
+        return spec, "asked for"
+    if spec.backend == "netkit":
+        netkit.create_pair(spec)
+        return spec, "asked for"
+    if spec.backend == "netkit-lease":
+        # Refuse before anything exists: no kernel this project can boot has it yet.
+        netdev_genl.require_queue_create()
+        raise NotSupported(
+            f"port {spec.name}: backend netkit-lease is not implemented past feature detection",
+            fix="use the netkit or veth backend (docs/backends.md says what is missing)")
+    # auto
+    if spec.mode == "native":
+        links.create_veth(dataclasses.replace(spec, backend="veth"))
+        return (dataclasses.replace(spec, backend="veth"),
+                "auto: native XDP was asked for, and netkit has only generic (skb) XDP")
+    try:
+        netkit.create_pair(dataclasses.replace(spec, backend="netkit"))
+        return dataclasses.replace(spec, backend="netkit"), "auto: the kernel has netkit"
+    except netkit.NetkitUnavailable as exc:
+        links.create_veth(dataclasses.replace(spec, backend="veth"))
+        return (dataclasses.replace(spec, backend="veth"),
+                f"auto: the kernel has no netkit ({exc.message}; needs {netkit.MIN_KERNEL})")
+
+
 def create_port(spec: PortSpec) -> CreatedPort:
     bpf.require_bpffs()
     if bpf.pinned(spec.name):
@@ -47,7 +78,9 @@ def create_port(spec: PortSpec) -> CreatedPort:
                             fix=f"delete it with 'vmnet port del {spec.name}' or pick another name")
     if spec.netns:
         os.close(netns.open_netns(spec.netns))  # refuse a bad netns before creating anything
-    links.create_veth(spec)
+    requested = spec.backend
+    spec, backend_reason = _create_devices(spec)
+    attach_mode = "skb" if spec.backend == "netkit" and spec.mode == "auto" else spec.mode
     attached = None
     sockets: list[socket.socket] = []
     try:
@@ -55,7 +88,7 @@ def create_port(spec: PortSpec) -> CreatedPort:
         with netns.entered(spec.netns):
             consumer = links.require_link(spec.consumer_ifname)
             attached = bpf.load_and_attach(consumer["ifindex"], spec.consumer_ifname,
-                                           spec.start_queue + spec.queues, spec.mode)
+                                           spec.start_queue + spec.queues, attach_mode)
         # veth lowers the host end's max MTU to what an XDP frame holds
         host = links.require_link(spec.host_ifname)
         mtu = _choose_mtu(spec, host["max_mtu"])
@@ -67,7 +100,8 @@ def create_port(spec: PortSpec) -> CreatedPort:
         ids = attached.ids
         port = Port(spec=spec, mode=attached.mode, mtu=mtu, host_ifindex=host["ifindex"],
                     consumer_ifindex=consumer["ifindex"], prog_id=ids["prog_id"],
-                    link_id=ids["link_id"], map_id=ids["map_id"])
+                    link_id=ids["link_id"], map_id=ids["map_id"],
+                    backend_requested=requested, backend_reason=backend_reason)
         attached.close()
         return CreatedPort(port=port, sockets=sockets, offloads_off=offloads)
     except BaseException:
