@@ -110,7 +110,11 @@ def test_restart_keeps_complete_ports_and_removes_half_made_ones(helper, port_na
     ports.create_port(PortSpec(name=half)).close()
     # a recorded port whose device vanished while the helper was down
     links.delete_link("vmn-" + gone)
+    # the temporary pin directory of a process that died in the middle of pinning
+    abandoned = os.path.join(bpf.PIN_ROOT, f"_{port_name}-999999999")
+    os.mkdir(abandoned)
     helper.start()
+    assert not os.path.exists(abandoned)
     names = [p["name"] for p in helper.vmnet_json("port", "list")["ports"]]
     assert names == [kept]
     assert not ports.port_exists(half) and not ports.port_exists(gone)

@@ -109,16 +109,66 @@ def load_and_attach(ifindex: int, ifname: str, map_entries: int, mode: str) -> A
 
 
 def pin(port: str, attached: Attached):
+    """Pin link and map; the port's directory appears complete or not at all.
+
+    Both are pinned in a directory named "_<port>-<pid>" (no port name
+    starts with "_", and bpffs allows no dots), then renamed into place, so a
+    helper starting meanwhile never mistakes a port being created for a
+    half-made one.
+    """
     require_bpffs()
     os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
     d = pin_dir(port)
+    if os.path.exists(d):
+        raise AlreadyExists(f"port {port} already has pins in {d}",
+                            fix=f"delete the port with 'vmnet port del {port}'")
+    tmp = os.path.join(PIN_ROOT, f"_{port}-{os.getpid()}")
+    _remove_pin_dir(tmp)
+    os.mkdir(tmp, 0o700)
     try:
-        os.mkdir(d, 0o700)
+        libbpf.obj_pin(attached.link_fd, os.path.join(tmp, "link"))
+        libbpf.obj_pin(attached.map_fd, os.path.join(tmp, "xsks"))
+        os.rename(tmp, d)
     except FileExistsError:
         raise AlreadyExists(f"port {port} already has pins in {d}",
                             fix=f"delete the port with 'vmnet port del {port}'") from None
-    libbpf.obj_pin(attached.link_fd, os.path.join(d, "link"))
-    libbpf.obj_pin(attached.map_fd, os.path.join(d, "xsks"))
+    finally:
+        _remove_pin_dir(tmp)
+
+
+def _remove_pin_dir(d: str) -> bool:
+    found = False
+    for name in ("link", "xsks"):
+        try:
+            os.unlink(os.path.join(d, name))
+            found = True
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(d)
+        found = True
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def remove_abandoned_pins() -> list[str]:
+    """Temporary pin directories of processes that died while creating a port."""
+    removed = []
+    for entry in _entries():
+        if entry.startswith("_"):
+            pid = entry.rsplit("-", 1)[-1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                _remove_pin_dir(os.path.join(PIN_ROOT, entry))
+                removed.append(entry)
+    return removed
+
+
+def _entries() -> list[str]:
+    try:
+        return os.listdir(PIN_ROOT)
+    except FileNotFoundError:
+        return []
 
 
 def pinned(port: str) -> bool:
@@ -154,24 +204,8 @@ def is_vmnet_program(prog_id: int) -> bool:
 
 def unpin(port: str) -> bool:
     """Remove a port's pins (which detaches its program); True if any existed."""
-    d = pin_dir(port)
-    found = False
-    for name in ("link", "xsks"):
-        try:
-            os.unlink(os.path.join(d, name))
-            found = True
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(d)
-        found = True
-    except FileNotFoundError:
-        pass
-    return found
+    return _remove_pin_dir(pin_dir(port))
 
 
 def pinned_ports() -> list[str]:
-    try:
-        return sorted(os.listdir(PIN_ROOT))
-    except FileNotFoundError:
-        return []
+    return sorted(e for e in _entries() if not e.startswith("_"))

@@ -77,6 +77,7 @@ class Helper:
                 ports.delete_port(name)
                 self.state.remove(name)
                 removed.append(name)
+        removed += bpf.remove_abandoned_pins()
         for name in bpf.pinned_ports():
             if name not in self.ports and self._half_made_here(name):
                 ports.delete_port(name)
