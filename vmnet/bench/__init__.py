@@ -1,0 +1,60 @@
+"""`vmnet bench`: what vmnet adds to a VM's start, and whether it holds as a host fills up.
+
+Measures, in one run, against baselines taken in the same run: port
+create/delete latency through the helper vs the floor (the same kernel work
+done directly), 256 ports (first vs last creates, helper memory, `vmnet
+status`, teardown), the libvirt hook vs `python3 -c pass`, and the data
+path's ping RTT. Prints a table (or one JSON object) with each of the
+issue's goals met or missed and by how much. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .runner import PARTS, Plan, progress_to_terminal, run
+
+__all__ = ["bench", "run", "Plan"]
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Fewer iterations and 64 ports instead of 256 (for CI).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--iterations", type=click.IntRange(1), help="Create/delete iterations per queue count "
+              "(default 200, 20 with --quick).")
+@click.option("--ports", type=click.IntRange(2), help="Ports in the scale part (default 256, 64 with --quick).")
+@click.option("--queues", "queue_counts", multiple=True, type=click.IntRange(1, 64),
+              help="Queue counts of the latency part (default 1, 4 and 8; repeatable).")
+@click.option("--skip", multiple=True, type=click.Choice(PARTS), help="Leave out a part (repeatable).")
+@click.option("--hook", "hook_path", metavar="PATH",
+              help="Hook to measure (default: the one `vmnet libvirt install-hook` installs).")
+@click.option("--profile", "profile_dir", metavar="DIR",
+              help="Run the helper under cProfile; write DIR/helper.prof and DIR/helper-top.txt.")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when a goal is missed.")
+@click.pass_context
+def bench(click_ctx, quick, as_json, iterations, ports, queue_counts, skip, hook_path, profile_dir, strict):
+    """Benchmark port setup, scale, the libvirt hook and the data path (root).
+
+    Everything runs against a throwaway helper in a throwaway network
+    namespace and is removed afterwards, also on errors and Ctrl-C. Timings
+    are wall-clock on this machine; ratios to the floors measured in the
+    same run are what carries over to other machines.
+    """
+    from ..errors import CheckFailed
+    from .report import format_result
+    parent = click_ctx.obj                      # `vmnet --json bench` works too
+    as_json = as_json or bool(getattr(parent, "json", False))
+    plan = Plan.make(quick, iterations=iterations, ports=ports,
+                     queue_counts=tuple(queue_counts) or None, skip=tuple(skip),
+                     hook_path=hook_path, profile_dir=profile_dir)
+    progress = progress_to_terminal if sys.stderr.isatty() else (lambda *_: None)
+    result = run(plan, progress)
+    if progress is progress_to_terminal:
+        sys.stderr.write("\r\033[K")
+    click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_result(result))
+    missed = [g["name"] for g in result["goals"] if g["met"] is False]
+    if strict and missed:
+        raise CheckFailed(f"{len(missed)} goal(s) missed: {', '.join(missed)}")

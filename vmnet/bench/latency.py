@@ -1,0 +1,100 @@
+"""Port create/delete latency through the helper, against the floor, in one loop.
+
+Each iteration creates and deletes one port three ways: through the helper
+(client-side wall time: connect, request, reply, as every vmnet client
+does it), through the library the helper uses (vmnet.priv.ports, in this
+process: what the helper costs on top of it), and as the floor
+(vmnet.bench.floor: the same kernel work, done directly). Besides wall
+time it records the CPU time each create used (the helper's, read from
+/proc/<pid>/schedstat; this thread's for the other two): CPU time hardly
+moves with a busy machine, and it is what a busy machine multiplies into
+wall time at the tail. The order
+rotates every iteration, so that all three see the same machine: a noisy
+neighbour slows all of them, not one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from ..model import PortSpec, default_mac
+from ..priv import netns, ports
+from . import floor
+from .stats import summary
+
+WARMUP = 3      # first requests pay the helper's lazy imports and libbpf's first open
+WAYS = ("helper", "library", "floor")
+
+
+def _ms(t0: float, t1: float) -> float:
+    return (t1 - t0) * 1000
+
+
+def _through_helper(helper, name, q, consumer_uid):
+    c0, t0 = helper.cpu_ns(), time.perf_counter()
+    record = helper.call("port-create", name=name, queues=q, backend="veth", consumer_uid=consumer_uid)
+    t1, c1 = time.perf_counter(), helper.cpu_ns()
+    helper.call("port-delete", name=name)
+    t2 = time.perf_counter()
+    return _ms(t0, t1), _ms(t1, t2), {"mtu": record["mtu"], "cpu": (c1 - c0) / 1e6}
+
+
+def _through_library(helper, name, q, consumer_uid):
+    with netns.entered(helper.netns):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        created = ports.create_port(PortSpec(name=name, queues=q, backend="veth", consumer_uid=consumer_uid))
+        t1, c1 = time.perf_counter(), time.thread_time()
+        created.close()         # the helper keeps its copies until the delete: not timed here
+        t2 = time.perf_counter()
+        ports.delete_port(name)
+        t3 = time.perf_counter()
+    return _ms(t0, t1), _ms(t2, t3), {"cpu": _ms(c0, c1)}
+
+
+def _floor(helper, name, q, mtu):
+    with netns.entered(helper.netns):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        port = floor.create(name, q, mtu, default_mac(name))
+        t1, c1 = time.perf_counter(), time.thread_time()
+        port.remove()
+        t2 = time.perf_counter()
+    return _ms(t0, t1), _ms(t1, t2), dict(port.steps, cpu=_ms(c0, c1))
+
+
+def measure(helper, queue_counts, iterations: int, tag: str, consumer_uid: int, progress) -> dict:
+    out = {}
+    for q in queue_counts:
+        names = {"helper": f"{tag}h{q}", "library": f"{tag}p{q}", "floor": f"{tag}f{q}"}
+        samples = {way: ([], []) for way in WAYS}
+        cpu = {way: [] for way in WAYS}
+        floor_steps: dict[str, list] = {}
+        mtu = None
+        for i in range(-WARMUP, iterations):
+            shift = i % len(WAYS)
+            for way in WAYS[shift:] + WAYS[:shift]:
+                if way == "helper":
+                    create, delete, extra = _through_helper(helper, names[way], q, consumer_uid)
+                    mtu = extra["mtu"]
+                elif mtu is None:           # the floor uses the MTU vmnet chose: helper first
+                    continue
+                elif way == "library":
+                    create, delete, extra = _through_library(helper, names[way], q, consumer_uid)
+                else:
+                    create, delete, extra = _floor(helper, names[way], q, mtu)
+                if i >= 0:
+                    samples[way][0].append(create)
+                    samples[way][1].append(delete)
+                    cpu[way].append(extra.pop("cpu"))
+                    if way == "floor":
+                        for step, ms in extra.items():
+                            floor_steps.setdefault(step, []).append(ms)
+            progress(f"latency {q}q", i + 1, iterations)
+        out[str(q)] = {"mtu": mtu, "floor_steps_p50_ms": {
+            step: round(statistics.median(v), 3) for step, v in floor_steps.items()}}
+        for way, (create, delete) in samples.items():
+            prefix = "" if way == "helper" else way + "_"
+            out[str(q)][prefix + "create"] = summary(create)
+            out[str(q)][prefix + "delete"] = summary(delete)
+            out[str(q)][prefix + "create_cpu"] = summary(cpu[way])
+    return out

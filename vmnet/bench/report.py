@@ -1,0 +1,115 @@
+"""The benchmark's result as a table for people. Pure."""
+
+from __future__ import annotations
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _x(x) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _table(head: tuple, rows: list[tuple]) -> list[str]:
+    lines = [head] + rows
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+
+
+def _problem(part: dict) -> str | None:
+    return part.get("skipped") or part.get("error")
+
+
+def format_result(r: dict) -> str:
+    out = [f"vmnet bench{' --quick' if r.get('quick') else ''}: kernel {r['machine']['kernel']}, "
+           f"{r['machine']['cpus']} CPUs, load {r['machine']['loadavg_start']} -> {r['machine'].get('loadavg_end')}, "
+           f"{r.get('duration_s', 0):.0f} s", ""]
+    busy = max(r["machine"]["loadavg_start"][0], (r["machine"].get("loadavg_end") or [0])[0])
+    if busy > 0.5 * (r["machine"]["cpus"] or 1):
+        out[-1:-1] = [f"note: load average {busy:.1f} on {r['machine']['cpus']} CPUs: other work shares this "
+                      "machine; p99s and absolute times reflect it, ratios and CPU times much less"]
+    lat = r.get("latency") or {}
+    out.append(f"1. port create/delete latency, ms ({r['plan']['iterations']} iterations each, veth, "
+               "client-side wall time)")
+    if _problem(lat):
+        out.append(f"   {_problem(lat)}")
+    else:
+        rows = []
+        for q, v in lat.items():
+            for way, label in (("", "helper"), ("library_", "library"), ("floor_", "floor")):
+                rows.append((q if not way else "", label, _ms(v[way + "create"]["p50"]), _ms(v[way + "create"]["p99"]),
+                             _ms(v[way + "create_cpu"]["p50"]),
+                             _ms(v[way + "delete"]["p50"]), _ms(v[way + "delete"]["p99"]),
+                             _x(r["create_p50_ratio_to_floor_by_queues"].get(q)) if not way else ""))
+        out += ["   " + line for line in _table(
+            ("queues", "way", "create p50", "p99", "cpu p50", "delete p50", "p99", "create/floor"), rows)]
+        out.append("   helper: vmnet.client -> vmnet helper; library: vmnet.priv.ports in-process; "
+                   "floor: the same kernel work, direct; cpu: CPU time of one create (helper: the helper "
+                   "process's)")
+        steps = next(iter(lat.values())).get("floor_steps_p50_ms") or {}
+        if steps:
+            out.append(f"   floor create, p50 per step ({next(iter(lat))} queue(s)): "
+                       + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
+    out.append("")
+    sc = r.get("scale") or {}
+    out.append(f"2. scale: {sc.get('ports', r['plan']['ports'])} one-queue ports")
+    if _problem(sc):
+        out.append(f"   {_problem(sc)}")
+    else:
+        out += [f"   create p50 of the first {sc['edge']}: {_ms(sc['first_p50_ms'])} ms, of the last {sc['edge']}: "
+                f"{_ms(sc['last_p50_ms'])} ms ({_x(sc['last_over_first'])}); all: p50 {_ms(sc['create']['p50'])}, "
+                f"p99 {_ms(sc['create']['p99'])} ms",
+                f"   (the kernel's XDP dispatcher stops costing an RCU grace period per attach after 48 programs; "
+                f"creates {48 + 1}-{48 + sc['edge']}: p50 {_ms(sc['past_dispatcher_p50_ms'])} ms, last / those: "
+                f"{_x(sc['last_over_past_dispatcher'])})",
+                f"   helper CPU per create, first {sc['edge']}: {_ms(sc['cpu_first_p50_ms'])} ms, last {sc['edge']}: "
+                f"{_ms(sc['cpu_last_p50_ms'])} ms ({_x(sc['cpu_last_over_first'])})",
+                f"   helper RSS {sc['helper_rss_mb']} MiB (peak {sc['helper_hwm_mb']}, "
+                f"{sc['helper_rss_mb_before']} with no port)",
+                f"   `{sc['status_command']}`: p50 {_ms(sc['status_cli']['p50'])} ms, min "
+                f"{_ms(sc['status_cli']['min'])} ms (new process); the same request in-process: "
+                f"p50 {_ms(sc['status_in_process']['p50'])} ms; reply {sc['status_reply_bytes']} bytes",
+                f"   delete all: {sc['delete_total_s']:.2f} s (p50 {_ms(sc['delete']['p50'])}, "
+                f"p99 {_ms(sc['delete']['p99'])} ms each)"]
+    out.append("")
+    hk = r.get("hook") or {}
+    out.append("3. libvirt hook")
+    if _problem(hk):
+        out.append(f"   {_problem(hk)}")
+    else:
+        out += [f"   hook: {hk['hook']}",
+                f"   domain without vmnet, prepare begin: p50 {_ms(hk['plain']['p50'])} ms; "
+                f"`{hk['python']} -c pass`: p50 {_ms(hk['python_c_pass']['p50'])} ms "
+                f"({_x(hk['ratio_to_python'])}); `-I -S -c pass`: {_ms(hk['python_IS_c_pass']['p50'])} ms "
+                f"({_x(hk['ratio_to_bare_python'])})"]
+        if hk.get("port_skipped"):
+            out.append(f"   one port: {hk['port_skipped']}")
+        else:
+            out.append(f"   domain with one port: prepare begin p50 {_ms(hk['port_prepare']['p50'])} ms "
+                       f"(create p50 + {_ms(r.get('hook_prepare_over_create_ms'))} ms), release end p50 "
+                       f"{_ms(hk['port_release']['p50'])} ms")
+    out.append("")
+    dp = r.get("datapath") or {}
+    out.append("4. data path")
+    if _problem(dp):
+        out.append(f"   {_problem(dp)}")
+    else:
+        rtt = "-" if dp["rtt_avg_ms"] is None else f"{dp['rtt_avg_ms']:.3f}"
+        out.append(f"   ping through a {dp['mode']} {dp['queues']}-queue port to the {dp['consumer']}: "
+                   f"{dp['ping']} answered, rtt avg {rtt} ms"
+                   + ("" if dp["ok"] else f" (problems: {'; '.join(dp['problems'])})"))
+        if dp.get("qemu"):
+            out.append(f"   {dp['qemu']}")
+    out += ["", "goals"]
+    out += ["   " + line for line in _table(
+        ("goal", "limit", "measured", "verdict"),
+        [(g["name"], f"{g['limit']:g} {g['unit']}".replace(" x", "x"),
+          "-" if g["value"] is None else (f"{g['value']:.2f}x" if g["unit"] == "x" else f"{g['value']:.1f} {g['unit']}"),
+          g["verdict"]) for g in r["goals"]])]
+    missed = sum(g["met"] is False for g in r["goals"])
+    out.append(f"   {sum(bool(g['met']) for g in r['goals'])} met, {missed} missed, "
+               f"{sum(g['met'] is None for g in r['goals'])} not measured")
+    for part, lines in (r.get("errors") or {}).items():
+        out.append(f"error in {part}: " + " | ".join(lines))
+    return "\n".join(out)

@@ -1,0 +1,187 @@
+"""One benchmark run: every part in order, one result object, everything removed after.
+
+Parts: latency (through the helper, against the floor), scale, hook, data
+path. A part that fails is recorded with its error and the others still
+run; Ctrl-C stops the run. Either way the helper's ports, its pins, its
+netns and its directory, and the data-path case's namespaces, are removed
+before this returns or raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+from ..errors import VmnetError
+from ..priv import bpf, netns
+from . import datapath, hook, latency, scale
+from .launcher import BenchHelper, sweep_pins, uninterrupted
+from .stats import goals_of, ratio
+
+PARTS = ("latency", "scale", "hook", "datapath")
+CONSUMER_UID = 65534        # nobody: ports are never handed out here
+
+
+@dataclasses.dataclass
+class Plan:
+    quick: bool = False
+    iterations: int = 200
+    ports: int = 256
+    queue_counts: tuple = (1, 4, 8)
+    status_runs: int = 5
+    hook_runs: int = 30
+    hook_port_runs: int = 10
+    pings: int = 20
+    skip: tuple = ()
+    hook_path: str | None = None
+    profile_dir: str | None = None
+
+    @classmethod
+    def make(cls, quick: bool, **overrides) -> "Plan":
+        plan = cls(quick=True, iterations=20, ports=64, status_runs=3, hook_runs=5,
+                   hook_port_runs=2, pings=5) if quick else cls()
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(plan, key, value)
+        return plan
+
+
+def _quiet(*_):
+    pass
+
+
+def progress_to_terminal(label: str, done: int, total: int):
+    sys.stderr.write(f"\r\033[K{label}: {done}/{total}")
+    sys.stderr.flush()
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run(plan: Plan, progress=_quiet) -> dict:
+    """Run the plan; SIGTERM is treated as Ctrl-C meanwhile, so that both clean up."""
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        return _run(plan, progress)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run(plan: Plan, progress) -> dict:
+    if os.geteuid() != 0:
+        raise VmnetError("vmnet bench creates ports, programs and network namespaces: it needs root",
+                         fix="run it as root (sudo vmnet bench)")
+    bpf.require_bpffs()
+    tag = "bn" + uuid.uuid4().hex[:4]
+    started = time.monotonic()
+    result: dict = {
+        "quick": plan.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"kernel": os.uname().release, "cpus": os.cpu_count(), "loadavg_start": _loadavg()},
+        "plan": dataclasses.asdict(plan), "errors": {},
+    }
+    profile = os.path.join(plan.profile_dir, "helper.prof") if plan.profile_dir else None
+    if plan.profile_dir:
+        os.makedirs(plan.profile_dir, exist_ok=True)
+    helper = BenchHelper(tag, profile_to=profile)
+    try:
+        helper.start()
+        _part(result, "latency", plan, lambda: latency.measure(
+            helper, plan.queue_counts, plan.iterations, tag, CONSUMER_UID, progress))
+        _part(result, "scale", plan, lambda: scale.measure(
+            helper, plan.ports, tag, CONSUMER_UID, plan.status_runs, progress))
+        _part(result, "hook", plan, lambda: hook.measure(
+            helper, tag, plan.hook_runs, plan.hook_port_runs, plan.hook_path, progress))
+        result["helper_log_warnings"] = [line for line in helper.log_tail(2000).splitlines()
+                                         if " ERROR " in line or "Traceback" in line][:10]
+    finally:
+        helper.close()
+        if progress is not _quiet:
+            progress("cleaned up", 1, 1)
+    try:
+        _part(result, "datapath", plan, lambda: datapath.measure(tag, plan.pings))
+    finally:
+        with uninterrupted():           # run_case cleans up after itself; this is for a Ctrl-C inside it
+            sweep_pins("st" + tag)
+            for ns in (f"vmnet-st{tag}h", f"vmnet-st{tag}c"):
+                netns.remove_named(ns)
+    if profile and os.path.exists(profile):
+        result["profile"] = _summarise_profile(profile, os.path.join(plan.profile_dir, "helper-top.txt"))
+    result["machine"]["loadavg_end"] = _loadavg()
+    result["duration_s"] = round(time.monotonic() - started, 1)
+    _headline(result)
+    result["goals"] = [g.to_dict() for g in goals_of(result)]
+    if not result["errors"]:
+        del result["errors"]
+    return result
+
+
+def _part(result: dict, name: str, plan: Plan, measure):
+    if name in plan.skip:
+        result[name] = {"skipped": "--skip " + name}
+        return
+    try:
+        result[name] = measure()
+    except Exception as exc:            # one broken part must not cost the others' numbers
+        result[name] = {"error": str(exc).splitlines()[0]}
+        result["errors"][name] = "".join(traceback.format_exception(exc)).strip().splitlines()[-6:]
+
+
+def _headline(result: dict):
+    """The flat keys the issue asks for, from the parts' details."""
+    lat = result.get("latency") or {}
+    per_q = {q: v for q, v in lat.items() if isinstance(v, dict) and "create" in v}
+    result["create_p50_ms"] = {q: v["create"]["p50"] for q, v in per_q.items()}
+    result["create_p99_ms"] = {q: v["create"]["p99"] for q, v in per_q.items()}
+    result["delete_p50_ms"] = {q: v["delete"]["p50"] for q, v in per_q.items()}
+    result["delete_p99_ms"] = {q: v["delete"]["p99"] for q, v in per_q.items()}
+    result["library_create_p50_ms"] = {q: v["library_create"]["p50"] for q, v in per_q.items()}
+    result["floor_create_p50_ms"] = {q: v["floor_create"]["p50"] for q, v in per_q.items()}
+    result["floor_delete_p50_ms"] = {q: v["floor_delete"]["p50"] for q, v in per_q.items()}
+    result["create_p50_ratio_to_floor_by_queues"] = {
+        q: ratio(v["create"]["p50"], v["floor_create"]["p50"]) for q, v in per_q.items()}
+    result["floor_p50_ms"] = result["floor_create_p50_ms"].get("1")
+    result["create_p50_ratio_to_floor"] = result["create_p50_ratio_to_floor_by_queues"].get("1")
+
+    sc = result.get("scale") or {}
+    result["scale_last16_over_first16"] = sc.get("last_over_first")
+    result["helper_rss_mb"] = sc.get("helper_rss_mb")
+    result["status_ms"] = (sc.get("status_cli") or {}).get("p50")
+    result["status_in_process_ms"] = (sc.get("status_in_process") or {}).get("p50")
+    result["delete_all_s"] = sc.get("delete_total_s")
+
+    hk = result.get("hook") or {}
+    result["hook_ratio_to_python"] = hk.get("ratio_to_python")
+    result["hook_ms"] = (hk.get("plain") or {}).get("p50")
+    result["python_c_pass_ms"] = (hk.get("python_c_pass") or {}).get("p50")
+    prep = (hk.get("port_prepare") or {}).get("p50")
+    result["hook_prepare_port_ms"] = prep
+    create_1q = result["create_p50_ms"].get("1")
+    result["hook_prepare_over_create_ms"] = (round(prep - create_1q, 3)
+                                             if prep is not None and create_1q is not None else None)
+
+    dp = result.get("datapath") or {}
+    result["ping_rtt_ms"] = dp.get("rtt_avg_ms")
+
+
+def _summarise_profile(path: str, text_path: str) -> dict:
+    import io
+    import pstats
+    buf = io.StringIO()
+    stats = pstats.Stats(path, stream=buf)
+    stats.sort_stats("cumulative").print_stats(60)
+    with open(text_path, "w") as f:
+        f.write(buf.getvalue())
+    return {"pstats": path, "top": text_path}

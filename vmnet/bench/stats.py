@@ -1,0 +1,98 @@
+"""Summaries of timing samples and the issue's goals, judged. Pure.
+
+Percentiles use the nearest-rank method (p99 of 200 samples is the third
+largest): no interpolation between samples that never happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+
+
+def percentile(samples: list[float], p: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary(samples_ms: list[float]) -> dict:
+    """p50/p99/min/max/mean of samples in milliseconds, rounded for people."""
+    if not samples_ms:
+        return {"n": 0, "p50": None, "p99": None, "min": None, "max": None, "mean": None}
+    return {"n": len(samples_ms),
+            "p50": _r(statistics.median(samples_ms)),
+            "p99": _r(percentile(samples_ms, 99)),
+            "min": _r(min(samples_ms)),
+            "max": _r(max(samples_ms)),
+            "mean": _r(statistics.fmean(samples_ms))}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _r(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+@dataclasses.dataclass
+class Goal:
+    """One of the issue's goals: `value` must stay at or under `limit`."""
+
+    name: str
+    value: float | None
+    limit: float
+    unit: str               # "ms", "MB" or "x" (a ratio)
+    note: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return self.value is not None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.value is None else self.value <= self.limit
+
+    def verdict(self) -> str:
+        if self.value is None:
+            return f"not measured{': ' + self.note if self.note else ''}"
+        if self.met:
+            return f"met, {_fmt(self.limit - self.value, self.unit)} to spare ({self.value / self.limit:.2f} of the limit)"
+        return f"MISSED by {_fmt(self.value - self.limit, self.unit)} ({self.value / self.limit:.2f} of the limit)"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "value": self.value, "limit": self.limit, "unit": self.unit,
+                "met": self.met, "of_limit": None if self.value is None else round(self.value / self.limit, 3),
+                "verdict": self.verdict()}
+
+
+def _fmt(x: float, unit: str) -> str:
+    if unit == "x":
+        return f"{x:.2f}x"
+    return f"{x:.1f} {unit}"
+
+
+def goals_of(result: dict) -> list[Goal]:
+    """The issue's goals, judged on a bench result (missing parts: not measured)."""
+    p99, lat = result.get("create_p99_ms", {}), result.get("create_p50_ms", {})
+    hook = result.get("hook", {})
+    return [
+        Goal("create p99, 1 queue", p99.get("1"), 30.0, "ms"),
+        Goal("create p99, 8 queues", p99.get("8"), 60.0, "ms"),
+        Goal("create p50 / floor p50, 1 queue", result.get("create_p50_ratio_to_floor"), 2.0, "x",
+             note="" if lat else "latency part skipped"),
+        Goal("scale: last 16 / first 16 creates", result.get("scale_last16_over_first16"), 1.25, "x"),
+        Goal("scale: helper RSS", result.get("helper_rss_mb"), 80.0, "MB"),
+        Goal("scale: vmnet --json status (CLI)", result.get("status_ms"), 300.0, "ms"),
+        Goal("hook without vmnet / python3 -c pass", result.get("hook_ratio_to_python"), 2.0, "x",
+             note=hook.get("skipped", "")),
+        # issue 4: with one port, prepare adds at most 30 ms to the port's create time
+        Goal("hook prepare with one port - create p50", result.get("hook_prepare_over_create_ms"), 30.0, "ms",
+             note=hook.get("skipped") or hook.get("port_skipped", "")),
+    ]
