@@ -7,34 +7,50 @@ VMNET_CONFIG to point elsewhere; VMNET_SOCKET overrides the socket path.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
 
 from .errors import InvalidInput
 
 DEFAULT_PATH = "/etc/vmnet/vmnet.toml"
 
+# setting -> (type, default). A plain class rather than a dataclass: the
+# libvirt hook loads this on every VM start, and dataclasses pulls in inspect.
+SETTINGS = {
+    "socket": (str, "/run/vmnet/helper.sock"),
+    "socket_mode": (int, 0o666),        # every request is authorised from SO_PEERCRED
+    "socket_group": (str, None),
+    "admin_group": (str, None),         # members may create and delete ports
+    "state_dir": (str, "/run/vmnet/ports"),
+    "qemu": (str, "/usr/bin/qemu-system-x86_64"),
+    "libvirt_qemu_user": (str, "libvirt-qemu"),   # consumer of a domain's ports unless its metadata names one
+    "allow_ipc_lock": (bool, False),
+    "idle_timeout": (float, 30.0),      # seconds a connected client may stay silent
+    "max_clients": (int, 256),
+    "max_clients_per_uid": (int, 32),   # no single user can take every slot
+}
 
-@dataclasses.dataclass(frozen=True)
+
 class Config:
-    socket: str = "/run/vmnet/helper.sock"
-    socket_mode: int = 0o666          # every request is authorised from SO_PEERCRED
-    socket_group: str | None = None
-    admin_group: str | None = None    # members may create and delete ports
-    state_dir: str = "/run/vmnet/ports"
-    qemu: str = "/usr/bin/qemu-system-x86_64"
-    libvirt_qemu_user: str = "libvirt-qemu"   # consumer of a domain's ports unless its metadata names one
-    allow_ipc_lock: bool = False
-    idle_timeout: float = 30.0        # seconds a connected client may stay silent
-    max_clients: int = 256
-    max_clients_per_uid: int = 32     # no single user can take every slot
+    __slots__ = tuple(SETTINGS)
 
+    def __init__(self, **values):
+        for name, (_, default) in SETTINGS.items():
+            setattr(self, name, values.pop(name, default))
+        if values:
+            raise TypeError(f"unknown settings {sorted(values)}")
 
-_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+    def replace(self, **changes) -> "Config":
+        return Config(**{**{n: getattr(self, n) for n in SETTINGS}, **changes})
+
+    def __eq__(self, other):
+        return isinstance(other, Config) and all(getattr(self, n) == getattr(other, n) for n in SETTINGS)
+
+    def __repr__(self):
+        return "Config(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in SETTINGS) + ")"
 
 
 def parse(text: str, origin: str = "config") -> Config:
+    import tomllib
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -43,21 +59,19 @@ def parse(text: str, origin: str = "config") -> Config:
     values = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in _TYPES:
+        if name not in SETTINGS:
             raise InvalidInput(f"{origin}: unknown setting {key!r}",
-                               fix=f"known settings: {', '.join(sorted(_TYPES))}")
-        want = _TYPES[name]
+                               fix=f"known settings: {', '.join(sorted(SETTINGS))}")
+        want = SETTINGS[name][0]
         if name == "socket_mode" and isinstance(value, str):
             try:
                 value = int(value, 8)
             except ValueError:
                 raise InvalidInput(f"{origin}: socket_mode {value!r} is not octal, e.g. \"0660\"") from None
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-              "bool": isinstance(value, bool), "str": isinstance(value, str),
-              "str | None": isinstance(value, str)}[want]
-        if not ok:
-            raise InvalidInput(f"{origin}: {key} = {value!r} is not a {want.split(' ')[0]}")
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise InvalidInput(f"{origin}: {key} = {value!r} is not a {want.__name__}")
         values[name] = value
     cfg = Config(**values)
     for key in ("socket", "state_dir", "qemu"):
@@ -78,5 +92,5 @@ def load(path: str | None = None) -> Config:
             raise InvalidInput(f"config file {path} does not exist") from None
         cfg = Config()
     if os.environ.get("VMNET_SOCKET"):
-        cfg = dataclasses.replace(cfg, socket=os.environ["VMNET_SOCKET"])
+        cfg = cfg.replace(socket=os.environ["VMNET_SOCKET"])
     return cfg

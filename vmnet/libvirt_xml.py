@@ -21,8 +21,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from .errors import InvalidInput
-from .model import PortSpec, validate_netns
-from .qemu_args import netdev_id, parse_opts
+
+# vmnet.model and vmnet.qemu_args are imported where needed: the libvirt hook
+# reads metadata on every VM start and leaves validation to the helper.
 
 NS = "urn:vmnet:domain:1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -55,8 +56,12 @@ def parse_domain(text: str | bytes) -> ET.Element:
     return root
 
 
-def port_from_element(el: ET.Element) -> dict:
-    """One <vmnet:port>, validated, as port-create arguments (+ consumer_user)."""
+def port_from_element(el: ET.Element, validate: bool = True) -> dict:
+    """One <vmnet:port> as port-create arguments (+ consumer_user).
+
+    validate applies every rule of a port here; without it the helper applies
+    the same rules when the port is created (the hook's fast path).
+    """
     unknown = set(el.attrib) - set(ATTRS) - set(EXTRA_ATTRS)
     if unknown:
         raise InvalidInput(f"<vmnet:port> has unknown attribute(s) {', '.join(sorted(unknown))}",
@@ -73,21 +78,23 @@ def port_from_element(el: ET.Element) -> dict:
         args[field] = value
     if "name" not in args:
         raise InvalidInput("<vmnet:port> has no name attribute", fix='add name="..." (at most 11 characters)')
-    PortSpec(**args)        # every rule of a port, before anything is created
-    if args.get("netns"):
-        args["netns"] = validate_netns(args["netns"])
+    if validate:
+        from .model import PortSpec, validate_netns
+        PortSpec(**args)        # every rule of a port, before anything is created
+        if args.get("netns"):
+            args["netns"] = validate_netns(args["netns"])
     if "consumer-user" in el.attrib:
         args["consumer_user"] = el.attrib["consumer-user"]
     return args
 
 
-def parse_ports(domain: ET.Element) -> list[dict]:
+def parse_ports(domain: ET.Element, validate: bool = True) -> list[dict]:
     ports = []
     for container in domain.findall(f"metadata/{{{NS}}}ports"):
         for el in container:
             if el.tag != f"{{{NS}}}port":
                 raise InvalidInput(f"unexpected element {el.tag} in <vmnet:ports>")
-            ports.append(port_from_element(el))
+            ports.append(port_from_element(el, validate))
     names = [p["name"] for p in ports]
     if len(set(names)) != len(names):
         raise InvalidInput(f"a port is declared twice in the domain's vmnet metadata: {names}")
@@ -96,6 +103,7 @@ def parse_ports(domain: ET.Element) -> list[dict]:
 
 def port_option(text: str) -> dict:
     """`NAME[,queues=N][,mode=...][,mac=...][,consumer-user=...]` (the CLI's --port)."""
+    from .qemu_args import parse_opts
     name, opts = parse_opts(text)
     el = ET.Element(f"{{{NS}}}port", {"name": name, **opts})
     return port_from_element(el)
@@ -112,6 +120,7 @@ def _port_element(port: dict) -> ET.Element:
 
 
 def qemu_args_for(port: dict) -> list[str]:
+    from .qemu_args import netdev_id
     name = port["name"]
     ph = f"vmnet:{name}"
     netdev = (f"af-xdp,id={netdev_id(name)},ifname={ph},queues={ph},start-queue={ph},"
