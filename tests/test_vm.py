@@ -60,7 +60,7 @@ def test_guest_behind_an_unprivileged_qemu_answers_ping(helper, consumer_netns, 
     os.chmod(initrd, 0o644)
     proc = subprocess.Popen(
         [sys.executable, "-I", "-m", "vmnet", "exec", "--user", "nobody", "--allow-ipc-lock",
-         "--port", port_name, "--", QEMU, "-L", "/usr/share/qemu"]
+         "--port", port_name, "--", QEMU]
         + testguest.qemu_boot_args(vmlinuz, initrd, serial),
         env=helper.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, preexec_fn=in_netns(consumer_netns), cwd="/")

@@ -104,7 +104,10 @@ def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24) -> s
 
 
 def qemu_boot_args(vmlinuz: str, initramfs: str, serial_log: str) -> list[str]:
-    return ["-machine", "pc,accel=tcg", "-m", "256", "-nodefaults", "-display", "none",
+    # Debian's firmware directories, for a QEMU built without its own blobs
+    firmware = [a for d in ("/usr/share/seabios", "/usr/lib/ipxe/qemu", "/usr/share/qemu")
+                if os.path.isdir(d) for a in ("-L", d)]
+    return firmware + ["-machine", "pc,accel=tcg", "-m", "256", "-nodefaults", "-display", "none",
             "-kernel", vmlinuz, "-initrd", initramfs,
             "-append", "console=ttyS0 panic=-1 quiet",
             "-serial", f"file:{serial_log}", "-no-reboot"]
