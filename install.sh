@@ -23,6 +23,11 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
     qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu \
     libvirt-clients libvirt-dev
+# The kernel matrix boots Debian's 6.12 kernel (netkit built in) under QEMU with
+# virtme-ng, which needs a static busybox; the VM tests boot it as their guest.
+# Installing a kernel package only adds it to /boot and /lib/modules.
+apt-get install -y -q --no-install-recommends -t bookworm-backports linux-image-amd64
+apt-get install -y -q --no-install-recommends busybox-static
 
 # The XSK object is committed; fail early when it no longer matches its source.
 make -s -C bpf check

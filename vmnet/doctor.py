@@ -123,18 +123,27 @@ def netkit_evidence(release: str) -> str | None:
     return None
 
 
+# What `--backend auto` does with the answer (vmnet.priv.ports decides the same
+# way at creation, from the kernel's own reply to RTM_NEWLINK kind netkit).
+AUTO_NETKIT = ("--backend netkit works (generic/skb XDP only) and --backend auto picks it "
+               "unless native mode is asked for")
+AUTO_VETH = "--backend auto picks veth"
+
+
 def check_netkit(release: str) -> Check:
     fix = "use the veth backend, or boot a kernel with CONFIG_NETKIT (>= 6.7)"
     version = kernel_version(release)
     state = "n" if version and version < (6, 7) else netkit_config(release)
     if state in ("y", "m"):
-        return Check("netkit", OK, f"CONFIG_NETKIT={state}")
+        return Check("netkit", OK, f"CONFIG_NETKIT={state}: {AUTO_NETKIT}")
     if state == "n":
-        return Check("netkit", MISSING, f"kernel {release} is built without CONFIG_NETKIT", fix)
+        return Check("netkit", MISSING, f"kernel {release} is built without CONFIG_NETKIT: {AUTO_VETH}",
+                     fix)
     evidence = netkit_evidence(release)
     if evidence:
-        return Check("netkit", OK, evidence)
-    return Check("netkit", WARN, "unknown: no kernel config, module or symbol tells", fix)
+        return Check("netkit", OK, f"{evidence}: {AUTO_NETKIT}")
+    return Check("netkit", WARN, "unknown: no kernel config, module or symbol tells; --backend auto "
+                 "tries netkit and falls back to veth", fix)
 
 
 def check_queue_lease() -> Check:

@@ -35,6 +35,7 @@ UDP_PORT, TCP_PORT = 7, 9
 class Row:
     mode: str
     queues: int
+    backend: str = "veth"
     ok: bool = False
     mtu: int = 0
     rtt_ms: float | None = None
@@ -84,13 +85,14 @@ def _read_event(proc, kind: str, timeout: float) -> dict:
 
 
 def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool,
-             tag: str, pings: int = 5, flows: int = 16, separate_netns: bool = True) -> Row:
+             tag: str, pings: int = 5, flows: int = 16, separate_netns: bool = True,
+             backend: str = "veth") -> Row:
     """One row: port, responder, probes, teardown. The consumer end lives in a
     second netns unless separate_netns is False (then beside the host end)."""
     from .priv import netns, links, ports
     from .priv.launch import spawn_consumer
 
-    row = Row(mode=mode, queues=queues)
+    row = Row(mode=mode, queues=queues, backend=backend)
     started = time.monotonic()
     soft, hard, can_raise = _memlock_facts()
     plan: MemlockPlan = plan_memlock(queues, soft=soft, hard=hard, can_raise_hard=can_raise,
@@ -98,7 +100,7 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
     row.memlock = plan.action
     host_ns = f"vmnet-st{tag}h"
     cons_ns = f"vmnet-st{tag}c" if separate_netns else None
-    name = f"st{tag}{mode[0]}{queues}"
+    name = f"st{tag}{backend[0]}{mode[0]}{queues}"
     created = proc = None
     netns.create_named(host_ns)
     try:
@@ -106,7 +108,8 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
             netns.create_named(cons_ns)
         with netns.entered(host_ns):
             links.bring_up("lo")
-            created = ports.create_port(PortSpec(name=name, queues=queues, mode=mode, netns=cons_ns))
+            created = ports.create_port(PortSpec(name=name, queues=queues, mode=mode, netns=cons_ns,
+                                                 backend=backend))
             links.add_address(created.port.spec.host_ifname, HOST_IP, PREFIX)
         row.mtu = created.port.mtu
         fds = [s.fileno() for s in created.sockets]

@@ -11,6 +11,7 @@ or a netkit pair; deleting the host end deletes either pair.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import socket
 
@@ -68,7 +69,8 @@ def _create_devices(spec: PortSpec) -> tuple[PortSpec, str]:
     except netkit.NetkitUnavailable as exc:
         links.create_veth(dataclasses.replace(spec, backend="veth"))
         return (dataclasses.replace(spec, backend="veth"),
-                f"auto: the kernel has no netkit ({exc.message}; needs {netkit.MIN_KERNEL})")
+                f"auto: the kernel has no netkit (RTM_NEWLINK kind netkit: "
+                f"{errno.errorcode.get(exc.errno or 0, exc.errno)}; netkit needs {netkit.MIN_KERNEL})")
 
 
 def create_port(spec: PortSpec) -> CreatedPort:

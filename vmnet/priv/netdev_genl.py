@@ -1,0 +1,176 @@
+"""netdev generic netlink: queue-create, the request that leases NIC queues to netkit.
+
+The netkit-lease backend gives a VM zero-copy AF_XDP through a netkit
+device it can see in its own netns, on RX queues the kernel creates on that
+device, each leased from a queue of a physical NIC it cannot see. The
+request is NETDEV_CMD_QUEUE_CREATE on the "netdev" family (from the 2026
+queue-leasing series; 6.18 and older lack it):
+
+    ifindex = the netkit device, type = rx,
+    lease = { ifindex = the physical NIC, queue = { id, type = rx } }
+
+and the reply carries the new queue's id on the netkit device. The
+request is built by a pure function checked byte for byte against the UAPI
+(include/uapi/linux/netdev.h) in the unit tests; sending it and detecting
+the operation at runtime (the family's op list) are the thin I/O part.
+pyroute2 0.9.7 has no netdev family, so the message classes live here.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from pyroute2.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, ctrlmsg, genlmsg, nla
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import GenericNetlinkSocket
+
+from ..errors import InvalidInput, KernelError, NotSupported
+
+FAMILY = "netdev"
+FAMILY_VERSION = 1                 # NETDEV_FAMILY_VERSION
+NETDEV_CMD_QUEUE_GET = 10
+NETDEV_CMD_QUEUE_CREATE = 16       # appended after NETDEV_CMD_BIND_TX = 15
+NETDEV_QUEUE_TYPE_RX, NETDEV_QUEUE_TYPE_TX = 0, 1
+# attribute set "queue"
+NETDEV_A_QUEUE_ID = 1
+NETDEV_A_QUEUE_IFINDEX = 2
+NETDEV_A_QUEUE_TYPE = 3
+NETDEV_A_QUEUE_LEASE = 8
+# attribute set "lease"
+NETDEV_A_LEASE_IFINDEX = 1
+NETDEV_A_LEASE_QUEUE = 2
+NETDEV_A_LEASE_NETNS_ID = 3
+
+REQUIREMENT = ("a kernel whose netdev generic-netlink family has queue-create (op 16, the "
+               "queue-leasing series merged in 2026; Linux 6.18 and older lack it) and a netkit "
+               "that implements it")
+
+
+class queue_msg(genlmsg):
+    """The netdev family's "queue" attribute set, with the nested lease."""
+
+    prefix = "NETDEV_A_QUEUE_"
+    nla_map = (
+        ("NETDEV_A_QUEUE_UNSPEC", "none"),
+        ("NETDEV_A_QUEUE_ID", "uint32"),
+        ("NETDEV_A_QUEUE_IFINDEX", "uint32"),
+        ("NETDEV_A_QUEUE_TYPE", "uint32"),
+        ("NETDEV_A_QUEUE_NAPI_ID", "uint32"),
+        ("NETDEV_A_QUEUE_DMABUF", "uint32"),
+        ("NETDEV_A_QUEUE_IO_URING", "hex"),
+        ("NETDEV_A_QUEUE_XSK", "hex"),
+        ("NETDEV_A_QUEUE_LEASE", "lease"),
+    )
+
+    class lease(nla):
+        # genl validates strictly: a nest without NLA_F_NESTED is refused
+        nla_flags = NLA_F_NESTED
+        prefix = "NETDEV_A_LEASE_"
+        nla_map = (
+            ("NETDEV_A_LEASE_UNSPEC", "none"),
+            ("NETDEV_A_LEASE_IFINDEX", "uint32"),
+            ("NETDEV_A_LEASE_QUEUE", "queue_id"),
+            ("NETDEV_A_LEASE_NETNS_ID", "int32"),
+        )
+
+        class queue_id(nla):
+            """The "queue-id" subset of the queue attribute set: id and type."""
+
+            nla_flags = NLA_F_NESTED
+            prefix = "NETDEV_A_QUEUE_"
+            nla_map = (
+                ("NETDEV_A_QUEUE_UNSPEC", "none"),
+                ("NETDEV_A_QUEUE_ID", "uint32"),
+                ("NETDEV_A_QUEUE_IFINDEX", "uint32"),
+                ("NETDEV_A_QUEUE_TYPE", "uint32"),
+            )
+
+
+def queue_create_request(ifindex: int, lease_ifindex: int, lease_queue: int) -> queue_msg:
+    """Create one RX queue on `ifindex` (netkit) leased from `lease_queue` of `lease_ifindex`."""
+    for label, value, low in (("netkit ifindex", ifindex, 1), ("physical ifindex", lease_ifindex, 1),
+                              ("physical queue", lease_queue, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**31:
+            raise InvalidInput(f"{label} {value!r} is out of range for queue-create")
+    msg = queue_msg()
+    msg["cmd"] = NETDEV_CMD_QUEUE_CREATE
+    msg["version"] = FAMILY_VERSION
+    msg["attrs"] = [
+        ("NETDEV_A_QUEUE_IFINDEX", ifindex),
+        ("NETDEV_A_QUEUE_TYPE", NETDEV_QUEUE_TYPE_RX),
+        ("NETDEV_A_QUEUE_LEASE", {"attrs": [
+            ("NETDEV_A_LEASE_IFINDEX", lease_ifindex),
+            ("NETDEV_A_LEASE_QUEUE", {"attrs": [("NETDEV_A_QUEUE_ID", lease_queue),
+                                                ("NETDEV_A_QUEUE_TYPE", NETDEV_QUEUE_TYPE_RX)]}),
+        ]}),
+    ]
+    return msg
+
+
+def queue_create_reply_id(reply: queue_msg) -> int:
+    qid = reply.get_attr("NETDEV_A_QUEUE_ID")
+    if qid is None:
+        raise KernelError("the kernel's queue-create reply carries no queue id")
+    return qid
+
+
+def family_ops() -> set[int] | None:
+    """Operation numbers of the netdev family, or None when there is no such family."""
+    sock = GenericNetlinkSocket()
+    try:
+        sock.asyncore.module_err_level = "debug"   # a missing family is an answer
+        sock.bind("nlctrl", ctrlmsg)
+        try:
+            family = sock.discovery(FAMILY)
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return None
+            raise KernelError("cannot list the netdev generic-netlink family", errno=exc.code) from None
+        return {op.get_attr("CTRL_ATTR_OP_ID") for op in family.get_attr("CTRL_ATTR_OPS", [])}
+    finally:
+        sock.close()
+
+
+def queue_create_supported() -> tuple[bool, str]:
+    """(supported, why) from the running kernel's netdev family."""
+    ops = family_ops()
+    if ops is None:
+        return False, "the kernel has no netdev generic-netlink family (Linux < 6.3)"
+    if NETDEV_CMD_QUEUE_CREATE in ops:
+        return True, f"the netdev family has queue-create (op {NETDEV_CMD_QUEUE_CREATE})"
+    return False, (f"the netdev family has no queue-create op {NETDEV_CMD_QUEUE_CREATE} "
+                   f"(its ops: {', '.join(map(str, sorted(ops)))})")
+
+
+def require_queue_create() -> None:
+    ok, why = queue_create_supported()
+    if not ok:
+        raise NotSupported(f"queue leasing is not available: {why}",
+                           fix=f"use the netkit or veth backend; netkit-lease needs {REQUIREMENT}")
+
+
+def lease_queue(ifindex: int, lease_ifindex: int, lease_queue_id: int) -> int:
+    """Send queue-create; return the new queue's id on the netkit device."""
+    msg = queue_create_request(ifindex, lease_ifindex, lease_queue_id)
+    sock = GenericNetlinkSocket()
+    try:
+        sock.bind(FAMILY, queue_msg)
+        msg["header"]["type"] = sock.prid
+        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+        try:
+            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
+            replies = sock.nlm_request_batch([msg])
+        except NetlinkError as exc:
+            if exc.code == errno.EOPNOTSUPP:
+                raise NotSupported(f"device {ifindex} cannot lease queue {lease_queue_id} of "
+                                   f"device {lease_ifindex}", errno=exc.code,
+                                   fix=f"leasing needs {REQUIREMENT}, and a NIC driver with queue "
+                                       "management ops") from None
+            raise KernelError(f"queue-create on device {ifindex} (lease of queue {lease_queue_id} "
+                              f"of device {lease_ifindex}) failed", errno=exc.code) from None
+    finally:
+        sock.close()
+    for reply in replies:
+        if reply.get_attr("NETDEV_A_QUEUE_ID") is not None:
+            return queue_create_reply_id(reply)
+    raise KernelError("the kernel's queue-create reply carries no queue id")

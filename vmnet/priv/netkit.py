@@ -1,0 +1,319 @@
+"""netkit devices for ports: the L2 pair, and the single device queues are leased to.
+
+pyroute2 (0.9.7) knows no netkit link kind and iproute2 6.1 cannot create
+one, so this module registers the kind with pyroute2 (IFLA_NETKIT_*, from
+include/uapi/linux/if_link.h) and builds the RTM_NEWLINK request itself.
+The request is built by pure functions (unit-tested byte for byte against
+the UAPI numbers) and sent by a thin I/O layer.
+
+What vmnet needs from netkit, and why:
+- **L2 mode.** L3 mode gives both devices no MAC address at all
+  (00:00:00:00:00:00) and marks them NOARP; a VM's virtio-net sends and
+  expects Ethernet frames addressed to its MAC, so L3 is refused.
+- **Policy forward (NETKIT_PASS) on both sides**, so frames flow without a
+  netkit BPF program: the XSK program is an XDP program, not a netkit one.
+- **The peer is created directly inside the consumer's netns**, with the
+  VM's MAC and one RX queue per port queue; it carries the XSK program,
+  in generic (skb) mode: netkit has no native XDP (no ndo_bpf).
+- **A protocol fix-up on the primary's ingress.** AF_XDP transmits (copy
+  mode) by building an skb without setting skb->protocol, which veth fixes
+  (eth_type_trans) on its way through but netkit does not: without help the
+  host stack drops every frame the VM sends through a netkit peer (seen on
+  Debian's 6.12). A 7-instruction tc program on the primary re-injects
+  protocol-0 frames with bpf_redirect(self, BPF_F_INGRESS), whose path
+  runs eth_type_trans; it lives in the device's clsact qdisc and goes with
+  the device.
+- For netkit-lease, a **single device** (IFLA_NETKIT_PAIRING=SINGLE) whose
+  queue 0 is its own and whose further RX queues are created by netdev
+  queue-create, each leased from a physical NIC queue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, nla
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, ifinfveth
+
+from ..errors import AlreadyExists, InvalidInput, KernelError, NotSupported
+from ..model import PortSpec
+from . import libbpf
+from . import netns as _netns
+
+KIND = "netkit"
+
+# include/uapi/linux/if_link.h
+IFLA_NETKIT_PEER_INFO = 1
+IFLA_NETKIT_PRIMARY = 2
+IFLA_NETKIT_POLICY = 3
+IFLA_NETKIT_PEER_POLICY = 4
+IFLA_NETKIT_MODE = 5
+IFLA_NETKIT_SCRUB = 6
+IFLA_NETKIT_PEER_SCRUB = 7
+IFLA_NETKIT_HEADROOM = 8
+IFLA_NETKIT_TAILROOM = 9
+IFLA_NETKIT_PAIRING = 10
+NETKIT_L2, NETKIT_L3 = 0, 1
+NETKIT_PASS, NETKIT_DROP = 0, 2                 # iproute2 calls them forward, blackhole
+NETKIT_DEVICE_PAIR, NETKIT_DEVICE_SINGLE = 0, 1
+
+MODES = {"l2": NETKIT_L2, "l3": NETKIT_L3}
+MIN_KERNEL = "Linux 6.7 built with CONFIG_NETKIT"
+L3_REFUSAL = ("netkit L3 mode gives the device no MAC address (00:00:00:00:00:00) and no ARP, "
+              "so a VM's virtio-net, which sends and expects Ethernet frames addressed to its "
+              "MAC, gets no traffic")
+
+
+class netkit_data(nla):
+    """IFLA_INFO_DATA of kind "netkit"; the peer is an ifinfomsg, as veth's."""
+
+    prefix = "IFLA_"
+    nla_map = (
+        ("IFLA_NETKIT_UNSPEC", "none"),
+        ("IFLA_NETKIT_PEER_INFO", "info_peer"),
+        ("IFLA_NETKIT_PRIMARY", "uint8"),
+        ("IFLA_NETKIT_POLICY", "uint32"),
+        ("IFLA_NETKIT_PEER_POLICY", "uint32"),
+        ("IFLA_NETKIT_MODE", "uint32"),
+        ("IFLA_NETKIT_SCRUB", "uint32"),
+        ("IFLA_NETKIT_PEER_SCRUB", "uint32"),
+        ("IFLA_NETKIT_HEADROOM", "uint16"),
+        ("IFLA_NETKIT_TAILROOM", "uint16"),
+        ("IFLA_NETKIT_PAIRING", "uint32"),
+    )
+
+    @staticmethod
+    def info_peer(self, *argv, **kwarg):
+        return ifinfveth
+
+
+def register_link_kind() -> None:
+    """Teach pyroute2 to encode and decode kind "netkit" (idempotent)."""
+    if ifinfmsg.ifinfo.data_map.get(KIND) is not netkit_data:
+        ifinfmsg.ifinfo.register_link_kind(module={KIND: netkit_data})
+
+
+register_link_kind()
+
+
+def mode_value(mode: str) -> int:
+    if mode == "l3":
+        raise InvalidInput(L3_REFUSAL, fix="use netkit in L2 mode (vmnet's default)")
+    if mode not in MODES:
+        raise InvalidInput(f"netkit mode {mode!r} is not known", fix="use l2")
+    return MODES[mode]
+
+
+def _linkinfo(data: list) -> tuple:
+    return ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", KIND),
+                                        ("IFLA_INFO_DATA", {"attrs": data})]})
+
+
+def pair_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
+                 netns_fd: int | None = None, mode: str = "l2") -> ifinfmsg:
+    """RTM_NEWLINK for a netkit pair: primary here, peer (the VM's side) in netns_fd.
+
+    Both get `queues` RX and TX queues so the primary's TX queue choice
+    spreads flows over the peer's RX queues, as with veth.
+    """
+    peer = [("IFLA_IFNAME", peer_ifname), ("IFLA_ADDRESS", mac),
+            ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues)]
+    if netns_fd is not None:
+        peer.append(("IFLA_NET_NS_FD", netns_fd))
+    msg = ifinfmsg()
+    msg["family"] = 0
+    msg["attrs"] = [
+        ("IFLA_IFNAME", host_ifname),
+        ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues),
+        _linkinfo([("IFLA_NETKIT_MODE", mode_value(mode)),
+                   ("IFLA_NETKIT_POLICY", NETKIT_PASS),
+                   ("IFLA_NETKIT_PEER_POLICY", NETKIT_PASS),
+                   ("IFLA_NETKIT_PEER_INFO", {"attrs": peer})]),
+    ]
+    return msg
+
+
+def single_request(ifname: str, mac: str, leased_queues: int) -> ifinfmsg:
+    """RTM_NEWLINK for a single netkit device with room for leased RX queues.
+
+    netkit starts a device with one real RX queue (its own, id 0); each
+    queue-create adds the next one, up to IFLA_NUM_RX_QUEUES. The kernel
+    refuses peer attributes and a policy other than forward in this mode.
+    """
+    msg = ifinfmsg()
+    msg["family"] = 0
+    msg["attrs"] = [
+        ("IFLA_IFNAME", ifname), ("IFLA_ADDRESS", mac),
+        ("IFLA_NUM_TX_QUEUES", 1), ("IFLA_NUM_RX_QUEUES", 1 + leased_queues),
+        _linkinfo([("IFLA_NETKIT_MODE", NETKIT_L2),
+                   ("IFLA_NETKIT_PAIRING", NETKIT_DEVICE_SINGLE)]),
+    ]
+    return msg
+
+
+class NetkitUnavailable(NotSupported):
+    """The running kernel does not know link kind netkit."""
+
+
+def _send_newlink(msg: ifinfmsg, what: str, port: str) -> None:
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    try:
+        with IPRoute() as ip:
+            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
+            ip.nlm_request_batch([msg])
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise AlreadyExists(f"port {port} already exists ({what} is present)",
+                                fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None
+        if exc.code == errno.EOPNOTSUPP:
+            # rtnl_newlink answers EOPNOTSUPP for a link kind it has no driver for
+            raise NetkitUnavailable(
+                f"cannot create {what}: the kernel does not know link kind netkit",
+                errno=exc.code, fix=f"use the veth backend, or boot {MIN_KERNEL}") from None
+        raise KernelError(f"cannot create {what}", errno=exc.code) from None
+
+
+def create_pair(spec: PortSpec, mode: str = "l2") -> None:
+    """Primary vmn-<port> here, peer vmc-<port> (MAC, queues) in spec.netns."""
+    queues = spec.start_queue + spec.queues
+    nsfd = _netns.open_netns(spec.netns) if spec.netns else None
+    try:
+        msg = pair_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, mode)
+        _send_newlink(msg, f"netkit pair {spec.host_ifname}/{spec.consumer_ifname}", spec.name)
+    finally:
+        if nsfd is not None:
+            os.close(nsfd)
+    try:
+        attach_fixup(spec.host_ifname)
+    except BaseException:
+        _delete(spec.host_ifname)
+        raise
+
+
+def _delete(ifname: str) -> None:
+    with IPRoute() as ip:
+        try:
+            ip.link("del", ifname=ifname)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT):
+                raise KernelError(f"cannot delete device {ifname}", errno=exc.code) from None
+
+
+# ---- the protocol fix-up program -------------------------------------------
+
+FIXUP_NAME = "vmnet_nkfix_v1"       # the version tag: vmnet recognises its program by name
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_FUNC_redirect = 23
+BPF_F_INGRESS = 1
+SKB_PROTOCOL, SKB_IFINDEX = 16, 40  # offsetof(struct __sk_buff, protocol / ifindex)
+TC_ACT_OK = 0
+TC_H_CLSACT_INGRESS = "ffff:fff2"
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def fixup_instructions() -> bytes:
+    """if (skb->protocol) return TC_ACT_OK; return bpf_redirect(skb->ifindex, BPF_F_INGRESS);"""
+    return b"".join([
+        _insn(0x61, dst=2, src=1, off=SKB_PROTOCOL),   # r2 = *(u32 *)(r1 + protocol)
+        _insn(0xB7, dst=0, imm=TC_ACT_OK),              # r0 = TC_ACT_OK
+        _insn(0x55, dst=2, off=4, imm=0),               # if r2 != 0 goto exit
+        _insn(0x61, dst=2, src=1, off=SKB_IFINDEX),     # r2 = *(u32 *)(r1 + ifindex)
+        _insn(0xBF, dst=1, src=2),                      # r1 = r2
+        _insn(0xB7, dst=2, imm=BPF_F_INGRESS),          # r2 = BPF_F_INGRESS
+        _insn(0x85, imm=BPF_FUNC_redirect),             # r0 = bpf_redirect(r1, r2)
+        _insn(0x95),                                    # exit
+    ])
+
+
+def load_fixup() -> int:
+    """Load the fix-up program (CAP_BPF + CAP_NET_ADMIN); returns its fd."""
+    lib = libbpf.lib()
+    load = lib.bpf_prog_load
+    load.restype = ctypes.c_int
+    load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                     ctypes.c_size_t, ctypes.c_void_p]
+    code = fixup_instructions()
+    fd = load(BPF_PROG_TYPE_SCHED_CLS, FIXUP_NAME.encode(), b"GPL", code, len(code) // 8, None)
+    if fd < 0:
+        err = -fd if fd != -1 else (ctypes.get_errno() or 1)
+        raise KernelError("the kernel refused to load the netkit protocol fix-up program", errno=err,
+                          fix="run 'vmnet doctor': loading needs CAP_BPF and CAP_NET_ADMIN")
+    return fd
+
+
+def attach_fixup(ifname: str) -> None:
+    """Put the fix-up on ingress of `ifname` (a clsact qdisc, owned by the device)."""
+    fd = load_fixup()
+    try:
+        with IPRoute() as ip:
+            idx = ip.link_lookup(ifname=ifname)
+            if not idx:
+                raise KernelError(f"device {ifname} vanished before its fix-up was attached")
+            ip.tc("add", "clsact", index=idx[0])
+            ip.tc("add-filter", "bpf", index=idx[0], handle=":1", fd=fd, name=FIXUP_NAME,
+                  parent=TC_H_CLSACT_INGRESS, classid=1, direct_action=True)
+    except NetlinkError as exc:
+        raise KernelError(f"cannot attach the netkit protocol fix-up to {ifname}", errno=exc.code) from None
+    finally:
+        os.close(fd)
+
+
+def fixup_attached(ifname: str) -> bool:
+    """Whether vmnet's fix-up program is on ingress of `ifname`."""
+    with IPRoute() as ip:
+        idx = ip.link_lookup(ifname=ifname)
+        if not idx:
+            return False
+        for msg in ip.get_filters(index=idx[0], parent=TC_H_CLSACT_INGRESS):
+            opts = msg.get_attr("TCA_OPTIONS")
+            if opts is not None and FIXUP_NAME in str(opts.get_attr("TCA_BPF_NAME") or ""):
+                return True
+    return False
+
+
+def create_single(spec: PortSpec) -> None:
+    """The netkit-lease device vmc-<port>, here (it moves after its queues are leased)."""
+    msg = single_request(spec.consumer_ifname, spec.mac, spec.queues)
+    _send_newlink(msg, f"netkit device {spec.consumer_ifname}", spec.name)
+
+
+def move_to_netns(ifname: str, netns_ref: str) -> None:
+    """Move a device into the consumer's netns (leases stay with it)."""
+    nsfd = _netns.open_netns(netns_ref)
+    try:
+        with IPRoute() as ip:
+            ip.link("set", ifname=ifname, net_ns_fd=nsfd)
+    except NetlinkError as exc:
+        raise KernelError(f"cannot move {ifname} into netns {netns_ref}", errno=exc.code) from None
+    finally:
+        os.close(nsfd)
+
+
+def link_info(ifname: str) -> dict | None:
+    """Kind and netkit attributes of a device here (None when absent)."""
+    with IPRoute() as ip:
+        try:
+            msg = ip.link("get", ifname=ifname)[0]
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise KernelError(f"cannot read device {ifname}", errno=exc.code) from None
+    info = msg.get("IFLA_LINKINFO") or {}
+    data = info.get("IFLA_INFO_DATA") if info else None
+    out = {"kind": info.get("IFLA_INFO_KIND") if info else None, "address": msg.get("IFLA_ADDRESS"),
+           "flags": msg["flags"]}
+    if out["kind"] == KIND and data is not None and hasattr(data, "get"):
+        out.update(primary=data.get("IFLA_NETKIT_PRIMARY"), policy=data.get("IFLA_NETKIT_POLICY"),
+                   peer_policy=data.get("IFLA_NETKIT_PEER_POLICY"), mode=data.get("IFLA_NETKIT_MODE"),
+                   pairing=data.get("IFLA_NETKIT_PAIRING"))
+    return out
