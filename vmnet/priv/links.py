@@ -10,6 +10,7 @@ the host end, whose transmitted frames are what the XSK program receives.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -31,7 +32,12 @@ def _offload_feature(name: str) -> bool:
             or name in ("tx-gso-list", "tx-vlan-hw-insert", "tx-vlan-stag-hw-insert"))
 
 
-def create_veth(spec: PortSpec) -> None:
+def _netlink(ip: IPRoute | None):
+    """The caller's open socket (bound to the netns it was opened in), or a new one."""
+    return contextlib.nullcontext(ip) if ip is not None else IPRoute()
+
+
+def create_veth(spec: PortSpec, ip: IPRoute | None = None) -> None:
     """Create host end vmn-<port> here and consumer end vmc-<port> in spec.netns."""
     peer = {"ifname": spec.consumer_ifname, "address": spec.mac,
             "num_rx_queues": spec.start_queue + spec.queues,
@@ -40,7 +46,7 @@ def create_veth(spec: PortSpec) -> None:
     if nsfd is not None:
         peer["net_ns_fd"] = nsfd
     try:
-        with IPRoute() as ip:
+        with _netlink(ip) as ip:
             ip.link("add", ifname=spec.host_ifname, kind="veth", peer=peer,
                     num_rx_queues=spec.start_queue + spec.queues,
                     num_tx_queues=spec.start_queue + spec.queues)
@@ -68,9 +74,9 @@ def delete_link(ifname: str) -> bool:
             raise KernelError(f"cannot delete device {ifname}", errno=exc.code) from None
 
 
-def link_state(ifname: str) -> dict | None:
+def link_state(ifname: str, ip: IPRoute | None = None) -> dict | None:
     """ifindex, MTU, max MTU and XDP attachment of a device here, or None."""
-    with IPRoute() as ip:
+    with _netlink(ip) as ip:
         try:
             msg = ip.link("get", ifname=ifname)[0]
         except NetlinkError as exc:
@@ -92,15 +98,15 @@ def link_state(ifname: str) -> dict | None:
     }
 
 
-def require_link(ifname: str) -> dict:
-    state = link_state(ifname)
+def require_link(ifname: str, ip: IPRoute | None = None) -> dict:
+    state = link_state(ifname, ip)
     if state is None:
         raise NotFound(f"device {ifname} does not exist")
     return state
 
 
-def set_mtu_up(ifname: str, mtu: int) -> None:
-    with IPRoute() as ip:
+def set_mtu_up(ifname: str, mtu: int, ip: IPRoute | None = None) -> None:
+    with _netlink(ip) as ip:
         try:
             ip.link("set", ifname=ifname, mtu=mtu, state="up")
         except NetlinkError as exc:

@@ -10,10 +10,13 @@ or a netkit pair; deleting the host end deletes either pair.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import socket
+
+from pyroute2 import IPRoute
 
 from ..errors import AlreadyExists, InvalidInput, NotSupported, VmnetError
 from ..model import MTU_FRAME_MAX, Port, PortSpec, validate_port_name
@@ -43,11 +46,11 @@ def _choose_mtu(spec: PortSpec, host_max_mtu: int | None) -> int:
     return spec.mtu
 
 
-def _create_devices(spec: PortSpec) -> tuple[PortSpec, str]:
+def _create_devices(spec: PortSpec, ip) -> tuple[PortSpec, str]:
     """Make the port's device pair; resolve backend "auto". Returns the spec
     with the backend actually used, and why it was chosen."""
     if spec.backend == "veth":
-        links.create_veth(spec)
+        links.create_veth(spec, ip)
         return spec, "asked for"
     if spec.backend == "netkit":
         netkit.create_pair(spec)
@@ -60,14 +63,14 @@ def _create_devices(spec: PortSpec) -> tuple[PortSpec, str]:
             fix="use the netkit or veth backend (docs/backends.md says what is missing)")
     # auto
     if spec.mode == "native":
-        links.create_veth(dataclasses.replace(spec, backend="veth"))
+        links.create_veth(dataclasses.replace(spec, backend="veth"), ip)
         return (dataclasses.replace(spec, backend="veth"),
                 "auto: native XDP was asked for, and netkit has only generic (skb) XDP")
     try:
         netkit.create_pair(dataclasses.replace(spec, backend="netkit"))
         return dataclasses.replace(spec, backend="netkit"), "auto: the kernel has netkit"
     except netkit.NetkitUnavailable as exc:
-        links.create_veth(dataclasses.replace(spec, backend="veth"))
+        links.create_veth(dataclasses.replace(spec, backend="veth"), ip)
         return (dataclasses.replace(spec, backend="veth"),
                 f"auto: the kernel has no netkit (RTM_NEWLINK kind netkit: "
                 f"{errno.errorcode.get(exc.errno or 0, exc.errno)}; netkit needs {netkit.MIN_KERNEL})")
@@ -80,23 +83,34 @@ def create_port(spec: PortSpec) -> CreatedPort:
                             fix=f"delete it with 'vmnet port del {spec.name}' or pick another name")
     if spec.netns:
         os.close(netns.open_netns(spec.netns))  # refuse a bad netns before creating anything
+    # One netlink socket per netns for the whole creation: each socket stays
+    # bound to the netns it was opened in, and opening one per request costs more
+    # than the requests themselves.
+    with contextlib.ExitStack() as stack:
+        host_ip = stack.enter_context(IPRoute())
+        with netns.entered(spec.netns):
+            cons_ip = stack.enter_context(IPRoute()) if spec.netns else host_ip
+        return _create(spec, host_ip, cons_ip)
+
+
+def _create(spec: PortSpec, host_ip, cons_ip) -> CreatedPort:
     requested = spec.backend
-    spec, backend_reason = _create_devices(spec)
+    spec, backend_reason = _create_devices(spec, host_ip)
     attach_mode = "skb" if spec.backend == "netkit" and spec.mode == "auto" else spec.mode
     attached = None
     sockets: list[socket.socket] = []
     try:
         offloads = links.disable_offloads(spec.host_ifname)
+        consumer = links.require_link(spec.consumer_ifname, cons_ip)
         with netns.entered(spec.netns):
-            consumer = links.require_link(spec.consumer_ifname)
             attached = bpf.load_and_attach(consumer["ifindex"], spec.consumer_ifname,
                                            spec.start_queue + spec.queues, attach_mode)
         # veth lowers the host end's max MTU to what an XDP frame holds
-        host = links.require_link(spec.host_ifname)
+        host = links.require_link(spec.host_ifname, host_ip)
         mtu = _choose_mtu(spec, host["max_mtu"])
-        links.set_mtu_up(spec.host_ifname, mtu)
+        links.set_mtu_up(spec.host_ifname, mtu, host_ip)
+        links.set_mtu_up(spec.consumer_ifname, mtu, cons_ip)
         with netns.entered(spec.netns):
-            links.set_mtu_up(spec.consumer_ifname, mtu)
             bpf.pin(spec.name, attached)
             sockets = xsk.create_xsk_sockets(attached.map_fd, spec.map_keys)
         ids = attached.ids
