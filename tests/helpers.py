@@ -50,7 +50,7 @@ class HelperProcess:
 
     def start(self, timeout: float = 15.0):
         self._logf = open(self.log, "a")
-        self.proc = subprocess.Popen([PYTHON, "-m", "vmnet", "helper"], env=self.env,
+        self.proc = subprocess.Popen([PYTHON, "-I", "-m", "vmnet", "helper"], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

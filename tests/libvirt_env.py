@@ -64,7 +64,7 @@ class Libvirt:
         if _alive(_pid("/run/libvirtd.pid")):
             raise RuntimeError("a libvirtd is already running; the system tests need their own")
         self.helper.start()
-        subprocess.run([PYTHON, "-m", "vmnet", "libvirt", "install-hook", "--config", self.helper.config],
+        subprocess.run([PYTHON, "-I", "-m", "vmnet", "libvirt", "install-hook", "--config", self.helper.config],
                        check=True, capture_output=True)
         # the wrapper as libvirt's <emulator>: pinned to the test helper, logging its argv
         self.wrapper = os.path.join(self.helper.dir, "qemu-wrapper")

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-VMNET = [sys.executable, "-m", "vmnet"]
+# -I: the installed vmnet, never the source tree in the working directory
+VMNET = [sys.executable, "-I", "-m", "vmnet"]
 
 
 def run(*args, preexec=None):

@@ -50,9 +50,9 @@ class BenchHelper:
         with netns.entered(self.netns):
             from ..priv import links
             links.bring_up("lo")
-        argv = [sys.executable, "-m", "vmnet", "helper"]
+        argv = [sys.executable, "-I", "-m", "vmnet", "helper"]
         if self.profile_to:
-            argv[1:1] = ["-m", "cProfile", "-o", self.profile_to]
+            argv[2:2] = ["-m", "cProfile", "-o", self.profile_to]
         target = netns.open_netns(self.netns)
         self._logf = open(self.log, "a")
         try:
