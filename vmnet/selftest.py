@@ -118,7 +118,7 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
                 "--ip", CONSUMER_IP, "--udp-port", str(UDP_PORT)]
         proc = spawn_consumer(argv, fds, uid=uid, gid=gid, netns_ref=cons_ns or host_ns, plan=plan)
         created.close()     # the helper's copies are not needed for the data path
-        ready = _read_event(proc, "ready", 20)
+        ready = _read_event(proc, "ready", 60)   # generous: a loaded or emulated machine
         row.credentials = ready["credentials"]
         with netns.entered(host_ns):
             p = probe.ping(CONSUMER_IP, count=pings)

@@ -19,7 +19,7 @@ What vmnet needs from netkit, and why:
   mode) by building an skb without setting skb->protocol, which veth fixes
   (eth_type_trans) on its way through but netkit does not: without help the
   host stack drops every frame the VM sends through a netkit peer (seen on
-  Debian's 6.12). A 7-instruction tc program on the primary re-injects
+  Debian's 6.12). A tc program (bpf/netkit_fixup.c) on the primary re-injects
   protocol-0 frames with bpf_redirect(self, BPF_F_INGRESS), whose path
   runs eth_type_trans; it lives in the device's clsact qdisc and goes with
   the device.
@@ -30,10 +30,9 @@ What vmnet needs from netkit, and why:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import struct
+from importlib import resources
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, nla
@@ -209,46 +208,20 @@ def _delete(ifname: str) -> None:
 # ---- the protocol fix-up program -------------------------------------------
 
 FIXUP_NAME = "vmnet_nkfix_v1"       # the version tag: vmnet recognises its program by name
-BPF_PROG_TYPE_SCHED_CLS = 3
-BPF_FUNC_redirect = 23
-BPF_F_INGRESS = 1
-SKB_PROTOCOL, SKB_IFINDEX = 16, 40  # offsetof(struct __sk_buff, protocol / ifindex)
-TC_ACT_OK = 0
 TC_H_CLSACT_INGRESS = "ffff:fff2"
 
 
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-def fixup_instructions() -> bytes:
-    """if (skb->protocol) return TC_ACT_OK; return bpf_redirect(skb->ifindex, BPF_F_INGRESS);"""
-    return b"".join([
-        _insn(0x61, dst=2, src=1, off=SKB_PROTOCOL),   # r2 = *(u32 *)(r1 + protocol)
-        _insn(0xB7, dst=0, imm=TC_ACT_OK),              # r0 = TC_ACT_OK
-        _insn(0x55, dst=2, off=4, imm=0),               # if r2 != 0 goto exit
-        _insn(0x61, dst=2, src=1, off=SKB_IFINDEX),     # r2 = *(u32 *)(r1 + ifindex)
-        _insn(0xBF, dst=1, src=2),                      # r1 = r2
-        _insn(0xB7, dst=2, imm=BPF_F_INGRESS),          # r2 = BPF_F_INGRESS
-        _insn(0x85, imm=BPF_FUNC_redirect),             # r0 = bpf_redirect(r1, r2)
-        _insn(0x95),                                    # exit
-    ])
-
-
 def load_fixup() -> int:
-    """Load the fix-up program (CAP_BPF + CAP_NET_ADMIN); returns its fd."""
-    lib = libbpf.lib()
-    load = lib.bpf_prog_load
-    load.restype = ctypes.c_int
-    load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                     ctypes.c_size_t, ctypes.c_void_p]
-    code = fixup_instructions()
-    fd = load(BPF_PROG_TYPE_SCHED_CLS, FIXUP_NAME.encode(), b"GPL", code, len(code) // 8, None)
-    if fd < 0:
-        err = -fd if fd != -1 else (ctypes.get_errno() or 1)
-        raise KernelError("the kernel refused to load the netkit protocol fix-up program", errno=err,
-                          fix="run 'vmnet doctor': loading needs CAP_BPF and CAP_NET_ADMIN")
-    return fd
+    """Load bpf/netkit_fixup.o through the system libbpf (CAP_BPF + CAP_NET_ADMIN); its fd."""
+    path = str(resources.files("vmnet.bpf") / "netkit_fixup.o")
+    try:
+        with libbpf.BpfObject(path) as obj:
+            obj.load()
+            return os.dup(obj.program_fd(FIXUP_NAME))
+    except OSError as exc:
+        raise KernelError("the kernel refused to load the netkit protocol fix-up program",
+                          errno=exc.errno,
+                          fix="run 'vmnet doctor': loading needs CAP_BPF and CAP_NET_ADMIN") from None
 
 
 def attach_fixup(ifname: str) -> None:
