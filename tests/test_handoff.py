@@ -98,12 +98,17 @@ def check_unprivileged_with_only_the_sockets(pid, queues):
     assert len(set(extra.values())) == queues, extra
 
 
-def test_vmnet_exec_starts_the_responder_unprivileged_and_it_answers_ping(helper, consumer_netns, port):
-    proc = subprocess.Popen(
+def exec_responder(helper, consumer_netns, port):
+    """`vmnet exec` the responder as nobody in the consumer's netns, as root would start QEMU."""
+    return subprocess.Popen(
         [sys.executable, "-I", "-m", "vmnet", "exec", "--user", "nobody", "--allow-ipc-lock", "--",
          sys.executable] + responder_args(port),
         env=helper.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, preexec_fn=in_netns(consumer_netns), cwd="/")
+
+
+def test_vmnet_exec_starts_the_responder_unprivileged_and_it_answers_ping(helper, consumer_netns, port):
+    proc = exec_responder(helper, consumer_netns, port)
     try:
         ready = wait_ready(proc)
         assert ready["queues"] == [0, 1] and ready["mode"] == "native"
@@ -184,11 +189,7 @@ def test_wrapper_passthrough_with_debians_qemu():
 
 
 def test_killing_the_helper_during_traffic_loses_nothing(helper, consumer_netns, port):
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-m", "vmnet", "exec", "--user", "nobody", "--allow-ipc-lock", "--",
-         sys.executable] + responder_args(port),
-        env=helper.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=in_netns(consumer_netns), cwd="/")
+    proc = exec_responder(helper, consumer_netns, port)
     try:
         wait_ready(proc)
         ping = subprocess.Popen(["ping", "-c", "30", "-i", "0.05", "-W", "1", CONSUMER_IP],

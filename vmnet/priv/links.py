@@ -74,15 +74,22 @@ def delete_link(ifname: str) -> bool:
             raise KernelError(f"cannot delete device {ifname}", errno=exc.code) from None
 
 
-def link_state(ifname: str, ip: IPRoute | None = None) -> dict | None:
-    """ifindex, MTU, max MTU and XDP attachment of a device here, or None."""
+def get_link(ifname: str, ip: IPRoute | None = None):
+    """The RTM_NEWLINK message of a device here, or None when there is none."""
     with _netlink(ip) as ip:
         try:
-            msg = ip.link("get", ifname=ifname)[0]
+            return ip.link("get", ifname=ifname)[0]
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 return None
             raise KernelError(f"cannot read device {ifname}", errno=exc.code) from None
+
+
+def link_state(ifname: str, ip: IPRoute | None = None) -> dict | None:
+    """ifindex, MTU, max MTU and XDP attachment of a device here, or None."""
+    msg = get_link(ifname, ip)
+    if msg is None:
+        return None
     xdp = msg.get("IFLA_XDP")
     return {
         "ifname": ifname,

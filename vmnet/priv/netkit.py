@@ -42,7 +42,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, ifinfveth
 
 from ..errors import AlreadyExists, InvalidInput, KernelError, NotSupported
 from ..model import PortSpec
-from . import libbpf
+from . import libbpf, links
 from . import netns as _netns
 
 KIND = "netkit"
@@ -274,13 +274,9 @@ def move_to_netns(ifname: str, netns_ref: str) -> None:
 
 def link_info(ifname: str) -> dict | None:
     """Kind and netkit attributes of a device here (None when absent)."""
-    with IPRoute() as ip:
-        try:
-            msg = ip.link("get", ifname=ifname)[0]
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise KernelError(f"cannot read device {ifname}", errno=exc.code) from None
+    msg = links.get_link(ifname)
+    if msg is None:
+        return None
     info = msg.get("IFLA_LINKINFO") or {}
     data = info.get("IFLA_INFO_DATA") if info else None
     out = {"kind": info.get("IFLA_INFO_KIND") if info else None, "address": msg.get("IFLA_ADDRESS"),
