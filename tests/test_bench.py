@@ -67,3 +67,66 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     assert all(set(g) >= {"value", "limit", "met", "verdict"} for g in result["goals"])
     text = format_result(result)
     assert "goals" in text and "create p99, 1 queue" in text
+
+
+@pytest.mark.unit
+def test_guest_starts_its_tcp_sink_before_it_says_ready():
+    from vmnet import testguest
+    init = testguest.init_script(["/bin/busybox insmod /lib/modules/virtio_net.ko"], "198.18.1.2")
+    lines = init.splitlines()
+    sink = next(i for i, line in enumerate(lines) if f"nc -ll -p {testguest.TCP_SINK_PORT}" in line)
+    ready = next(i for i, line in enumerate(lines) if testguest.READY in line)
+    assert lines[sink].endswith("&") and "dd of=/dev/null" in lines[sink]
+    assert lines.index("/bin/busybox ip addr add 198.18.1.2/24 dev eth0") < sink < ready
+
+
+@pytest.mark.unit
+def test_tap_guest_gets_the_device_a_one_queue_port_gets():
+    from vmnet.bench import qemuguest
+    from vmnet.model import Port, PortSpec
+    from vmnet.qemu_args import device_arg
+    port = Port(spec=PortSpec(name="p1"), mode="native", mtu=3506, host_ifindex=1, consumer_ifindex=2)
+    vmnet_device = device_arg(port).split(",")
+    tap_device = qemuguest.tap_device_arg("tap0", port.spec.mac, 3506).split(",")
+    assert vmnet_device[0] == tap_device[0] and vmnet_device[2:] == tap_device[2:]
+    netdev = qemuguest.tap_netdev_arg("tap0", "vmt3-x").split(",")
+    assert netdev[0] == "tap" and {"script=no", "downscript=no", "vhost=off", "ifname=vmt3-x"} <= set(netdev)
+    assert "vnet_hdr=off" in qemuguest.tap_netdev_arg("tap0", "vmt3-x", vnet_hdr=False)
+
+
+@pytest.mark.unit
+def test_guest_comparison_says_why_it_cannot_run():
+    from vmnet.bench import qemuguest
+    assert "VMNET_TEST_QEMU is not set" in qemuguest.qemu_problem(None)
+    assert "has no af-xdp netdev" in qemuguest.qemu_problem("/bin/true")
+
+
+@pytest.mark.system
+def test_guest_behind_af_xdp_is_compared_with_tap_and_everything_goes_away():
+    import os
+    from vmnet.bench import qemuguest
+    qemu = os.environ.get("VMNET_TEST_QEMU")
+    problem = qemuguest.qemu_problem(qemu)
+    if not qemu:
+        pytest.skip(problem)
+    assert problem is None, problem     # set, but unusable: a broken setup, not a skip
+    out = CliRunner().invoke(bench, ["--quick", "--json", "--skip", "latency", "--skip", "scale",
+                                     "--skip", "hook"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    dp = result["datapath"]
+    assert "error" not in dp["guest"], dp["guest"]
+    for key in ("afxdp", "afxdp_skb", "tap", "tap_novnet"):
+        assert dp["guest_rtt_p50_ms"][key] > 0 and dp["tcp_mbytes_s"][key] > 0, key
+        assert dp["guest"]["backends"][key]["qemu_credentials"]["uid"] == 65534
+    assert dp["guest"]["backends"]["tap"]["qemu_credentials"]["effective"] == []
+    assert result["tcp_ratio_afxdp_to_tap"] > 0 and result["guest_rtt_p50_ratio_afxdp_to_tap"] > 0
+    workdir = dp["guest"]["workdir"]
+    assert not os.path.exists(workdir)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert workdir.encode() not in f.read(), f"process {pid} outlived the benchmark"
+        except OSError:
+            pass
+    assert "tcp/tap" in format_result(result)

@@ -3,9 +3,12 @@
 A Debian kernel from /boot (linux-image-*) and an initramfs holding
 busybox-static, the virtio-net module and its dependencies (decompressed:
 busybox's insmod reads plain .ko), and an /init that brings eth0 up with a
-given address, prints a marker on the serial console and waits. Ping then
-proves the guest's NIC works end to end. Used by the VM tests and the
-benchmark when a QEMU with af-xdp is given (VMNET_TEST_QEMU).
+given address, starts a TCP sink, prints a marker on the serial console and
+waits. Ping then proves the guest's NIC works end to end; the sink (every
+connection to TCP_SINK_PORT is read to its end and discarded, then closed)
+gives the benchmark a bulk transfer whose end the sender can see. Used by
+the VM tests and the benchmark when a QEMU with af-xdp is given
+(VMNET_TEST_QEMU).
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ import stat
 
 READY = "VMNET-GUEST-READY"
 MODULES = ("virtio_net",)
+TCP_SINK_PORT = 5001
+# Debian's busybox nc has no -k: "-ll -e" forks PROG per connection and keeps
+# listening. dd reads 64 KiB at a time (cat's buffer is 4 KiB: more syscalls
+# in a guest whose every instruction is emulated) and closes the connection
+# at EOF, which is how the sender knows that every byte arrived.
+_SINK = (f"/bin/busybox nc -ll -p {TCP_SINK_PORT} -e /bin/busybox sh -c "
+         "'exec /bin/busybox dd of=/dev/null bs=65536 2>/dev/null' &")
 
 
 def find_kernel() -> tuple[str, str] | None:
@@ -85,7 +95,15 @@ def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24) -> s
             base = os.path.basename(rel).split(".ko")[0] + ".ko"
             entries.append((f"lib/modules/{base}", f_, data))
             inserts.append(f"/bin/busybox insmod /lib/modules/{base}")
-    init = "\n".join([
+    entries.append(("init", x, init_script(inserts, address, prefix).encode()))
+    with open(path, "wb") as fh:
+        fh.write(_cpio(entries))
+    return path
+
+
+def init_script(inserts: list[str], address: str, prefix: int = 24) -> str:
+    """The guest's /init: modules, eth0 with `address`, the TCP sink, READY. Pure."""
+    return "\n".join([
         "#!/bin/busybox sh",
         "/bin/busybox mount -t proc proc /proc",
         "/bin/busybox mount -t sysfs sys /sys",
@@ -94,13 +112,10 @@ def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24) -> s
         "/bin/busybox ip link set lo up",
         "/bin/busybox ip link set eth0 up",
         f"/bin/busybox ip addr add {address}/{prefix} dev eth0",
+        _SINK,
         f"echo {READY} > /dev/ttyS0",
         "while true; do /bin/busybox sleep 3600; done",
     ]) + "\n"
-    entries.append(("init", x, init.encode()))
-    with open(path, "wb") as fh:
-        fh.write(_cpio(entries))
-    return path
 
 
 def qemu_boot_args(vmlinuz: str, initramfs: str, serial_log: str) -> list[str]:

@@ -21,6 +21,47 @@ def _problem(part: dict) -> str | None:
     return part.get("skipped") or part.get("error")
 
 
+def _guests(g: dict) -> list[str]:
+    """The af-xdp vs tap guest comparison of the data-path part."""
+    if g.get("skipped"):
+        return [f"   guest comparison (af-xdp vs tap) skipped: {g['skipped']}"]
+    if g.get("error"):
+        return [f"   guest comparison (af-xdp vs tap) failed: {g['error']}"]
+    if not g:
+        return []
+    out = [f"   the test guest (TCG: absolute numbers are low, the ratios are the result), MTU {g['mtu']}, "
+           f"QEMU as {g['user']}; {g['pings']} pings and {g['tcp_rounds']} x {g['tcp_seconds']:g} s of "
+           "host -> guest TCP each, in turn:"]
+    base = g["backends"].get("tap") or {}
+    rows = []
+    for key, b in g["backends"].items():
+        drops = (sum(s.get("rx_dropped", 0) for s in b.get("xdp_statistics") or [])
+                 + (b["host_link"]["tx_dropped"] or 0))
+        rows.append((key, b["backend"], _ms(b["rtt"]["p50"]), _ms(b["rtt"]["p99"]), str(b["pings_lost"]),
+                     f"{b['tcp_mbytes_s']:.1f}",
+                     f"{sum(r['total_retrans'] for r in b['tcp_runs'])}/"
+                     f"{sum((r.get('why_retransmitted') or {}).get('TCPLossProbes', 0) for r in b['tcp_runs'])}",
+                     str(drops),
+                     "" if b is base else _x(_div(b["rtt"]["p50"], base.get("rtt", {}).get("p50"))),
+                     "" if b is base else _x(_div(b["tcp_mbytes_s"], base.get("tcp_mbytes_s"))),
+                     _ms((b.get("qemu_cpu_ms_per_mb") or {}).get("vcpu")),
+                     _ms((b.get("qemu_cpu_ms_per_mb") or {}).get("other"))))
+    out += ["   " + line for line in _table(
+        ("guest", "backend", "ping p50", "p99", "lost", "TCP MB/s", "retrans/TLP", "drops", "rtt/tap", "tcp/tap",
+         "vCPU ms/MB", "QEMU I/O ms/MB"), rows)]
+    out += ["   tap hands the guest 64 KB TSO frames (virtio-net header); AF_XDP frames carry none, like "
+            "tap_novnet's.",
+            "   drops: XDP rx_dropped + host end tx_dropped; retrans/TLP: segments sent again / tail loss "
+            "probes (one answered by a D-SACK lost nothing);",
+            "   ms/MB: QEMU's CPU per MB the guest received, its vCPU thread (the guest) and the rest "
+            "(the backend)"]
+    return out
+
+
+def _div(a, b):
+    return None if a is None or not b else a / b
+
+
 def format_result(r: dict) -> str:
     out = [f"vmnet bench{' --quick' if r.get('quick') else ''}: kernel {r['machine']['kernel']}, "
            f"{r['machine']['cpus']} CPUs, load {r['machine']['loadavg_start']} -> {r['machine'].get('loadavg_end')}, "
@@ -99,8 +140,7 @@ def format_result(r: dict) -> str:
         out.append(f"   ping through a {dp['mode']} {dp['queues']}-queue port to the {dp['consumer']}: "
                    f"{dp['ping']} answered, rtt avg {rtt} ms"
                    + ("" if dp["ok"] else f" (problems: {'; '.join(dp['problems'])})"))
-        if dp.get("qemu"):
-            out.append(f"   {dp['qemu']}")
+        out += _guests(dp.get("guest") or {})
     out += ["", "goals"]
     out += ["   " + line for line in _table(
         ("goal", "limit", "measured", "verdict"),

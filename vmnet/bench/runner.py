@@ -38,6 +38,9 @@ class Plan:
     hook_runs: int = 30
     hook_port_runs: int = 10
     pings: int = 20
+    guest_pings: int = 50
+    tcp_seconds: float = 5.0
+    tcp_rounds: int = 3
     skip: tuple = ()
     hook_path: str | None = None
     profile_dir: str | None = None
@@ -45,7 +48,8 @@ class Plan:
     @classmethod
     def make(cls, quick: bool, **overrides) -> "Plan":
         plan = cls(quick=True, iterations=20, ports=64, status_runs=3, hook_runs=5,
-                   hook_port_runs=2, pings=5) if quick else cls()
+                   hook_port_runs=2, pings=5, guest_pings=10, tcp_seconds=2.0,
+                   tcp_rounds=1) if quick else cls()
         for key, value in overrides.items():
             if value is not None:
                 setattr(plan, key, value)
@@ -111,7 +115,9 @@ def _run(plan: Plan, progress) -> dict:
         if progress is not _quiet:
             progress("cleaned up", 1, 1)
     try:
-        _part(result, "datapath", plan, lambda: datapath.measure(tag, plan.pings))
+        _part(result, "datapath", plan, lambda: datapath.measure(
+            tag, plan.pings, guest_pings=plan.guest_pings, tcp_seconds=plan.tcp_seconds,
+            tcp_rounds=plan.tcp_rounds, progress=progress))
     finally:
         with uninterrupted():           # run_case cleans up after itself; this is for a Ctrl-C inside it
             sweep_pins("st" + tag)
@@ -174,6 +180,9 @@ def _headline(result: dict):
 
     dp = result.get("datapath") or {}
     result["ping_rtt_ms"] = dp.get("rtt_avg_ms")
+    afxdp = (dp.get("ratios_to_tap") or {}).get("afxdp") or {}
+    result["guest_rtt_p50_ratio_afxdp_to_tap"] = afxdp.get("rtt_p50")
+    result["tcp_ratio_afxdp_to_tap"] = afxdp.get("tcp")
 
 
 def _summarise_profile(path: str, text_path: str) -> dict:
