@@ -21,6 +21,10 @@ def hook_text(config_path: str | None = None) -> str:
     out = "".join(lines)
     if config_path:
         out = out.replace("CONFIG = None\n", f"CONFIG = {os.path.abspath(config_path)!r}\n", 1)
+    # where vmnet is installed (an editable install is found through site.main() instead)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.basename(package_parent) == "site-packages":
+        out = out.replace("SITE_PACKAGES = None ", f"SITE_PACKAGES = {package_parent!r} ", 1)
     return out
 
 
