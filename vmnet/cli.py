@@ -158,24 +158,24 @@ def port():
     """Create, delete and inspect ports (through the helper)."""
 
 
-def _uid(value):
-    import pwd
-    if value is None or value.isdigit():
+def _numeric_id(value, kind: str):
+    """A uid or gid given as a number or a name (None stays None)."""
+    if value is None or (value.isascii() and value.isdigit()):
         return int(value) if value is not None else None
+    import grp
+    import pwd
     try:
-        return pwd.getpwnam(value).pw_uid
+        return pwd.getpwnam(value).pw_uid if kind == "user" else grp.getgrnam(value).gr_gid
     except KeyError:
-        raise click.BadParameter(f"no user named {value!r}") from None
+        raise click.BadParameter(f"no {kind} named {value!r}") from None
+
+
+def _uid(value):
+    return _numeric_id(value, "user")
 
 
 def _gid(value):
-    import grp
-    if value is None or value.isdigit():
-        return int(value) if value is not None else None
-    try:
-        return grp.getgrnam(value).gr_gid
-    except KeyError:
-        raise click.BadParameter(f"no group named {value!r}") from None
+    return _numeric_id(value, "group")
 
 
 def _backend_text(r: dict) -> str:
