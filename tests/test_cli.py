@@ -80,3 +80,9 @@ def test_doctor_prints_one_line_per_check_and_passes_here():
         assert f"] {name}:" in out.stdout
     data = json.loads(run("--json", "doctor").stdout)
     assert {c["name"] for c in data["checks"]} >= {"af-xdp", "netkit", "qemu"}
+
+
+@pytest.mark.unit
+def test_selftest_refuses_native_mode_on_netkit():
+    out = run("selftest", "--backend", "netkit", "--mode", "native")
+    assert out.returncode == 2 and "netkit has no native XDP" in out.stderr

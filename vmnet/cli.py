@@ -54,8 +54,10 @@ def cli(click_ctx, debug, as_json):
 @click.option("--ipc-lock/--no-ipc-lock", default=True, show_default=True,
               help="When memlock cannot be raised, let the responder keep CAP_IPC_LOCK "
                    "(and nothing else). The table's memlock column says what was used.")
+@click.option("--backend", default="veth", show_default=True, type=click.Choice(["veth", "netkit"]),
+              help="Device backend to test; netkit has generic (skb) XDP only.")
 @click.pass_obj
-def selftest(ctx, modes, queue_counts, user, ipc_lock):
+def selftest(ctx, modes, queue_counts, user, ipc_lock, backend):
     """Prove the data path on this machine, end to end.
 
     For each mode and queue count: create a veth port in throwaway network
@@ -66,10 +68,13 @@ def selftest(ctx, modes, queue_counts, user, ipc_lock):
     Needs root.
     """
     from . import selftest as st
-    rows = st.run(modes=modes or ("native", "skb"), queue_counts=queue_counts or (1, 2, 4),
-                  user=user, allow_ipc_lock=ipc_lock)
+    if backend == "netkit" and "native" in modes:
+        raise click.UsageError("netkit has no native XDP: use --mode skb (the default for netkit)")
+    default_modes = ("skb",) if backend == "netkit" else ("native", "skb")
+    rows = st.run(modes=modes or default_modes, queue_counts=queue_counts or (1, 2, 4),
+                  user=user, allow_ipc_lock=ipc_lock, backend=backend)
     passed = all(r.ok for r in rows)
-    text = ["vmnet selftest: veth port -> AF_XDP sockets -> unprivileged responder (uid of "
+    text = [f"vmnet selftest: {backend} port -> AF_XDP sockets -> unprivileged responder (uid of "
             f"{user!r}), probed with ping, UDP echo and TCP SYN from host sockets", "",
             st.format_table(rows), "",
             f"{sum(r.ok for r in rows)} passed, {sum(not r.ok for r in rows)} failed "

@@ -168,22 +168,23 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
 
 
 def run(modes=("native", "skb"), queue_counts=(1, 2, 4), user: str = "nobody",
-        allow_ipc_lock: bool = True) -> list[Row]:
+        allow_ipc_lock: bool = True, backend: str = "veth") -> list[Row]:
     uid, gid = consumer_identity(user)
     tag = str(os.getpid() % 10000)
     rows = []
     for mode in modes:
         for queues in queue_counts:
-            rows.append(run_case(mode, queues, uid=uid, gid=gid, allow_ipc_lock=allow_ipc_lock, tag=tag))
+            rows.append(run_case(mode, queues, uid=uid, gid=gid, allow_ipc_lock=allow_ipc_lock,
+                                 tag=tag, backend=backend))
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ("mode", "queues", "mtu", "ping", "rtt ms", "udp", "tcp", "rx per queue",
+    head = ("backend", "mode", "queues", "mtu", "ping", "rtt ms", "udp", "tcp", "rx per queue",
             "bad csum", "oversize", "memlock", "result")
     lines = [head]
     for r in rows:
-        lines.append((r.mode, str(r.queues), str(r.mtu), r.pings,
+        lines.append((r.backend, r.mode, str(r.queues), str(r.mtu), r.pings,
                       f"{r.rtt_ms:.2f}" if r.rtt_ms is not None else "-", r.udp, r.tcp,
                       "/".join(map(str, r.per_queue_rx)) or "-", str(r.bad_checksum),
                       str(r.oversized), r.memlock, "PASS" if r.ok else "FAIL"))
