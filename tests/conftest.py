@@ -102,9 +102,9 @@ def port_name():
 def helper(test_netns):
     """A running `vmnet helper` in the test's netns with its own socket and state."""
     from helpers import HelperProcess
-    h = HelperProcess().start()
+    h = HelperProcess()
     try:
-        yield h
+        yield h.start()
     finally:
         h.cleanup()
 
@@ -118,8 +118,8 @@ def libvirt_env():
     reason = missing()
     if reason:
         pytest.skip(reason)
-    env = Libvirt().start()
+    env = Libvirt()
     try:
-        yield env
+        yield env.start()
     finally:
         env.stop()

@@ -48,13 +48,14 @@ class HelperProcess:
         self.proc = None
         self.log = os.path.join(self.dir, "helper.log")
 
-    def start(self, timeout: float = 15.0):
+    def start(self, timeout: float = 60.0):
         self._logf = open(self.log, "a")
         self.proc = subprocess.Popen([PYTHON, "-I", "-m", "vmnet", "helper"], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.kill()
                 raise RuntimeError(f"helper exited: {self.read_log()}")
             with contextlib.suppress(OSError):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -64,7 +65,8 @@ class HelperProcess:
                 finally:
                     s.close()
             time.sleep(0.05)
-        raise RuntimeError("helper did not start listening")
+        self.kill()             # never leave a helper running behind a failed start
+        raise RuntimeError(f"helper did not start listening in {timeout:g} s: {self.read_log()}")
 
     def kill(self, sig=signal.SIGKILL):
         if self.proc and self.proc.poll() is None:
@@ -95,7 +97,8 @@ class HelperProcess:
     def cleanup(self):
         """Stop the helper and delete every port it still has."""
         if self.proc and self.proc.poll() is not None:
-            self.start()
+            with contextlib.suppress(RuntimeError):
+                self.start()        # a test killed it: bring it back to delete its ports
         with contextlib.suppress(Exception):
             for port in self.vmnet_json("port", "list")["ports"]:
                 self.vmnet("port", "del", port["name"])

@@ -92,7 +92,9 @@ class Libvirt:
                               timeout=120, check=check)
 
     def stop(self):
-        for dom in self.virsh("list", "--all", "--name").stdout.split():
+        """Undo whatever start() got to, in reverse."""
+        listed = self.virsh("list", "--all", "--name") if self.started else None
+        for dom in (listed.stdout.split() if listed and listed.returncode == 0 else []):
             if dom.startswith("vmnet-t"):
                 self.virsh("destroy", dom)
                 self.virsh("undefine", dom)
