@@ -15,7 +15,7 @@ import pwd
 import sys
 
 from .client import Client
-from .config import load
+from .config import Config, load
 from .errors import AlreadyExists, InvalidInput, NotFound, VmnetError
 from .libvirt_xml import domain_identity, parse_domain, parse_ports
 
@@ -86,7 +86,8 @@ def reconnect(domain, ports: list[dict], cfg) -> list[str]:
     return missing
 
 
-def run(argv: list[str], xml: bytes) -> int:
+def run(argv: list[str], xml: bytes, settings: dict | None = None) -> int:
+    """settings: what install-hook read from the configuration (no TOML parsing per VM start)."""
     op, subop = (argv + ["", "", ""])[1:3]
     try:
         root = parse_domain(xml)
@@ -94,7 +95,7 @@ def run(argv: list[str], xml: bytes) -> int:
         ports = parse_ports(root, validate=False)     # the helper validates each port
         if not ports:
             return 0
-        cfg = load()
+        cfg = Config(**settings) if settings is not None else load()
         if op == "prepare" and subop == "begin":
             prepare(domain, ports, cfg)
         elif op == "release" and subop == "end":

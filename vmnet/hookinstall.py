@@ -2,7 +2,10 @@
 
 The committed hooks/vmnet starts with a placeholder interpreter; the
 installed copy runs with vmnet's own Python (-I -S: isolated, no
-site-packages until needed) so it is fast for domains that do not use vmnet.
+site-packages until needed) so it is fast for domains that do not use vmnet,
+and carries the two settings it needs (the helper's socket, libvirt's QEMU
+user) so that a VM start parses no configuration file. Run install-hook
+again after changing either.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import sys
 from importlib import resources
 
+from .config import load
 from .errors import from_oserror
 
 
@@ -21,6 +25,10 @@ def hook_text(config_path: str | None = None) -> str:
     out = "".join(lines)
     if config_path:
         out = out.replace("CONFIG = None\n", f"CONFIG = {os.path.abspath(config_path)!r}\n", 1)
+    # what the hook needs from the configuration, read now rather than on every VM start
+    cfg = load(config_path)
+    settings = {"socket": cfg.socket, "libvirt_qemu_user": cfg.libvirt_qemu_user}
+    out = out.replace("SETTINGS = None ", f"SETTINGS = {settings!r} ", 1)
     # where vmnet is installed (an editable install is found through site.main() instead)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if os.path.basename(package_parent) == "site-packages":
