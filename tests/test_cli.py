@@ -86,3 +86,14 @@ def test_doctor_prints_one_line_per_check_and_passes_here():
 def test_selftest_refuses_native_mode_on_netkit():
     out = run("selftest", "--backend", "netkit", "--mode", "native")
     assert out.returncode == 2 and "netkit has no native XDP" in out.stderr
+
+
+@pytest.mark.netns
+def test_selftest_without_privileges_says_it_needs_root():
+    def as_nobody():
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+    out = subprocess.run(VMNET + ["selftest"], capture_output=True, text=True, timeout=60,
+                         preexec_fn=as_nobody, cwd="/")
+    assert out.returncode == 8 and "sudo vmnet selftest" in out.stderr

@@ -68,6 +68,11 @@ def selftest(ctx, modes, queue_counts, user, ipc_lock, backend):
     Needs root.
     """
     from . import selftest as st
+    from .caps import has_capability
+    if not (has_capability("net_admin") and has_capability("sys_admin")):
+        from .errors import PermissionDenied
+        raise PermissionDenied("vmnet selftest creates network namespaces, devices and BPF programs",
+                               fix="run it as root: sudo vmnet selftest")
     if backend == "netkit" and "native" in modes:
         raise click.UsageError("netkit has no native XDP: use --mode skb (the default for netkit)")
     default_modes = ("skb",) if backend == "netkit" else ("native", "skb")
