@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
     python3 python3-venv python3-dev gcc make pkg-config libcap-dev \
-    libbpf1 libbpf-dev linux-libc-dev clang llvm iproute2 iputils-ping
+    libbpf1 libbpf-dev linux-libc-dev clang llvm iproute2 iputils-ping file
 # QEMU 10.0 and libvirt 11.3 come from bookworm-backports; its sources entry is
 # derived from this machine's own Debian entry.
 /usr/bin/python3 scripts/enable-backports
@@ -24,7 +24,7 @@ apt-get install -y -q --no-install-recommends -t bookworm-backports \
     qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu \
     libvirt-clients libvirt-dev
 # The kernel matrix boots Debian's 6.12 kernel (netkit built in) under QEMU with
-# virtme-ng, which needs a static busybox; the VM tests boot it as their guest.
+# virtme-ng, which needs a static busybox and `file` (installed above); the VM tests boot it as their guest.
 # Installing a kernel package only adds it to /boot and /lib/modules.
 apt-get install -y -q --no-install-recommends -t bookworm-backports linux-image-amd64
 apt-get install -y -q --no-install-recommends busybox-static
