@@ -110,3 +110,29 @@ def test_a_domain_without_vmnet_metadata_never_reaches_the_helper(hook, helper):
     out = hook("prepare", "begin", b"<domain><name>plain</name><devices/></domain>")
     assert out.returncode == 0 and out.stderr == b""
     helper.start()
+
+
+def test_the_domain_verbs_are_refused_to_a_user_outside_the_admin_group(hook, helper, port_name):
+    from helpers import USER_A, as_identity
+    path = os.path.join(helper.dir, "hook")        # written by the fixture, readable by all
+    out = subprocess.run([path, "d1", "prepare", "begin", "-"], input=domain(f'name="{port_name}"'),
+                         capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+                         preexec_fn=as_identity(USER_A, USER_A), cwd="/")
+    assert out.returncode == 1 and b"may not create a domain's ports" in out.stderr, out.stderr
+    assert not ports.port_exists(port_name)
+    assert "refused domain-prepare from pid" in helper.read_log()
+
+
+def test_a_domain_xml_too_large_for_one_request_is_refused_before_the_helper(hook, helper, port_name):
+    helper.kill()                   # refused by the hook itself
+    padding = b"<!--" + b"x" * (200 * 1024) + b"-->"
+    out = hook("prepare", "begin", domain(f'name="{port_name}"').replace(b"<devices/>", padding))
+    assert out.returncode == 1 and b"the hook passes at most" in out.stderr, out.stderr
+    helper.start()
+
+
+def test_the_helper_refuses_unknown_arguments_to_a_domain_verb(helper):
+    from vmnet.client import call
+    from vmnet.errors import InvalidInput
+    with pytest.raises(InvalidInput, match="unknown argument"):
+        call(helper.socket, "domain-prepare", xml="<domain/>", force=True)

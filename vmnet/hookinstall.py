@@ -3,9 +3,9 @@
 The committed hooks/vmnet starts with a placeholder interpreter; the
 installed copy runs with vmnet's own Python (-I -S: isolated, no
 site-packages until needed) so it is fast for domains that do not use vmnet,
-and carries the two settings it needs (the helper's socket, libvirt's QEMU
-user) so that a VM start parses no configuration file. Run install-hook
-again after changing either.
+and carries the one setting it needs (the helper's socket) so that a VM
+start parses no configuration file. Run install-hook again after changing
+it. (libvirt's QEMU user is the helper's setting: it resolves consumers.)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def hook_text(config_path: str | None = None) -> str:
         out = out.replace("CONFIG = None\n", f"CONFIG = {os.path.abspath(config_path)!r}\n", 1)
     # what the hook needs from the configuration, read now rather than on every VM start
     cfg = load(config_path)
-    settings = {"socket": cfg.socket, "libvirt_qemu_user": cfg.libvirt_qemu_user}
+    settings = {"socket": cfg.socket}
     out = out.replace("SETTINGS = None ", f"SETTINGS = {settings!r} ", 1)
     # where vmnet is installed (an editable install is found through site.main() instead)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,11 +15,12 @@ import json
 
 from .errors import InvalidInput, VmnetError
 
-MAX_MESSAGE = 64 * 1024      # requests are tiny; replies carry at most a few hundred ports
+MAX_MESSAGE = 192 * 1024     # requests are tiny but for the hook's domain XML; under the
+                             # default 208 KiB socket buffer a SEQPACKET message must fit in
 MAX_REPLY = 4 * 1024 * 1024
 MAX_FDS = 64                 # one per queue of one port
 VERBS = ("port-create", "port-delete", "port-list", "port-show", "fds-for-consumer",
-         "raise-memlock-for-peer", "status")
+         "raise-memlock-for-peer", "status", "domain-prepare", "domain-release", "domain-check")
 
 
 def encode_request(verb: str, **args) -> bytes:

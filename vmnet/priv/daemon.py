@@ -24,7 +24,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from .. import protocol
+from .. import domain, protocol
 from ..config import Config
 from ..errors import InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
 from ..memlock import INFINITY, mib, plan_memlock
@@ -57,6 +57,9 @@ class Helper:
             "fds-for-consumer": self.fds_for_consumer,
             "raise-memlock-for-peer": self.raise_memlock_for_peer,
             "status": self.status,
+            "domain-prepare": self.domain_prepare,
+            "domain-release": self.domain_release,
+            "domain-check": self.domain_check,
         }
         assert set(self.verbs) == set(protocol.VERBS)
 
@@ -194,6 +197,31 @@ class Helper:
         return {"helper": {"pid": os.getpid(), "ports": len(self.ports)},
                 "ports": [self._live(e) for _, e in sorted(self.ports.items())
                           if self.policy.visible(peer, e.record)]}, []
+
+    # the libvirt hook's verbs: one request per domain, the raw domain XML
+    def _domain_xml(self, peer, args, action: str) -> str:
+        self.policy.require_admin(peer, action)
+        unknown = set(args) - {"xml"}
+        if unknown:
+            raise InvalidInput(f"unknown argument(s): {', '.join(sorted(unknown))}")
+        return protocol.require(args, "xml", str)
+
+    def _call_as(self, peer):
+        def call(verb, **args):
+            return self.verbs[verb](peer, args)[0]
+        return call
+
+    def domain_prepare(self, peer, args):
+        xml = self._domain_xml(peer, args, "create a domain's ports")
+        return domain.prepare(self._call_as(peer), xml, self.cfg.libvirt_qemu_user), []
+
+    def domain_release(self, peer, args):
+        xml = self._domain_xml(peer, args, "delete a domain's ports")
+        return domain.release(self._call_as(peer), xml), []
+
+    def domain_check(self, peer, args):
+        xml = self._domain_xml(peer, args, "check a domain's ports")
+        return domain.check(self._call_as(peer), xml), []
 
     def _live(self, entry: Entry) -> dict:
         out = dict(entry.record)
