@@ -60,13 +60,17 @@ def confine(uid: int | None, gid: int | None, keep_ipc_lock: bool = False):
         os.setresgid(gid if gid is not None else uid, gid if gid is not None else uid,
                      gid if gid is not None else uid)
         os.setresuid(uid, uid, uid)
+    # effective before permitted: the kernel refuses an effective set wider than the
+    # permitted one (a caller that stays root, e.g. the wrapper under a libvirt that
+    # leaves QEMU its capabilities, still has a full effective set here)
     if keep_ipc_lock:
-        prctl.cap_permitted.limit(prctl.CAP_IPC_LOCK)
         prctl.cap_effective.limit(prctl.CAP_IPC_LOCK)
+        prctl.cap_permitted.limit(prctl.CAP_IPC_LOCK)
         prctl.cap_inheritable.limit(prctl.CAP_IPC_LOCK)
         if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, prctl.CAP_IPC_LOCK, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "cannot raise CAP_IPC_LOCK in the ambient set")
     else:
+        prctl.cap_effective.limit()
         prctl.cap_inheritable.limit()
         prctl.cap_permitted.limit()
         _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
