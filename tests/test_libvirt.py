@@ -85,8 +85,10 @@ def test_starting_through_the_wrapper_hands_the_right_fds_and_leaves_nothing(lib
         assert sub["uid"] == int(subprocess.check_output(["id", "-u", "libvirt-qemu"]))
         assert (f"af-xdp,id=vmnet-{pname},ifname=vmc-{pname},queues=2,start-queue=0,mode=native,"
                 f"inhibit=on,sock-fds={fds[0]}:{fds[1]}") in argv
-        assert re.search(rf"virtio-net-pci,id=vmnet-{pname}-dev,netdev=vmnet-{pname},mac=02:[0-9a-f:]+,"
-                         r"host_mtu=3506,mq=on,vectors=6", argv)
+        (device,) = [json.loads(a) for a in sub["argv"] if a.startswith('{"driver":"virtio-net-pci"')]
+        assert device == {"driver": "virtio-net-pci", "id": f"vmnet-{pname}-dev", "netdev": f"vmnet-{pname}",
+                          "mac": device["mac"], "host_mtu": 3506, "mq": True, "vectors": 6}
+        assert re.fullmatch(r"02(:[0-9a-f]{2}){5}", device["mac"])
         log = env.helper.read_log()
         assert f"created port {pname}" in log and f"handed 2 socket fd(s) of port {pname}" in log
         assert not ports.port_exists(pname)          # released after the failed start

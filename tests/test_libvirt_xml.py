@@ -56,7 +56,7 @@ def test_render_prints_metadata_emulator_and_arguments():
     out = lx.render([lx.port_option("web1,queues=2")])
     assert '<vmnet:port name="web1" queues="2" />' in out
     assert "<emulator>/usr/local/bin/vmnet-qemu-wrapper</emulator>" in out
-    assert "sock-fds=vmnet:web1" in out and "mq=on,vectors=6" in out
+    assert "sock-fds=vmnet:web1" in out and "&quot;mq&quot;:true,&quot;vectors&quot;:6" in out
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.xml")))

@@ -17,6 +17,7 @@ else as it was), `parse_ports` reads them back for the hook.
 from __future__ import annotations
 
 import io
+import json
 import re
 import xml.etree.ElementTree as ET
 
@@ -125,11 +126,14 @@ def qemu_args_for(port: dict) -> list[str]:
     ph = f"vmnet:{name}"
     netdev = (f"af-xdp,id={netdev_id(name)},ifname={ph},queues={ph},start-queue={ph},"
               f"mode={ph},inhibit=on,sock-fds={ph}")
-    device = f"virtio-net-pci,id={netdev_id(name)}-dev,netdev={netdev_id(name)},mac={ph},host_mtu={ph}"
+    # JSON, like libvirt's own -device arguments: QEMU creates key=value devices
+    # first, and this one would take a PCI slot libvirt has given to another
+    device = {"driver": "virtio-net-pci", "id": f"{netdev_id(name)}-dev", "netdev": netdev_id(name),
+              "mac": ph, "host_mtu": ph}
     queues = port.get("queues", 1)
     if queues > 1:
-        device += f",mq=on,vectors={2 * queues + 2}"
-    return ["-netdev", netdev, "-device", device]
+        device.update(mq=True, vectors=2 * queues + 2)
+    return ["-netdev", netdev, "-device", json.dumps(device, separators=(",", ":"))]
 
 
 def render(ports: list[dict], emulator: str = WRAPPER) -> str:
@@ -153,7 +157,8 @@ def render(ports: list[dict], emulator: str = WRAPPER) -> str:
 
 def _is_vmnet_arg(arg: ET.Element) -> bool:
     value = arg.get("value", "")
-    return "=vmnet:" in value or value.startswith(("af-xdp,id=vmnet-", "virtio-net-pci,id=vmnet-"))
+    return ("=vmnet:" in value or '":"vmnet:' in value or
+            value.startswith(("af-xdp,id=vmnet-", "virtio-net-pci,id=vmnet-", '{"driver":"virtio-net-pci","id":"vmnet-')))
 
 
 def inject(text: str | bytes, ports: list[dict], emulator: str = WRAPPER,
