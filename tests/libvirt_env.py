@@ -56,8 +56,12 @@ def _alive(pid):
 
 
 class Libvirt:
-    def __init__(self):
-        self.helper = HelperProcess()
+    """qemu_conf: text that replaces /etc/libvirt/qemu.conf for this libvirtd only
+    (bind-mounted in a mount namespace of its own; the file on disk is untouched)."""
+
+    def __init__(self, qemu_conf: str | None = None, helper_config: str = ""):
+        self.helper = HelperProcess(helper_config)
+        self.qemu_conf = qemu_conf
         self.started = []
 
     def start(self):
@@ -78,7 +82,7 @@ class Libvirt:
         os.chmod(self.wrapper, 0o755)
         for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
             if not _alive(_pid(pidfile)):
-                subprocess.run([daemon, "-d"], check=True)
+                subprocess.run(self._daemon_argv(daemon), check=True)
                 self.started.append(pidfile)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -86,6 +90,15 @@ class Libvirt:
                 return self
             time.sleep(0.2)
         raise RuntimeError("libvirtd did not come up")
+
+    def _daemon_argv(self, daemon: str) -> list[str]:
+        if daemon != "libvirtd" or self.qemu_conf is None:
+            return [daemon, "-d"]
+        conf = os.path.join(self.helper.dir, "qemu.conf")
+        with open(conf, "w") as f:
+            f.write(self.qemu_conf)
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -d', "sh", conf]
 
     def virsh(self, *args, check=False):
         return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,

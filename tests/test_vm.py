@@ -78,12 +78,21 @@ def test_libvirt_domain_boots_and_answers_ping(libvirt_env):
     vmlinuz, moddir = _require_qemu()
     if not has_capability("sys_resource"):
         pytest.skip("this machine's root lacks CAP_SYS_RESOURCE, so QEMU under libvirt (no "
-                    "capabilities, 8 MiB memlock) cannot lock its 32 MiB UMEM; the same guest is "
-                    "booted through vmnet exec by test_guest_behind_an_unprivileged_qemu_answers_ping")
+                    "capabilities, 8 MiB memlock) cannot lock its 32 MiB UMEM; "
+                    "test_vm_ipc_lock boots the same domain with QEMU keeping CAP_IPC_LOCK")
+    qemu_caps = _boot_under_libvirt(libvirt_env, vmlinuz, moddir)
+    assert qemu_caps["uid"] == int(subprocess.check_output(["id", "-u", "libvirt-qemu"]))
+    assert qemu_caps["effective"] == []
+
+
+def _boot_under_libvirt(env, vmlinuz, moddir) -> dict:
+    """Define and start a domain behind one port through the hook and the wrapper; ping it.
+
+    Returns the running QEMU's credentials (vmnet.caps.process_credentials)."""
     import uuid
     from libvirt_env import QEMU as DEBIAN_QEMU
     from vmnet import libvirt_xml as lx
-    env = libvirt_env
+    from vmnet.caps import process_credentials
     d = env.helper.dir
     wrapper = os.path.join(d, "afxdp-wrapper")
     with open(env.wrapper) as f:
@@ -93,11 +102,15 @@ def test_libvirt_domain_boots_and_answers_ping(libvirt_env):
     os.chmod(wrapper, 0o755)
     name, pname = "vmnet-t" + uuid.uuid4().hex[:6], "g" + uuid.uuid4().hex[:6]
     initrd = testguest.build_initramfs(os.path.join(d, "guest.cpio"), moddir, GUEST_IP)
+    os.chmod(initrd, 0o644)
     serial = os.path.join(d, name + ".serial")
-    xml = f"""<domain type="qemu"><name>{name}</name><memory unit="MiB">256</memory><vcpu>1</vcpu>
+    firmware = "".join(f'<qemu:arg value="{a}"/>' for a in testguest.firmware_args())
+    xml = f"""<domain type="qemu" xmlns:qemu="{lx.QEMU_NS}"><name>{name}</name>
+      <memory unit="MiB">256</memory><vcpu>1</vcpu>
       <os><type arch="x86_64" machine="pc">hvm</type><kernel>{vmlinuz}</kernel><initrd>{initrd}</initrd>
       <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
       <devices><emulator>{wrapper}</emulator><serial type="file"><source path="{serial}"/></serial></devices>
+      <qemu:commandline>{firmware}</qemu:commandline>
     </domain>"""
     path = os.path.join(d, name + ".xml")
     with open(path, "w") as f:
@@ -106,13 +119,21 @@ def test_libvirt_domain_boots_and_answers_ping(libvirt_env):
     try:
         out = env.virsh("start", name)
         assert out.returncode == 0, out.stderr
+        with open(f"/run/libvirt/qemu/{name}.pid") as f:
+            qemu_pid = int(f.read().strip())
         links.add_address("vmn-" + pname, HOST_IP, 24)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if os.path.exists(serial) and testguest.READY in open(serial, errors="replace").read():
                 break
             time.sleep(0.5)
+        else:
+            raise AssertionError(f"guest did not come up in 180 s: {open(serial, errors='replace').read()[-2000:]}")
         assert probe.ping(GUEST_IP, count=5, timeout=2)["received"] == 5
+        creds = process_credentials(qemu_pid)
+        assert env.helper.vmnet_json("port", "show", pname)["owner"] == env.virsh("domuuid", name).stdout.strip()
+        return creds
     finally:
         env.virsh("destroy", name)
         env.virsh("undefine", name)
+        assert env.helper.vmnet("port", "show", pname).returncode == 3   # release removed it

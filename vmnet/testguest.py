@@ -118,11 +118,14 @@ def init_script(inserts: list[str], address: str, prefix: int = 24) -> str:
     ]) + "\n"
 
 
+def firmware_args() -> list[str]:
+    """Debian's firmware directories, for a QEMU built without its own blobs."""
+    return [a for d in ("/usr/share/seabios", "/usr/lib/ipxe/qemu", "/usr/share/qemu")
+            if os.path.isdir(d) for a in ("-L", d)]
+
+
 def qemu_boot_args(vmlinuz: str, initramfs: str, serial_log: str) -> list[str]:
-    # Debian's firmware directories, for a QEMU built without its own blobs
-    firmware = [a for d in ("/usr/share/seabios", "/usr/lib/ipxe/qemu", "/usr/share/qemu")
-                if os.path.isdir(d) for a in ("-L", d)]
-    return firmware + ["-machine", "pc,accel=tcg", "-m", "256", "-nodefaults", "-display", "none",
+    return firmware_args() + ["-machine", "pc,accel=tcg", "-m", "256", "-nodefaults", "-display", "none",
             "-kernel", vmlinuz, "-initrd", initramfs,
             "-append", "console=ttyS0 panic=-1 quiet",
             "-serial", f"file:{serial_log}", "-no-reboot"]
