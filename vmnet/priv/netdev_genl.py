@@ -3,8 +3,8 @@
 The netkit-lease backend gives a VM zero-copy AF_XDP through a netkit
 device it can see in its own netns, on RX queues the kernel creates on that
 device, each leased from a queue of a physical NIC it cannot see. The
-request is NETDEV_CMD_QUEUE_CREATE on the "netdev" family (from the 2026
-queue-leasing series; 6.18 and older lack it):
+request is NETDEV_CMD_QUEUE_CREATE on the "netdev" family (Linux 7.1 and
+later; 7.0 and older lack it):
 
     ifindex = the netkit device, type = rx,
     lease = { ifindex = the physical NIC, queue = { id, type = rx } }
@@ -41,9 +41,10 @@ NETDEV_A_LEASE_IFINDEX = 1
 NETDEV_A_LEASE_QUEUE = 2
 NETDEV_A_LEASE_NETNS_ID = 3
 
-REQUIREMENT = ("a kernel whose netdev generic-netlink family has queue-create (op 16, the "
-               "queue-leasing series merged in 2026; Linux 6.18 and older lack it) and a netkit "
-               "that implements it")
+REQUIREMENT = ("Linux 7.1 or later (the netdev generic-netlink op queue-create, 16, and netkit "
+               "single devices that take leases; e.g. Debian's trixie-backports kernel)")
+NIC_REQUIREMENT = ("a NIC whose driver has queue management ops (mlx5, bnxt_en or gve in Debian's "
+                   "kernels) and AF_XDP zero-copy")
 
 
 class queue_msg(genlmsg):
@@ -164,8 +165,7 @@ def lease_queue(ifindex: int, lease_ifindex: int, lease_queue_id: int) -> int:
             if exc.code == errno.EOPNOTSUPP:
                 raise NotSupported(f"device {ifindex} cannot lease queue {lease_queue_id} of "
                                    f"device {lease_ifindex}", errno=exc.code,
-                                   fix=f"leasing needs {REQUIREMENT}, and a NIC driver with queue "
-                                       "management ops") from None
+                                   fix=f"leasing needs {REQUIREMENT}, and {NIC_REQUIREMENT}") from None
             raise KernelError(f"queue-create on device {ifindex} (lease of queue {lease_queue_id} "
                               f"of device {lease_ifindex}) failed", errno=exc.code) from None
     finally:
