@@ -46,3 +46,19 @@ def test_auto_backend_falls_back_to_veth_and_says_why(test_netns, port_name):
     finally:
         c.close()
         ports.delete_port(port_name)
+
+
+def test_a_multi_queue_netkit_refusal_names_both_causes(test_netns, port_name):
+    # EOPNOTSUPP: no netkit here; Linux 7.x's netkit answers the same to more than one TX queue
+    with pytest.raises(netkit.NetkitUnavailable) as exc:
+        ports.create_port(PortSpec(name=port_name, backend="netkit", queues=4))
+    assert "refused netkit with 4 queues" in exc.value.message and "Linux 7.x" in exc.value.message
+    assert "one queue" in exc.value.fix and "veth" in exc.value.fix
+    assert not ports.port_exists(port_name)
+    c = ports.create_port(PortSpec(name=port_name, backend="auto", queues=4))
+    try:
+        assert c.port.spec.backend == "veth"
+        assert c.port.backend_reason.startswith("auto: the kernel refused netkit with 4 queues")
+    finally:
+        c.close()
+        ports.delete_port(port_name)

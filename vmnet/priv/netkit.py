@@ -157,10 +157,14 @@ def single_request(ifname: str, mac: str, leased_queues: int) -> ifinfmsg:
 
 
 class NetkitUnavailable(NotSupported):
-    """The running kernel does not know link kind netkit."""
+    """The running kernel does not know link kind netkit (or refuses this pair)."""
+
+    def __init__(self, message: str, *, why: str, **kw):
+        super().__init__(message, **kw)
+        self.why = why          # one line for `--backend auto`'s reason
 
 
-def _send_newlink(msg: ifinfmsg, what: str, port: str) -> None:
+def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1) -> None:
     msg["header"]["type"] = RTM_NEWLINK
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:
@@ -172,10 +176,22 @@ def _send_newlink(msg: ifinfmsg, what: str, port: str) -> None:
             raise AlreadyExists(f"port {port} already exists ({what} is present)",
                                 fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None
         if exc.code == errno.EOPNOTSUPP:
-            # rtnl_newlink answers EOPNOTSUPP for a link kind it has no driver for
+            # rtnl_newlink answers EOPNOTSUPP for a link kind it has no driver for; Linux
+            # 7.x's netkit (seen on 7.3) answers it too for more than one TX queue, and
+            # an AF_XDP socket needs a TX queue for every queue id it binds to
+            if queues > 1:
+                raise NetkitUnavailable(
+                    f"cannot create {what}: the kernel refused netkit with {queues} queues "
+                    "(EOPNOTSUPP): it has no netkit, or its netkit allows one TX queue only "
+                    "(Linux 7.x), and AF_XDP needs a TX queue per queue",
+                    errno=exc.code, fix="use one queue with netkit, or the veth backend",
+                    why=f"the kernel refused netkit with {queues} queues (no netkit, or one TX "
+                        "queue only as in Linux 7.x)") from None
             raise NetkitUnavailable(
                 f"cannot create {what}: the kernel does not know link kind netkit",
-                errno=exc.code, fix=f"use the veth backend, or boot {MIN_KERNEL}") from None
+                errno=exc.code, fix=f"use the veth backend, or boot {MIN_KERNEL}",
+                why=f"the kernel has no netkit (RTM_NEWLINK kind netkit: EOPNOTSUPP; "
+                    f"netkit needs {MIN_KERNEL})") from None
         raise KernelError(f"cannot create {what}", errno=exc.code) from None
 
 
@@ -185,7 +201,7 @@ def create_pair(spec: PortSpec, mode: str = "l2") -> None:
     nsfd = _netns.open_netns(spec.netns) if spec.netns else None
     try:
         msg = pair_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, mode)
-        _send_newlink(msg, f"netkit pair {spec.host_ifname}/{spec.consumer_ifname}", spec.name)
+        _send_newlink(msg, f"netkit pair {spec.host_ifname}/{spec.consumer_ifname}", spec.name, queues)
     finally:
         if nsfd is not None:
             os.close(nsfd)

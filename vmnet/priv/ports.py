@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
 import socket
 
@@ -71,9 +70,7 @@ def _create_devices(spec: PortSpec, ip) -> tuple[PortSpec, str]:
         return dataclasses.replace(spec, backend="netkit"), "auto: the kernel has netkit"
     except netkit.NetkitUnavailable as exc:
         links.create_veth(dataclasses.replace(spec, backend="veth"), ip)
-        return (dataclasses.replace(spec, backend="veth"),
-                f"auto: the kernel has no netkit (RTM_NEWLINK kind netkit: "
-                f"{errno.errorcode.get(exc.errno or 0, exc.errno)}; netkit needs {netkit.MIN_KERNEL})")
+        return dataclasses.replace(spec, backend="veth"), f"auto: {exc.why}"
 
 
 def create_port(spec: PortSpec) -> CreatedPort:

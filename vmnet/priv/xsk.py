@@ -9,6 +9,7 @@ XDP_STATISTICS can be read from the helper's copy of each socket.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -35,6 +36,14 @@ def create_xsk_sockets(map_fd: int, keys: list[int]) -> list[socket.socket]:
             try:
                 libbpf.map_update_u32(map_fd, key, s.fileno())
             except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    # seen on Linux 7.3: the map takes only sockets that already have an RX
+                    # ring, and the consumer (QEMU) sets up the rings itself, after the hand-off
+                    raise from_oserror(
+                        exc, f"this kernel refuses the AF_XDP socket at key {key} of the XSK map "
+                             "until it has an RX ring, and vmnet stores the sockets before the "
+                             "consumer sets up its rings",
+                        fix="use a kernel that accepts them (6.12 to 6.18 do; 7.3 does not)") from None
                 raise from_oserror(exc, f"cannot store the AF_XDP socket at key {key} of the XSK map") from None
         return socks
     except BaseException:
