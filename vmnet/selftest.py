@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import probe
-from .errors import CheckFailed, VmnetError
+from .errors import CheckFailed, KernelError, VmnetError
 from .memlock import MemlockPlan, plan_memlock
 from .model import PortSpec
 from .qemu_args import device_arg, netdev_arg
@@ -117,8 +117,15 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
                 "--netdev", netdev_arg(created.port, fds), "--device", device_arg(created.port),
                 "--ip", CONSUMER_IP, "--udp-port", str(UDP_PORT)]
         proc = spawn_consumer(argv, fds, uid=uid, gid=gid, netns_ref=cons_ns or host_ns, plan=plan)
-        created.close()     # the helper's copies are not needed for the data path
-        ready = _read_event(proc, "ready", 60)   # generous: a loaded or emulated machine
+        try:
+            ready = _read_event(proc, "ready", 60)   # generous: a loaded or emulated machine
+            # Linux 7.x maps a socket only once its consumer has set up its rings
+            waiting = created.store_pending()
+            if waiting:
+                raise KernelError(f"port {name}: the kernel still refuses the sockets of queue(s) "
+                                  f"{waiting} in the XSK map after the responder set up its rings")
+        finally:
+            created.close()     # the helper's copies are not needed for the data path
         row.credentials = ready["credentials"]
         with netns.entered(host_ns):
             p = probe.ping(CONSUMER_IP, count=pings)

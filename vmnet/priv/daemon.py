@@ -40,6 +40,7 @@ SO_SNDBUFFORCE = 32      # not exported by Python's socket module
 class Entry:
     record: dict
     sockets: list = dataclasses.field(default_factory=list)   # the helper's copies
+    pending: list = dataclasses.field(default_factory=list)   # map keys whose socket waits for rings
 
 
 class Helper:
@@ -165,7 +166,7 @@ class Helper:
             created.close()
             ports.delete_port(spec.name)
             raise
-        self.ports[spec.name] = Entry(record, created.sockets)
+        self.ports[spec.name] = Entry(record, created.sockets, created.pending)
         log.info("created port %s (%s, %d queue(s), consumer uid %s) for %s",
                  spec.name, created.port.mode, spec.queues, consumer_uid, peer.describe())
         return record, []
@@ -223,8 +224,29 @@ class Helper:
         xml = self._domain_xml(peer, args, "check a domain's ports")
         return domain.check(self._call_as(peer), xml), []
 
+    def store_pending(self) -> bool:
+        """Store the sockets this kernel took only once their consumer set up its rings
+        (Linux 7.x). True while some still wait."""
+        waiting = False
+        for name, entry in self.ports.items():
+            if not entry.pending:
+                continue
+            try:
+                entry.pending = ports.store_pending(name, entry.record["map_keys"], entry.sockets,
+                                                    entry.pending)
+            except VmnetError as exc:
+                log.warning("port %s: %s", name, exc)
+                entry.pending = []
+            if entry.pending:
+                waiting = True
+            else:
+                log.info("port %s: every socket is in the XSK map (its consumer set up its rings)", name)
+        return waiting
+
     def _live(self, entry: Entry) -> dict:
         out = dict(entry.record)
+        if entry.pending:
+            out["waiting_for_rings"] = list(entry.pending)
         if entry.sockets:
             out["sockets"] = [dict(xsk.statistics(s.fileno()), queue=q)
                               for q, s in zip(entry.record["map_keys"], entry.sockets)]
@@ -241,7 +263,7 @@ class Helper:
                 raise InvalidInput(
                     f"port {entry.record['name']}'s sockets were handed out before the helper restarted",
                     fix="its consumer still holds them; to start a new consumer, delete and re-create the port")
-            entry.sockets = self._new_sockets(entry.record)
+            entry.sockets, entry.pending = self._new_sockets(entry.record)
         if not entry.record.get("handed_out"):
             entry.record["handed_out"] = True
             self.state.write(entry.record["name"], entry.record)
@@ -249,7 +271,7 @@ class Helper:
                  entry.record["name"], peer.describe())
         return entry.record, [s.fileno() for s in entry.sockets]
 
-    def _new_sockets(self, record: dict) -> list:
+    def _new_sockets(self, record: dict) -> tuple[list, list]:
         attached = bpf.open_pinned(record["name"])
         if attached is None:
             raise NotFound(f"port {record['name']} lost its pins", fix="delete and re-create the port")
@@ -329,8 +351,10 @@ class Helper:
         if ready:
             ready()
         try:
+            waiting = False
             while not stop:
-                for key, _ in sel.select(timeout=1.0):
+                # while a socket waits for its consumer's rings, look again every 20 ms
+                for key, _ in sel.select(timeout=0.02 if waiting else 1.0):
                     try:
                         if key.fileobj is listener:
                             self._accept(listener, sel, conns)
@@ -340,6 +364,7 @@ class Helper:
                         log.exception("error while serving a connection")
                         if key.fileobj is not listener:
                             _drop(key.fileobj, sel, conns)
+                waiting = self.store_pending()
                 now = time.monotonic()
                 for conn, (last, _) in list(conns.items()):
                     if now - last > self.cfg.idle_timeout:

@@ -27,6 +27,15 @@ class CreatedPort:
     port: Port
     sockets: list[socket.socket]
     offloads_off: list[str]
+    pending: list[int] = dataclasses.field(default_factory=list)  # map keys waiting for rings
+
+    def store_pending(self) -> list[int]:
+        """Store the sockets the kernel refused until their consumer set up its rings
+        (Linux 7.x); returns the keys still waiting."""
+        if self.pending:
+            self.pending = store_pending(self.port.spec.name, self.port.spec.map_keys,
+                                         self.sockets, self.pending)
+        return self.pending
 
     def close(self):
         for s in self.sockets:
@@ -109,14 +118,14 @@ def _create(spec: PortSpec, host_ip, cons_ip) -> CreatedPort:
         links.set_mtu_up(spec.consumer_ifname, mtu, cons_ip)
         with netns.entered(spec.netns):
             bpf.pin(spec.name, attached)
-            sockets = xsk.create_xsk_sockets(attached.map_fd, spec.map_keys)
+            sockets, pending = xsk.create_xsk_sockets(attached.map_fd, spec.map_keys)
         ids = attached.ids
         port = Port(spec=spec, mode=attached.mode, mtu=mtu, host_ifindex=host["ifindex"],
                     consumer_ifindex=consumer["ifindex"], prog_id=ids["prog_id"],
                     link_id=ids["link_id"], map_id=ids["map_id"],
                     backend_requested=requested, backend_reason=backend_reason)
         attached.close()
-        return CreatedPort(port=port, sockets=sockets, offloads_off=offloads)
+        return CreatedPort(port=port, sockets=sockets, offloads_off=offloads, pending=pending)
     except BaseException:
         for s in sockets:
             s.close()
@@ -124,6 +133,17 @@ def _create(spec: PortSpec, host_ip, cons_ip) -> CreatedPort:
             attached.close()
         _remove(spec.name)
         raise
+
+
+def store_pending(name: str, keys: list[int], sockets: list, pending: list[int]) -> list[int]:
+    """Retry the pending map keys of port `name` through its pinned map."""
+    attached = bpf.open_pinned(name)
+    if attached is None:
+        return pending
+    try:
+        return xsk.store_pending(attached.map_fd, keys, sockets, pending)
+    finally:
+        attached.close()
 
 
 def _remove(name: str) -> bool:

@@ -18,13 +18,29 @@ from ..xdp_abi import AF_XDP, read_statistics
 from . import libbpf
 
 
-def create_xsk_sockets(map_fd: int, keys: list[int]) -> list[socket.socket]:
+def store(map_fd: int, key: int, sock: socket.socket) -> bool:
+    """Store sock at key of the XSK map; False when this kernel takes it only once it
+    has an RX ring (Linux 7.x answers ENOBUFS; 6.12 to 6.18 take an unbound socket)."""
+    try:
+        libbpf.map_update_u32(map_fd, key, sock.fileno())
+        return True
+    except OSError as exc:
+        if exc.errno == errno.ENOBUFS:
+            return False
+        raise from_oserror(exc, f"cannot store the AF_XDP socket at key {key} of the XSK map") from None
+
+
+def create_xsk_sockets(map_fd: int, keys: list[int]) -> tuple[list[socket.socket], list[int]]:
     """One unbound AF_XDP socket per key, stored in the XSK map at that key.
 
+    Returns the sockets and the keys whose socket the kernel would not take
+    yet: the consumer (QEMU) sets up the rings after the hand-off, and
+    whoever holds the sockets stores those later (store_pending).
     Call inside the consumer's netns: the socket binds to ifindexes of the
     netns it was created in.
     """
     socks: list[socket.socket] = []
+    pending: list[int] = []
     try:
         for key in keys:
             try:
@@ -33,23 +49,19 @@ def create_xsk_sockets(map_fd: int, keys: list[int]) -> list[socket.socket]:
                 raise from_oserror(exc, "cannot create an AF_XDP socket",
                                    fix="AF_XDP needs CONFIG_XDP_SOCKETS and CAP_NET_RAW") from None
             socks.append(s)
-            try:
-                libbpf.map_update_u32(map_fd, key, s.fileno())
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    # seen on Linux 7.3: the map takes only sockets that already have an RX
-                    # ring, and the consumer (QEMU) sets up the rings itself, after the hand-off
-                    raise from_oserror(
-                        exc, f"this kernel refuses the AF_XDP socket at key {key} of the XSK map "
-                             "until it has an RX ring, and vmnet stores the sockets before the "
-                             "consumer sets up its rings",
-                        fix="use a kernel that accepts them (6.12 to 6.18 do; 7.3 does not)") from None
-                raise from_oserror(exc, f"cannot store the AF_XDP socket at key {key} of the XSK map") from None
-        return socks
+            if not store(map_fd, key, s):
+                pending.append(key)
+        return socks, pending
     except BaseException:
         for s in socks:
             s.close()
         raise
+
+
+def store_pending(map_fd: int, keys: list[int], socks: list[socket.socket], pending: list[int]) -> list[int]:
+    """Try the pending keys again; return those still waiting for their consumer's rings."""
+    by_key = dict(zip(keys, socks))
+    return [key for key in pending if not store(map_fd, key, by_key[key])]
 
 
 def statistics(fd: int) -> dict:
