@@ -39,6 +39,14 @@ def consumer(port: dict, default_user: str) -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
+def _shown(call, port: str) -> dict | None:
+    """The port's record, or None when it does not exist."""
+    try:
+        return call("port-show", name=port)
+    except NotFound:
+        return None
+
+
 def prepare(call, xml, default_user: str) -> dict:
     name, owner, ports = parse(xml)
     created: list[str] = []
@@ -70,11 +78,8 @@ def release(call, xml) -> dict:
     name, owner, ports = parse(xml)
     deleted = []
     for port in ports:
-        try:
-            existing = call("port-show", name=port["name"])
-        except NotFound:
-            continue
-        if existing.get("owner") == owner:
+        existing = _shown(call, port["name"])
+        if existing is not None and existing.get("owner") == owner:
             call("port-delete", name=port["name"], missing_ok=True)
             deleted.append(port["name"])
     return {"domain": name, "owner": owner, "deleted": deleted}
@@ -82,10 +87,5 @@ def release(call, xml) -> dict:
 
 def check(call, xml) -> dict:
     name, owner, ports = parse(xml)
-    missing = []
-    for port in ports:
-        try:
-            call("port-show", name=port["name"])
-        except NotFound:
-            missing.append(port["name"])
+    missing = [port["name"] for port in ports if _shown(call, port["name"]) is None]
     return {"domain": name, "owner": owner, "missing": missing}

@@ -140,8 +140,9 @@ def store_pending(name: str, keys: list[int], sockets: list, pending: list[int])
     attached = bpf.open_pinned(name)
     if attached is None:
         return pending
+    by_key = dict(zip(keys, sockets))
     try:
-        return xsk.store_pending(attached.map_fd, keys, sockets, pending)
+        return [key for key in pending if not xsk.store(attached.map_fd, key, by_key[key])]
     finally:
         attached.close()
 

@@ -35,7 +35,7 @@ def create_xsk_sockets(map_fd: int, keys: list[int]) -> tuple[list[socket.socket
 
     Returns the sockets and the keys whose socket the kernel would not take
     yet: the consumer (QEMU) sets up the rings after the hand-off, and
-    whoever holds the sockets stores those later (store_pending).
+    whoever holds the sockets stores those later (ports.store_pending).
     Call inside the consumer's netns: the socket binds to ifindexes of the
     netns it was created in.
     """
@@ -57,11 +57,6 @@ def create_xsk_sockets(map_fd: int, keys: list[int]) -> tuple[list[socket.socket
             s.close()
         raise
 
-
-def store_pending(map_fd: int, keys: list[int], socks: list[socket.socket], pending: list[int]) -> list[int]:
-    """Try the pending keys again; return those still waiting for their consumer's rings."""
-    by_key = dict(zip(keys, socks))
-    return [key for key in pending if not store(map_fd, key, by_key[key])]
 
 
 def statistics(fd: int) -> dict:
