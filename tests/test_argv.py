@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vmnet import argv as av
-from vmnet import libvirt_xml as lx
+from vmnet.libvirt import domain_xml as lx
 from vmnet.errors import InvalidInput
 
 PORT = {"name": "web1", "queues": 2, "start_queue": 0, "mode": "native", "mac": "02:00:00:00:00:01",

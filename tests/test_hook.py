@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from vmnet.hookinstall import hook_text
+from vmnet.libvirt.hookinstall import hook_text
 from vmnet.priv import ports
 
 pytestmark = pytest.mark.netns

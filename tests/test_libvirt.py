@@ -12,7 +12,7 @@ import uuid
 import pytest
 from libvirt_env import BASE_DOMAIN, QEMU
 
-from vmnet import libvirt_xml as lx
+from vmnet.libvirt import domain_xml as lx
 from vmnet.caps import has_capability
 from vmnet.priv import ports
 

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from vmnet import libvirt_xml as lx
+from vmnet.libvirt import domain_xml as lx
 from vmnet.errors import InvalidInput
 
 pytestmark = pytest.mark.unit

@@ -91,7 +91,7 @@ def _boot_under_libvirt(env, vmlinuz, moddir) -> dict:
     Returns the running QEMU's credentials (vmnet.caps.process_credentials)."""
     import uuid
     from libvirt_env import QEMU as DEBIAN_QEMU
-    from vmnet import libvirt_xml as lx
+    from vmnet.libvirt import domain_xml as lx
     from vmnet.caps import process_credentials
     d = env.helper.dir
     wrapper = os.path.join(d, "afxdp-wrapper")

@@ -338,7 +338,7 @@ _PORT_HELP = ("Port as NAME[,queues=N][,start-queue=S][,mode=auto|native|skb][,m
 
 
 def _ports(specs):
-    from .libvirt_xml import port_option
+    from .libvirt.domain_xml import port_option
     if not specs:
         raise click.UsageError("give at least one --port")
     return [port_option(s) for s in specs]
@@ -354,7 +354,7 @@ def libvirt_render(specs, emulator):
     Example:
       vmnet libvirt render --port web1,queues=2
     """
-    from . import libvirt_xml as lx
+    from .libvirt import domain_xml as lx
     click.echo(lx.render(_ports(specs), emulator or lx.WRAPPER), nl=False)
 
 
@@ -372,7 +372,7 @@ def libvirt_inject(domain_xml, specs, emulator, output):
       virsh dumpxml web | vmnet libvirt inject - --port web1,queues=2 > web.xml
       virsh define web.xml
     """
-    from . import libvirt_xml as lx
+    from .libvirt import domain_xml as lx
     with click.open_file(domain_xml, "rb") as f:
         text = f.read()
     out = lx.inject(text, _ports(specs), emulator or lx.WRAPPER)
@@ -389,7 +389,7 @@ HOOK_PATH = "/etc/libvirt/hooks/qemu.d/vmnet"
 @click.pass_obj
 def libvirt_install_hook(ctx, path, config_path):
     """Install the qemu.d hook (restart libvirtd afterwards: it reads hooks at start)."""
-    from .hookinstall import install_hook
+    from .libvirt.hookinstall import install_hook
     install_hook(path, config_path)
     _emit(ctx, {"installed": path}, f"installed {path}; restart libvirtd (or virtqemud) to enable it")
 
@@ -418,8 +418,8 @@ def libvirt_attach_cmd(ctx, domain, spec, uri):
     the uid the domain's QEMU runs as; its sockets reach QEMU through
     getfd + netdev_add af-xdp + device_add.
     """
-    from .libvirt_attach import attach
-    from .libvirt_xml import port_option
+    from .libvirt.attach import attach
+    from .libvirt.domain_xml import port_option
     record = attach(_config().socket, uri, domain, port_option(spec))
     _emit(ctx, record, f"attached port {record['name']} to {domain}")
 
@@ -430,7 +430,7 @@ def libvirt_attach_cmd(ctx, domain, spec, uri):
 @click.option("--uri", default="qemu:///system", show_default=True)
 def libvirt_detach_cmd(domain, port, uri):
     """Unplug PORT from running DOMAIN and delete it."""
-    from .libvirt_attach import detach
+    from .libvirt.attach import detach
     detach(_config().socket, uri, domain, port)
     click.echo(f"detached port {port} from {domain}")
 

@@ -2,7 +2,7 @@
 
 libvirt runs every hook in qemu.d/ five or more times per VM lifecycle, for
 every domain, vmnet or not. The hook measured is the one `vmnet libvirt
-install-hook` would install (vmnet.hookinstall.hook_text, written into the
+install-hook` would install (vmnet.libvirt.hookinstall.hook_text, written into the
 benchmark's directory with the benchmark's config pinned), or the file
 given with --hook; runs alternate with the baseline so both see the same
 machine. The baseline is the hook's own interpreter with `-c pass`.
@@ -81,15 +81,15 @@ def find_hook(helper, explicit: str | None) -> tuple[list[str] | None, str]:
             return None, f"hook not found: {explicit} is not an executable file"
         return [explicit], explicit
     try:
-        from ..hookinstall import hook_text
+        from ..libvirt.hookinstall import hook_text
         text = hook_text(helper.config)
     except (ImportError, OSError) as exc:
-        return None, f"hook not found (vmnet.hookinstall cannot render it: {exc})"
+        return None, f"hook not found (vmnet.libvirt.hookinstall cannot render it: {exc})"
     path = os.path.join(helper.dir, "vmnet-hook")
     with open(path, "w") as f:
         f.write(text)
     os.chmod(path, 0o755)
-    return [path], "vmnet.hookinstall.hook_text (as `vmnet libvirt install-hook` installs it)"
+    return [path], "vmnet.libvirt.hookinstall.hook_text (as `vmnet libvirt install-hook` installs it)"
 
 
 def _interpreter(hook: str) -> str:
@@ -117,7 +117,7 @@ def _timed(argv, stdin: bytes, env) -> tuple[float, subprocess.CompletedProcess]
 
 def _port_xml(name: str, uuid_: str, port: str) -> bytes | None:
     try:
-        from ..libvirt_xml import inject
+        from ..libvirt.domain_xml import inject
     except ImportError:
         return None
     return inject(DOMAIN_XML.format(name=name, uuid=uuid_),
@@ -154,7 +154,7 @@ def measure(helper, tag: str, runs: int, port_runs: int, explicit: str | None, p
     dom, dom_uuid = f"bench-{tag}-port", str(uuid.uuid4())
     xml = _port_xml(dom, dom_uuid, port)
     if xml is None:
-        out["port_skipped"] = "vmnet.libvirt_xml is not available to write the port's metadata"
+        out["port_skipped"] = "vmnet.libvirt.domain_xml is not available to write the port's metadata"
         return out
     prepare, release = [], []
     for i in range(port_runs):

@@ -24,7 +24,8 @@ import time
 
 from pyroute2 import IPRoute
 
-from .. import domain, protocol
+from .. import protocol
+from ..libvirt import domain
 from ..config import Config
 from ..errors import InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
 from ..memlock import INFINITY, mib, plan_memlock

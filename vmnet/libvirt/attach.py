@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 
-from . import client
-from .errors import InvalidInput, KernelError, NotFound, NotSupported, VmnetError
-from .qemu_args import netdev_id
+from .. import client
+from ..errors import InvalidInput, KernelError, NotFound, NotSupported, VmnetError
+from ..qemu_args import netdev_id
 
 
 def _libvirt():

@@ -21,7 +21,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 # vmnet.model and vmnet.qemu_args are imported where needed: the libvirt hook
 # reads metadata on every VM start and leaves validation to the helper.
@@ -80,7 +80,7 @@ def port_from_element(el: ET.Element, validate: bool = True) -> dict:
     if "name" not in args:
         raise InvalidInput("<vmnet:port> has no name attribute", fix='add name="..." (at most 11 characters)')
     if validate:
-        from .model import PortSpec, validate_netns
+        from ..model import PortSpec, validate_netns
         PortSpec(**args)        # every rule of a port, before anything is created
         if args.get("netns"):
             args["netns"] = validate_netns(args["netns"])
@@ -104,7 +104,7 @@ def parse_ports(domain: ET.Element, validate: bool = True) -> list[dict]:
 
 def port_option(text: str) -> dict:
     """`NAME[,queues=N][,mode=...][,mac=...][,consumer-user=...]` (the CLI's --port)."""
-    from .qemu_args import parse_opts
+    from ..qemu_args import parse_opts
     name, opts = parse_opts(text)
     el = ET.Element(f"{{{NS}}}port", {"name": name, **opts})
     return port_from_element(el)
@@ -121,7 +121,7 @@ def _port_element(port: dict) -> ET.Element:
 
 
 def qemu_args_for(port: dict) -> list[str]:
-    from .qemu_args import netdev_id
+    from ..qemu_args import netdev_id
     name = port["name"]
     ph = f"vmnet:{name}"
     netdev = (f"af-xdp,id={netdev_id(name)},ifname={ph},queues={ph},start-queue={ph},"

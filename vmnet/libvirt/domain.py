@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pwd
 
-from .errors import AlreadyExists, InvalidInput, NotFound, VmnetError
-from .libvirt_xml import domain_identity, parse_domain, parse_ports
+from ..errors import AlreadyExists, InvalidInput, NotFound, VmnetError
+from .domain_xml import domain_identity, parse_domain, parse_ports
 
 
 def parse(xml: str | bytes) -> tuple[str, str, list[dict]]:

@@ -14,8 +14,8 @@ import os
 import sys
 from importlib import resources
 
-from .config import load
-from .errors import from_oserror
+from ..config import load
+from ..errors import from_oserror
 
 
 def hook_text(config_path: str | None = None) -> str:
@@ -30,7 +30,8 @@ def hook_text(config_path: str | None = None) -> str:
     settings = {"socket": cfg.socket}
     out = out.replace("SETTINGS = None ", f"SETTINGS = {settings!r} ", 1)
     # where vmnet is installed (an editable install is found through site.main() instead)
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # vmnet/libvirt/hookinstall.py -> the directory holding the vmnet package
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if os.path.basename(package_parent) == "site-packages":
         out = out.replace("SITE_PACKAGES = None ", f"SITE_PACKAGES = {package_parent!r} ", 1)
     return out
