@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 
 from ..errors import NotSupported
 
 BPF_XDP = 37                  # enum bpf_attach_type
+BPF_LSM_MAC = 27
+BPF_ANY, BPF_NOEXIST = 0, 1
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 BPF_LINK_TYPE_XDP = 6
@@ -53,8 +56,10 @@ def _declare(l):
         "bpf_obj_get": (i, [c]),
         "bpf_map_update_elem": (i, [i, p, p, ctypes.c_uint64]),
         "bpf_map_delete_elem": (i, [i, p]),
+        "bpf_map_lookup_elem": (i, [i, p, p]),
         "bpf_obj_get_info_by_fd": (i, [i, p, ctypes.POINTER(u32)]),
         "bpf_prog_get_fd_by_id": (i, [u32]),
+        "libbpf_num_possible_cpus": (i, []),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(l, name)
@@ -157,6 +162,34 @@ def map_update_u32(map_fd: int, key: int, value: int):
     k, v = ctypes.c_uint32(key), ctypes.c_uint32(value)
     _check(lib().bpf_map_update_elem(map_fd, ctypes.byref(k), ctypes.byref(v), 0),
            f"store key {key} in map")
+
+
+def link_create_lsm(prog_fd: int) -> int:
+    """Attach a BPF LSM program (its hook is fixed at load) through a bpf_link."""
+    return _check(lib().bpf_link_create(prog_fd, 0, BPF_LSM_MAC, None), "attach BPF LSM program")
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY):
+    """Store raw key/value bytes (maps whose keys or values are structs, or socket fds)."""
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+    _check(lib().bpf_map_update_elem(map_fd, k, v, flags), "update map")
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The raw value at key (value_size: all CPUs' values for per-CPU maps), or None."""
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
+    ret = lib().bpf_map_lookup_elem(map_fd, k, v)
+    if ret < 0:
+        err = -ret if ret != -1 else ctypes.get_errno()
+        if err == errno.ENOENT:
+            return None
+        raise OSError(err, f"look up map: {os.strerror(err)}")
+    return v.raw
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds for each key."""
+    return _check(lib().libbpf_num_possible_cpus(), "count possible CPUs")
 
 
 def map_delete(map_fd: int, key: int):
