@@ -27,6 +27,10 @@ SETTINGS = {
     "idle_timeout": (float, 30.0),      # seconds a connected client may stay silent
     "max_clients": (int, 256),
     "max_clients_per_uid": (int, 32),   # no single user can take every slot
+    "instance": (str, ""),              # "" is the default instance (vmnet.priv.instance)
+    # without the kernel's bind guard (bpf LSM), allow ports whose consumer netns holds other
+    # devices a consumer could bind its sockets to (docs/helper.md, "Security model")
+    "allow_unconfined": (bool, False),
 }
 
 
@@ -77,6 +81,12 @@ def parse(text: str, origin: str = "config") -> Config:
     for key in ("socket", "state_dir", "qemu"):
         if not os.path.isabs(getattr(cfg, key)):
             raise InvalidInput(f"{origin}: {key} must be an absolute path")
+    if cfg.instance:
+        from .model import validate_instance
+        try:
+            validate_instance(cfg.instance)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{origin}: {exc.message}", fix=exc.fix) from None
     if not 0 <= cfg.socket_mode <= 0o777:
         raise InvalidInput(f"{origin}: socket_mode {oct(cfg.socket_mode)} is not a file mode")
     return cfg

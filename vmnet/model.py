@@ -20,6 +20,7 @@ _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 _NETNS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _PROC_NETNS = re.compile(r"/proc/[0-9]+/ns/net")
+_INSTANCE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # all patterns are used with fullmatch: "$" would let a trailing newline through
 
 QUEUES_MAX = 64
@@ -53,6 +54,15 @@ def validate_port_name(name: str) -> str:
             f"port name {name!r} has characters vmnet does not accept",
             fix="use lower-case letters, digits, '-' and '_', starting with a letter or digit",
         )
+    return name
+
+
+def validate_instance(name: str) -> str:
+    """A helper instance name ("" is the default instance, vmnet.priv.instance)."""
+    if name and (not isinstance(name, str) or not _INSTANCE.fullmatch(name)):
+        raise InvalidInput(f"helper instance name {name!r} is not valid",
+                           fix="use 1-32 lower-case letters, digits, '-' and '_', or leave it empty "
+                               "for the default instance")
     return name
 
 

@@ -43,11 +43,12 @@ def _through_helper(helper, name, q, consumer_uid):
 def _through_library(helper, name, q, consumer_uid):
     with netns.entered(helper.netns):
         c0, t0 = time.thread_time(), time.perf_counter()
-        created = ports.create_port(PortSpec(name=name, queues=q, backend="veth", consumer_uid=consumer_uid))
+        created = ports.create_port(PortSpec(name=name, queues=q, backend="veth", consumer_uid=consumer_uid),
+                                    helper.instance)
         t1, c1 = time.perf_counter(), time.thread_time()
         created.close()         # the helper keeps its copies until the delete: not timed here
         t2 = time.perf_counter()
-        ports.delete_port(name)
+        ports.delete_port(name, helper.instance)
         t3 = time.perf_counter()
     return _ms(t0, t1), _ms(t2, t3), {"cpu": _ms(c0, c1)}
 

@@ -25,6 +25,7 @@ import uuid
 from ..client import Client
 from ..errors import VmnetError
 from ..priv import bpf, netns
+from ..priv.instance import Instance
 
 
 class BenchHelper:
@@ -38,13 +39,18 @@ class BenchHelper:
         self.env = dict(os.environ, VMNET_CONFIG=self.config)
         self.env.pop("VMNET_SOCKET", None)
         self.profile_to = profile_to
+        # an instance of its own: its recovery at start can never touch another helper's ports
+        self.instance = Instance(f"bench-{tag}")
         self.proc: subprocess.Popen | None = None
         self._logf = None
 
     def start(self, timeout: float = 20.0) -> "BenchHelper":
         os.makedirs(self.dir, mode=0o755)
         with open(self.config, "w") as f:
-            f.write(f'socket = "{self.socket}"\nstate_dir = "{os.path.join(self.dir, "state")}"\n')
+            # every port's consumer end shares the benchmark's netns; where the kernel cannot
+            # confine binds (no bpf LSM) the helper must be allowed that
+            f.write(f'socket = "{self.socket}"\nstate_dir = "{os.path.join(self.dir, "state")}"\n'
+                    f'instance = "{self.instance.name}"\nallow_unconfined = true\n')
         os.chmod(self.config, 0o644)
         netns.create_named(self.netns)
         with netns.entered(self.netns):
@@ -133,7 +139,7 @@ class BenchHelper:
         if self._logf is not None:
             self._logf.close()
             self._logf = None
-        sweep_pins(self.tag)
+        sweep_pins(self.instance, self.tag)
         netns.remove_named(self.netns)      # takes any device left in it along
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -151,11 +157,11 @@ def uninterrupted():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def sweep_pins(*prefixes: str):
-    """Remove the pins of ports whose names start with one of the prefixes.
+def sweep_pins(instance: Instance, *prefixes: str):
+    """Remove the benchmark instance's pins of ports whose names start with one of the prefixes.
 
     Their devices live in the benchmark's own netns and go with it.
     """
-    for name in bpf.pinned_ports():
+    for name in bpf.pinned_ports(instance.pin_root):
         if name.startswith(prefixes):
-            bpf.unpin(name)
+            bpf.unpin(name, instance.pin_root)

@@ -20,6 +20,7 @@ import uuid
 
 from ..errors import VmnetError
 from ..priv import bpf, netns
+from ..priv.instance import DEFAULT
 from . import datapath, hook, latency, scale
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
@@ -120,7 +121,7 @@ def _run(plan: Plan, progress) -> dict:
             tcp_rounds=plan.tcp_rounds, progress=progress))
     finally:
         with uninterrupted():           # run_case cleans up after itself; this is for a Ctrl-C inside it
-            sweep_pins("st" + tag)
+            sweep_pins(DEFAULT, "st" + tag)
             for ns in (f"vmnet-st{tag}h", f"vmnet-st{tag}c"):
                 netns.remove_named(ns)
     if profile and os.path.exists(profile):

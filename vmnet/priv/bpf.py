@@ -1,9 +1,11 @@
 """The XSK program on a port's device: load, attach by bpf_link, pin, remove.
 
 Each port gets its own program instance and XSK map, both owned by a
-bpf_link pinned at /sys/fs/bpf/vmnet/<port>/link (the map at .../xsks), so
-the attachment outlives the process that made it (a helper restart keeps
-traffic flowing) and removing the pins is what detaches it.
+bpf_link pinned at <root>/<port>/link (the map at .../xsks), so the
+attachment outlives the process that made it (a helper restart keeps
+traffic flowing) and removing the pins is what detaches it. <root> is the
+helper instance's pin root (vmnet.priv.instance): /sys/fs/bpf/vmnet for
+the default instance.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from importlib import resources
 from ..errors import AlreadyExists, InvalidInput, KernelError, NotSupported
 from . import libbpf
 
-PIN_ROOT = "/sys/fs/bpf/vmnet"
+PIN_ROOT = "/sys/fs/bpf/vmnet"          # the default instance's root
 PROGRAM_NAME = "vmnet_xsk_v1"      # the version tag; matches bpf/xsk_redirect.c
 MAP_NAME = "vmnet_xsks"
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -46,8 +48,8 @@ def require_bpffs():
                            errno=ctypes.get_errno(), fix="mount -t bpf bpf /sys/fs/bpf")
 
 
-def pin_dir(port: str) -> str:
-    return os.path.join(PIN_ROOT, port)
+def pin_dir(port: str, root: str = PIN_ROOT) -> str:
+    return os.path.join(root, port)
 
 
 class Attached:
@@ -108,7 +110,7 @@ def load_and_attach(ifindex: int, ifname: str, map_entries: int, mode: str) -> A
                       errno=failures[-1][1], fix="try --mode skb, or check 'vmnet doctor'")
 
 
-def pin(port: str, attached: Attached):
+def pin(port: str, attached: Attached, root: str = PIN_ROOT):
     """Pin link and map; the port's directory appears complete or not at all.
 
     Both are pinned in a directory named "_<port>-<pid>" (no port name
@@ -117,12 +119,12 @@ def pin(port: str, attached: Attached):
     half-made one.
     """
     require_bpffs()
-    os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
-    d = pin_dir(port)
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    d = pin_dir(port, root)
     if os.path.exists(d):
         raise AlreadyExists(f"port {port} already has pins in {d}",
                             fix=f"delete the port with 'vmnet port del {port}'")
-    tmp = os.path.join(PIN_ROOT, f"_{port}-{os.getpid()}")
+    tmp = os.path.join(root, f"_{port}-{os.getpid()}")
     _remove_pin_dir(tmp)
     os.mkdir(tmp, 0o700)
     try:
@@ -152,32 +154,32 @@ def _remove_pin_dir(d: str) -> bool:
     return found
 
 
-def remove_abandoned_pins() -> list[str]:
+def remove_abandoned_pins(root: str = PIN_ROOT) -> list[str]:
     """Temporary pin directories of processes that died while creating a port."""
     removed = []
-    for entry in _entries():
+    for entry in _entries(root):
         if entry.startswith("_"):
             pid = entry.rsplit("-", 1)[-1]
-            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                _remove_pin_dir(os.path.join(PIN_ROOT, entry))
+            if pid.isascii() and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                _remove_pin_dir(os.path.join(root, entry))
                 removed.append(entry)
     return removed
 
 
-def _entries() -> list[str]:
+def _entries(root: str = PIN_ROOT) -> list[str]:
     try:
-        return os.listdir(PIN_ROOT)
+        return os.listdir(root)
     except FileNotFoundError:
         return []
 
 
-def pinned(port: str) -> bool:
-    return os.path.isdir(pin_dir(port))
+def pinned(port: str, root: str = PIN_ROOT) -> bool:
+    return os.path.isdir(pin_dir(port, root))
 
 
-def open_pinned(port: str) -> Attached | None:
+def open_pinned(port: str, root: str = PIN_ROOT) -> Attached | None:
     """Reopen a port's link and map from its pins, or None when not there."""
-    d = pin_dir(port)
+    d = pin_dir(port, root)
     try:
         link_fd = libbpf.obj_get(os.path.join(d, "link"))
     except OSError:
@@ -202,10 +204,22 @@ def is_vmnet_program(prog_id: int) -> bool:
         os.close(fd)
 
 
-def unpin(port: str) -> bool:
+def unpin(port: str, root: str = PIN_ROOT) -> bool:
     """Remove a port's pins (which detaches its program); True if any existed."""
-    return _remove_pin_dir(pin_dir(port))
+    found = _remove_pin_dir(pin_dir(port, root))
+    if root != PIN_ROOT:            # an instance's root goes with its last port
+        try:
+            os.rmdir(root)
+        except OSError:
+            pass
+    return found
 
 
-def pinned_ports() -> list[str]:
-    return sorted(e for e in _entries() if not e.startswith("_"))
+def pinned_ports(root: str = PIN_ROOT) -> list[str]:
+    """Port directories under root: not temporaries ("_"), instances ("@") or shared objects ("+")."""
+    return sorted(e for e in _entries(root) if not e.startswith(("_", "@", "+")))
+
+
+def instance_roots() -> list[str]:
+    """Pin roots of every helper instance that has pins, the default one first."""
+    return [PIN_ROOT] + sorted(os.path.join(PIN_ROOT, e) for e in _entries(PIN_ROOT) if e.startswith("@"))

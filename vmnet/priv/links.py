@@ -102,6 +102,7 @@ def link_state(ifname: str, ip: IPRoute | None = None) -> dict | None:
         "xdp_drv_prog_id": (xdp.get("IFLA_XDP_DRV_PROG_ID") or 0) if xdp else 0,
         "xdp_skb_prog_id": (xdp.get("IFLA_XDP_SKB_PROG_ID") or 0) if xdp else 0,
         "num_rx_queues": msg.get("IFLA_NUM_RX_QUEUES"),
+        "alias": msg.get("IFLA_IFALIAS"),
     }
 
 
@@ -110,6 +111,15 @@ def require_link(ifname: str, ip: IPRoute | None = None) -> dict:
     if state is None:
         raise NotFound(f"device {ifname} does not exist")
     return state
+
+
+def set_alias(ifname: str, alias: str, ip: IPRoute | None = None) -> None:
+    """IFLA_IFALIAS: the helper instance's marker on the devices it makes."""
+    with _netlink(ip) as ip:
+        try:
+            ip.link("set", ifname=ifname, ifalias=alias)
+        except NetlinkError as exc:
+            raise KernelError(f"cannot set the alias of {ifname}", errno=exc.code) from None
 
 
 def set_mtu_up(ifname: str, mtu: int, ip: IPRoute | None = None) -> None:
