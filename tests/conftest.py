@@ -27,10 +27,16 @@ def _vmnet_links_everywhere() -> set[str]:
             if ":" in line and line.split(":")[1].strip().startswith(("vmn-", "vmc-"))}
 
 
+def _pins() -> set[str]:
+    """Port pins of every helper instance, and the instances' own directories."""
+    return {os.path.join(root, p) for root in bpf.instance_roots() for p in bpf.pinned_ports(root)} | \
+        set(bpf.instance_roots()[1:])
+
+
 def _snapshot() -> dict:
     return {
         "links": _vmnet_links_everywhere(),
-        "pins": set(bpf.pinned_ports()),
+        "pins": _pins(),
         "netns": set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set(),
         "fds": set(os.listdir("/proc/self/fd")),
     }
@@ -41,6 +47,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not is_root and ("netns" in item.keywords or "system" in item.keywords):
             item.add_marker(pytest.mark.skip(reason="needs root: creates kernel objects"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bind_guard_of_the_session():
+    """The bind guard is host-wide and outlives helpers (consumers keep confined sockets).
+    Remove it after the session only if this session installed it and no helper of
+    another instance runs: a test never removes what it did not create."""
+    from vmnet.priv import bindguard
+    before = os.geteuid() == 0 and bindguard.installed()
+    yield
+    if os.geteuid() == 0 and not before and bindguard.installed() and not _default_helper_running():
+        bindguard.remove()
+
+
+def _default_helper_running() -> bool:
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.connect("/run/vmnet/helper.sock")
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +133,17 @@ def helper(test_netns):
     """A running `vmnet helper` in the test's netns with its own socket and state."""
     from helpers import HelperProcess
     h = HelperProcess()
+    try:
+        yield h.start()
+    finally:
+        h.cleanup()
+
+
+@pytest.fixture
+def shared_helper(test_netns):
+    """A helper whose ports may share one netns even where binds cannot be confined."""
+    from helpers import SHARED_NETNS, HelperProcess
+    h = HelperProcess(SHARED_NETNS)
     try:
         yield h.start()
     finally:

@@ -13,7 +13,12 @@ import sys
 import time
 import uuid
 
+from vmnet.priv.instance import Instance
+
 PYTHON = sys.executable
+# For tests of something else than confinement that put several ports in one netns: where
+# the kernel cannot confine binds (no bpf LSM) the helper refuses that unless allowed.
+SHARED_NETNS = "allow_unconfined = true\n"
 ADMIN_GID = 64100           # numeric ids: no /etc/passwd entries are created or left behind
 USER_A, USER_B = 64001, 64002
 
@@ -32,16 +37,25 @@ def as_identity(uid: int, gid: int, groups=(), keep_ipc_lock: bool = False):
 
 
 class HelperProcess:
-    """`vmnet helper` in a subprocess, in the caller's netns and mount namespace."""
+    """`vmnet helper` in a subprocess, in the caller's netns and mount namespace.
+
+    Always an instance of its own (vmnet.priv.instance): its pins live under
+    /sys/fs/bpf/vmnet/@<instance>/ and its devices carry its alias, so at
+    start it can only ever remove what a helper of the same instance made —
+    never a production helper's ports, nor another test's.
+    """
 
     def __init__(self, extra_config: str = ""):
-        self.dir = f"/run/vmnet-test-{uuid.uuid4().hex[:8]}"
+        tag = uuid.uuid4().hex[:8]
+        self.dir = f"/run/vmnet-test-{tag}"
+        self.instance = Instance(f"t{tag}")
         os.makedirs(self.dir, mode=0o755)
         self.socket = os.path.join(self.dir, "helper.sock")
         self.state_dir = os.path.join(self.dir, "state")
         self.config = os.path.join(self.dir, "vmnet.toml")
         with open(self.config, "w") as f:
             f.write(f'socket = "{self.socket}"\nstate_dir = "{self.state_dir}"\n'
+                    f'instance = "{self.instance.name}"\n'
                     f'admin_group = "{ADMIN_GID}"\nidle_timeout = 5.0\n{extra_config}')
         os.chmod(self.config, 0o644)
         self.env = dict(os.environ, VMNET_CONFIG=self.config)

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 
-from helpers import PYTHON, HelperProcess
+from helpers import PYTHON, SHARED_NETNS, HelperProcess
 
 HOOK = "/etc/libvirt/hooks/qemu.d/vmnet"
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
@@ -60,7 +60,8 @@ class Libvirt:
     (bind-mounted in a mount namespace of its own; the file on disk is untouched)."""
 
     def __init__(self, qemu_conf: str | None = None, helper_config: str = ""):
-        self.helper = HelperProcess(helper_config)
+        # every domain's QEMU, and so every port's consumer end, is in the host's netns
+        self.helper = HelperProcess(SHARED_NETNS + helper_config)
         self.qemu_conf = qemu_conf
         self.started = []
 

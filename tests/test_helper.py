@@ -27,7 +27,7 @@ def test_port_add_list_show_del_as_root(helper, port_name):
     out = helper.vmnet("port", "del", port_name)
     assert out.returncode == 3 and "does not exist" in out.stderr
     assert helper.vmnet("port", "del", port_name, "--missing-ok").returncode == 0
-    assert not ports.port_exists(port_name)
+    assert not ports.port_exists(port_name, helper.instance)
 
 
 @pytest.mark.parametrize("who, allowed", [
@@ -48,12 +48,12 @@ def test_port_creation_is_allowed_only_to_root_and_the_admin_group(helper, port_
     out = helper.vmnet("port", "add", port_name, "--consumer-user", str(USER_B), preexec=ident)
     if allowed:
         assert out.returncode == 0, out.stderr
-        assert ports.port_exists(port_name)
+        assert ports.port_exists(port_name, helper.instance)
         assert helper.vmnet("port", "del", port_name, preexec=ident).returncode == 0
     else:
         assert out.returncode == 8, out.stderr
         assert f"uid {USER_A}" in out.stderr and "admin_group" in out.stderr
-        assert not ports.port_exists(port_name)
+        assert not ports.port_exists(port_name, helper.instance)
         assert "refused port-create from pid" in helper.read_log()
 
 
@@ -91,7 +91,8 @@ def test_a_consumer_cgroup_restricts_the_fds_to_that_cgroup(helper, port_name):
     assert rc == 1 and "permission-denied" in text and "cgroup" in text
 
 
-def test_two_consumers_each_get_only_their_own_ports_sockets(helper, port_name):
+def test_two_consumers_each_get_only_their_own_ports_sockets(shared_helper, port_name):
+    helper = shared_helper
     a, b = port_name[:-1] + "a", port_name[:-1] + "b"
     helper.vmnet_json("port", "add", a, "--queues", "1", "--consumer-user", str(USER_A))
     helper.vmnet_json("port", "add", b, "--queues", "2", "--consumer-user", str(USER_B))
@@ -101,24 +102,25 @@ def test_two_consumers_each_get_only_their_own_ports_sockets(helper, port_name):
     assert _fds_for(helper, a, as_identity(USER_B, USER_B))[0] == 1
 
 
-def test_restart_keeps_complete_ports_and_removes_half_made_ones(helper, port_name):
+def test_restart_keeps_complete_ports_and_removes_half_made_ones(shared_helper, port_name):
+    helper = shared_helper
     kept, half, gone = port_name, port_name[:-1] + "h", port_name[:-1] + "g"
     helper.vmnet_json("port", "add", kept, "--consumer-user", str(USER_A))
     helper.vmnet_json("port", "add", gone, "--consumer-user", str(USER_A))
     helper.kill(signal.SIGKILL)
     # what a crash in the middle of port-create leaves: devices and pins, no record
-    ports.create_port(PortSpec(name=half)).close()
+    ports.create_port(PortSpec(name=half), helper.instance).close()
     # a recorded port whose device vanished while the helper was down
     links.delete_link("vmn-" + gone)
     # the temporary pin directory of a process that died in the middle of pinning
-    abandoned = os.path.join(bpf.PIN_ROOT, f"_{port_name}-999999999")
+    abandoned = os.path.join(helper.instance.pin_root, f"_{port_name}-999999999")
     os.mkdir(abandoned)
     helper.start()
     assert not os.path.exists(abandoned)
     names = [p["name"] for p in helper.vmnet_json("port", "list")["ports"]]
     assert names == [kept]
-    assert not ports.port_exists(half) and not ports.port_exists(gone)
-    assert not bpf.pinned(gone)
+    assert not ports.port_exists(half, helper.instance) and not ports.port_exists(gone, helper.instance)
+    assert not bpf.pinned(gone, helper.instance.pin_root)
     log = helper.read_log()
     assert f"removing port {gone}: its program lost its device" in log
     assert half in log and kept in log

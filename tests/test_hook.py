@@ -21,6 +21,17 @@ def domain(*port_attrs, uuid=UUID):
 
 
 @pytest.fixture
+def helper(shared_helper):
+    """libvirt's QEMUs, and so their ports' consumer ends, all live in the host's netns
+    (see helpers.SHARED_NETNS)."""
+    return shared_helper
+
+
+def exists(helper, name) -> bool:
+    return ports.port_exists(name, helper.instance)
+
+
+@pytest.fixture
 def hook(helper):
     path = os.path.join(helper.dir, "hook")
     with open(path, "w") as f:
@@ -39,15 +50,15 @@ def test_prepare_creates_the_ports_and_release_removes_them(hook, helper, port_n
     out = hook("prepare", "begin", xml)
     assert out.returncode == 0, out.stderr
     recs = {p["name"]: p for p in helper.vmnet_json("port", "list")["ports"]}
-    assert recs[a]["owner"] == UUID and recs[a]["queues"] == 2
+    assert recs[a]["owner"] == "uuid:" + UUID and recs[a]["queues"] == 2
     assert recs[a]["consumer_uid"] == int(subprocess.check_output(["id", "-u", "libvirt-qemu"]))
     assert recs[b]["consumer_uid"] == 65534 and recs[b]["mode"] == "skb"
     assert hook("started", "begin", xml).returncode == 0
     assert hook("stopped", "end", xml).returncode == 0
-    assert ports.port_exists(a)                      # stopped is not destructive
+    assert exists(helper, a)                      # stopped is not destructive
     assert hook("reconnect", "begin", xml).returncode == 0
     assert hook("release", "end", xml).returncode == 0
-    assert not ports.port_exists(a) and not ports.port_exists(b)
+    assert not exists(helper, a) and not exists(helper, b)
     assert hook("release", "end", xml).returncode == 0   # twice is harmless
 
 
@@ -55,9 +66,9 @@ def test_release_leaves_a_port_of_another_domain_alone(hook, helper, port_name):
     assert hook("prepare", "begin", domain(f'name="{port_name}"')).returncode == 0
     other = domain(f'name="{port_name}"', uuid="00000000-0000-0000-0000-000000000001")
     assert hook("release", "end", other).returncode == 0
-    assert ports.port_exists(port_name)
+    assert exists(helper, port_name)
     assert hook("release", "end", domain(f'name="{port_name}"')).returncode == 0
-    assert not ports.port_exists(port_name)
+    assert not exists(helper, port_name)
 
 
 def test_a_failing_port_undoes_the_ports_created_before_it(hook, helper, port_name):
@@ -66,8 +77,8 @@ def test_a_failing_port_undoes_the_ports_created_before_it(hook, helper, port_na
     out = hook("prepare", "begin", domain(f'name="{first}"', f'name="{port_name}"'))
     assert out.returncode == 1
     assert b"already exists" in out.stderr
-    assert not ports.port_exists(first)
-    assert ports.port_exists(port_name)
+    assert not exists(helper, first)
+    assert exists(helper, port_name)
 
 
 def test_prepare_replaces_a_stale_port_of_the_same_domain(hook, helper, port_name):
@@ -119,7 +130,7 @@ def test_the_domain_verbs_are_refused_to_a_user_outside_the_admin_group(hook, he
                          capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
                          preexec_fn=as_identity(USER_A, USER_A), cwd="/")
     assert out.returncode == 1 and b"may not create a domain's ports" in out.stderr, out.stderr
-    assert not ports.port_exists(port_name)
+    assert not exists(helper, port_name)
     assert "refused domain-prepare from pid" in helper.read_log()
 
 

@@ -37,7 +37,7 @@ def _undefine(env, name):
 
 
 def _uuid(env, name):
-    return env.virsh("domuuid", name).stdout.strip()
+    return "uuid:" + env.virsh("domuuid", name).stdout.strip()
 
 
 def _wrapper_events(env):
@@ -59,7 +59,7 @@ def test_hook_creates_ports_at_prepare_and_removes_them_at_release(libvirt_env):
         assert rec["queues"] == 2
         assert env.virsh("destroy", name).returncode == 0
         assert env.helper.vmnet("port", "show", pname).returncode == 3
-        assert not ports.port_exists(pname)
+        assert not ports.port_exists(pname, libvirt_env.helper.instance)
     finally:
         _undefine(env, name)
 
@@ -91,7 +91,7 @@ def test_starting_through_the_wrapper_hands_the_right_fds_and_leaves_nothing(lib
         assert re.fullmatch(r"02(:[0-9a-f]{2}){5}", device["mac"])
         log = env.helper.read_log()
         assert f"created port {pname}" in log and f"handed 2 socket fd(s) of port {pname}" in log
-        assert not ports.port_exists(pname)          # released after the failed start
+        assert not ports.port_exists(pname, libvirt_env.helper.instance)          # released after the failed start
     finally:
         _undefine(env, name)
 
@@ -119,7 +119,7 @@ def test_prepare_fails_with_a_clear_error_when_the_helper_is_down(libvirt_env):
     finally:
         env.helper.start()
         _undefine(env, name)
-    assert not ports.port_exists(pname)
+    assert not ports.port_exists(pname, libvirt_env.helper.instance)
 
 
 def test_invalid_metadata_refuses_the_start(libvirt_env):
@@ -155,7 +155,7 @@ def test_ten_domains_started_at_once_each_get_their_own_ports(libvirt_env):
             assert listed[pname]["queues"] == 1 + i % 3
         with concurrent.futures.ThreadPoolExecutor(10) as pool:
             list(pool.map(lambda n: env.virsh("destroy", n), names))
-        assert not any(ports.port_exists(p) for p in pnames)
+        assert not any(ports.port_exists(p, libvirt_env.helper.instance) for p in pnames)
     finally:
         for name in names:
             _undefine(env, name)
@@ -172,7 +172,7 @@ def test_live_attach_into_a_running_domain_rolls_back_when_qemu_cannot_take_it(l
         # here: memlock cannot be raised for QEMU (no CAP_SYS_RESOURCE) or QEMU lacks af-xdp
         assert ("needs to lock 32 MiB" in out.stderr) or ("af-xdp" in out.stderr), out.stderr
         assert "Traceback" not in out.stderr
-        assert not ports.port_exists(pname)
+        assert not ports.port_exists(pname, libvirt_env.helper.instance)
         assert env.virsh("domstate", name).stdout.strip() == "running"
     finally:
         _undefine(env, name)

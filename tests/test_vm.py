@@ -131,7 +131,7 @@ def _boot_under_libvirt(env, vmlinuz, moddir) -> dict:
             raise AssertionError(f"guest did not come up in 180 s: {open(serial, errors='replace').read()[-2000:]}")
         assert probe.ping(GUEST_IP, count=5, timeout=2)["received"] == 5
         creds = process_credentials(qemu_pid)
-        assert env.helper.vmnet_json("port", "show", pname)["owner"] == env.virsh("domuuid", name).stdout.strip()
+        assert env.helper.vmnet_json("port", "show", pname)["owner"] == "uuid:" + env.virsh("domuuid", name).stdout.strip()
         return creds
     finally:
         env.virsh("destroy", name)

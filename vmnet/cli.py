@@ -268,10 +268,19 @@ def port_show(ctx, name):
     _emit(ctx, result, _status_text([result]))
 
 
+def _holder_text(r: dict) -> str:
+    h = r.get("holder")
+    if not h:
+        return "  sockets: waiting for a consumer"
+    return f"  sockets: held by pid {h['pid']}" + ("" if h.get("alive", True) else " (exited)")
+
+
 def _status_text(ports: list) -> str:
     lines = []
     for r in ports:
         lines.append(_port_text(r))
+        lines.append(_holder_text(r) + ("" if r.get("confined", True) else
+                                        "; not confined to its queue (no bind guard on this kernel)"))
         if r.get("sockets") is None:
             lines.append(f"  {r.get('sockets_note', 'no counters')}")
             continue
@@ -284,10 +293,20 @@ def _status_text(ports: list) -> str:
 @cli.command()
 @click.pass_obj
 def status(ctx):
-    """Ports, their devices, mode, queues, consumer and live AF_XDP counters."""
+    """Ports, their devices, mode, queues, consumer and live AF_XDP counters.
+
+    Also which protection keeps each port's sockets on its own queue (the
+    kernel's bind guard, or only the netns rule), and which process holds
+    each port's sockets now.
+    """
     result = _call("status")
-    _emit(ctx, result, f"helper pid {result['helper']['pid']}, {result['helper']['ports']} port(s)\n"
-          + _status_text(result["ports"]))
+    h = result["helper"]
+    head = f"helper pid {h['pid']}, {h['ports']} port(s)"
+    if h.get("instance", "default") != "default":
+        head += f", instance {h['instance']}"
+    if h.get("protection"):
+        head += f"\nbind confinement: {h['protection']['summary']}"
+    _emit(ctx, result, head + "\n" + _status_text(result["ports"]))
 
 
 @cli.command("exec", context_settings={"ignore_unknown_options": True})
@@ -306,7 +325,9 @@ def exec_(ports, user, group, allow_ipc_lock, keep_fds, command):
     sock-fds, ifname, queues, start-queue, mode, mac, host_mtu. The helper
     raises this process's memlock limit; then vmnet sets no_new_privs,
     drops every capability (and the bounding set), switches to --user, and
-    execs COMMAND, which inherits only the port sockets and stdio.
+    execs COMMAND, which inherits only the port sockets and stdio. With
+    --user, COMMAND also runs in a session of its own (no controlling
+    terminal) with that user's environment (HOME, USER, LOGNAME, SHELL, PATH).
 
     \b
     Example:
@@ -315,10 +336,15 @@ def exec_(ports, user, group, allow_ipc_lock, keep_fds, command):
         -device virtio-net-pci,netdev=n0,mac=vmnet:vm1,host_mtu=vmnet:vm1
     """
     import pwd
-    from .handoff import exec_prepared, prepare
+    from .handoff import exec_prepared, new_session, prepare
     cfg = _config()
     uid = _uid(user)
-    gid = _gid(group) if group else (pwd.getpwuid(uid).pw_gid if uid is not None else None)
+    try:
+        gid = _gid(group) if group else (pwd.getpwuid(uid).pw_gid if uid is not None else None)
+    except KeyError:
+        raise click.BadParameter(f"uid {uid} has no passwd entry: give --group too", param_hint="--user") from None
+    if uid is not None:
+        new_session()       # before the fds: the process that holds them is the one that execs
     prepared = prepare(list(command), cfg.socket, extra_ports=ports,
                        allow_ipc_lock=allow_ipc_lock or cfg.allow_ipc_lock)
     if prepared.keep_ipc_lock:

@@ -24,7 +24,7 @@ from .memlock import INFINITY, UMEM_BYTES_PER_QUEUE, mib
 
 OK, MISSING, WARN = "ok", "missing", "warn"
 CHECK_NAMES = ("kernel", "af-xdp", "btf", "bpf-link", "netkit", "queue-lease", "bpffs",
-               "memlock", "qemu", "libvirt", "privileges")
+               "bind-guard", "memlock", "qemu", "libvirt", "privileges")
 AF_XDP = 44
 # The torvalds/linux netdev.h copies at hand predate it; "[PATCH net-next v7
 # 01/16] net: Add queue-create operation" (D. Borkmann, Jan 2026) appends it
@@ -187,6 +187,16 @@ def check_bpffs() -> Check:
                  "root; ports are pinned there)", "mount -t bpf bpf /sys/fs/bpf")
 
 
+def check_bind_guard() -> Check:
+    """Whether the kernel will keep each handed-out socket on its own port (docs/helper.md)."""
+    from .priv import bindguard
+    ok, detail = bindguard.probe()
+    if ok:
+        return Check("bind-guard", OK, detail + ": every socket binds only to its port's queue")
+    return Check("bind-guard", WARN, detail + "; the helper then refuses ports whose consumer netns "
+                 "holds other devices (unless allow_unconfined = true)", bindguard.FIX)
+
+
 def check_memlock() -> Check:
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     can_raise = caps.has_capability("sys_resource")
@@ -257,7 +267,8 @@ def run_checks(qemu: str | None = None) -> list[Check]:
         ("kernel", lambda: Check("kernel", OK, release)),
         ("af-xdp", check_af_xdp), ("btf", check_btf),
         ("bpf-link", lambda: check_bpf_link(release)), ("netkit", lambda: check_netkit(release)),
-        ("queue-lease", check_queue_lease), ("bpffs", check_bpffs), ("memlock", check_memlock),
+        ("queue-lease", check_queue_lease), ("bpffs", check_bpffs), ("bind-guard", check_bind_guard),
+        ("memlock", check_memlock),
         ("qemu", lambda: check_qemu(qemu)), ("libvirt", check_libvirt),
         ("privileges", check_privileges),
     ]

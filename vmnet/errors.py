@@ -84,6 +84,12 @@ class HelperUnavailable(VmnetError):
     exit_code = 10
 
 
+class InUse(VmnetError):
+    """A port's sockets are held by a live consumer; they go to one process at a time."""
+    code = "in-use"
+    exit_code = 11
+
+
 class CheckFailed(VmnetError):
     """A selftest or doctor check did not pass."""
     code = "check-failed"

@@ -8,6 +8,12 @@ no capabilities, optionally another uid) and exec. The exec'd program
 inherits exactly the port sockets beyond what this process inherited
 itself; `close_inherited` drops those too (vmnet exec's default), while
 the wrapper keeps them, because libvirt passes QEMU fds of its own.
+
+When vmnet exec switches to another user it also leaves the caller's
+session (new_session: the consumer gets no controlling terminal, so it
+cannot push input into the caller's shell with TIOCSTI) and its
+environment (target_environment: the user's own HOME, USER, LOGNAME,
+SHELL and a plain PATH, as `runuser`/`setpriv --reset-env` give).
 """
 
 from __future__ import annotations
@@ -67,6 +73,52 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
     return Prepared(final_argv, all_fds, memlock, keep)
 
 
+def new_session() -> None:
+    """Become the leader of a new session with no controlling terminal.
+
+    setsid() is refused to a process group leader (what a shell makes of
+    every command it runs): then fork, and let the parent wait for the
+    child, pass it SIGINT/SIGTERM/SIGHUP and exit with its status. Call
+    before asking for any fds: the child is the process that holds them.
+    """
+    import signal
+    try:
+        os.setsid()
+        return
+    except PermissionError:
+        pass
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+def target_environment(uid: int, environ: dict | None = None) -> dict:
+    """The environment of a command run as another user: that user's, not the caller's."""
+    import pwd
+    environ = os.environ if environ is None else environ
+    try:
+        pw = pwd.getpwuid(uid)
+        home, name, shell = pw.pw_dir, pw.pw_name, pw.pw_shell
+    except KeyError:
+        home, name, shell = "/", str(uid), "/bin/sh"
+    env = {"HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell or "/bin/sh",
+           "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    for keep in ("TERM", "LANG", "LC_ALL"):
+        if keep in environ:
+            env[keep] = environ[keep]
+    return env
+
+
 def close_all_but(keep: set[int]):
     for entry in os.listdir("/proc/self/fd"):
         fd = int(entry)
@@ -85,11 +137,15 @@ def exec_prepared(p: Prepared, *, uid: int | None = None, gid: int | None = None
                                fix="drop --user/--group, or run vmnet exec as root")
     for fd in p.fds:
         os.set_inheritable(fd, True)
+    env = target_environment(uid) if uid is not None else dict(os.environ)
+    if uid is not None and os.sep not in p.argv[0]:
+        import shutil       # resolve the command with the caller's PATH, before it is replaced
+        p.argv[0] = shutil.which(p.argv[0]) or p.argv[0]
     confine(uid, gid, keep_ipc_lock=p.keep_ipc_lock)
     if close_inherited:
         close_all_but(set(p.fds))
     try:
-        os.execvp(p.argv[0], p.argv)
+        os.execvpe(p.argv[0], p.argv, env)
     except OSError as exc:
         raise NotFound(f"cannot execute {p.argv[0]}: {exc.strerror}",
                        fix="give the full path of the program to run") from None

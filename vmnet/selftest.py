@@ -46,6 +46,7 @@ class Row:
     bad_checksum: int = 0
     oversized: int = 0
     memlock: str = ""
+    binds: str = ""             # "kernel": the bind guard confines the sockets; "netns": only the netns
     credentials: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     problems: list = dataclasses.field(default_factory=list)
@@ -86,7 +87,7 @@ def _read_event(proc, kind: str, timeout: float) -> dict:
 
 def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool,
              tag: str, pings: int = 5, flows: int = 16, separate_netns: bool = True,
-             backend: str = "veth") -> Row:
+             backend: str = "veth", guard=None) -> Row:
     """One row: port, responder, probes, teardown. The consumer end lives in a
     second netns unless separate_netns is False (then beside the host end)."""
     from .priv import netns, links, ports
@@ -98,6 +99,7 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
     plan: MemlockPlan = plan_memlock(queues, soft=soft, hard=hard, can_raise_hard=can_raise,
                                      allow_ipc_lock=allow_ipc_lock)
     row.memlock = plan.action
+    row.binds = "kernel" if guard is not None else "netns"
     host_ns = f"vmnet-st{tag}h"
     cons_ns = f"vmnet-st{tag}c" if separate_netns else None
     name = f"st{tag}{backend[0]}{mode[0]}{queues}"
@@ -109,7 +111,7 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
         with netns.entered(host_ns):
             links.bring_up("lo")
             created = ports.create_port(PortSpec(name=name, queues=queues, mode=mode, netns=cons_ns,
-                                                 backend=backend))
+                                                 backend=backend), guard=guard)
             links.add_address(created.port.spec.host_ifname, HOST_IP, PREFIX)
         row.mtu = created.port.mtu
         fds = [s.fileno() for s in created.sockets]
@@ -176,25 +178,32 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
 
 def run(modes=("native", "skb"), queue_counts=(1, 2, 4), user: str = "nobody",
         allow_ipc_lock: bool = True, backend: str = "veth") -> list[Row]:
+    from .priv import bindguard
     uid, gid = consumer_identity(user)
     tag = str(os.getpid() % 10000)
     rows = []
-    for mode in modes:
-        for queues in queue_counts:
-            rows.append(run_case(mode, queues, uid=uid, gid=gid, allow_ipc_lock=allow_ipc_lock,
-                                 tag=tag, backend=backend))
+    # the consumer netns is the row's own (lo and the port's device): safe without the guard too
+    guard = bindguard.Protection.detect(allow_unconfined=False).guard
+    try:
+        for mode in modes:
+            for queues in queue_counts:
+                rows.append(run_case(mode, queues, uid=uid, gid=gid, allow_ipc_lock=allow_ipc_lock,
+                                     tag=tag, backend=backend, guard=guard))
+    finally:
+        if guard is not None:
+            guard.close()
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
     head = ("backend", "mode", "queues", "mtu", "ping", "rtt ms", "udp", "tcp", "rx per queue",
-            "bad csum", "oversize", "memlock", "result")
+            "bad csum", "oversize", "memlock", "binds", "result")
     lines = [head]
     for r in rows:
         lines.append((r.backend, r.mode, str(r.queues), str(r.mtu), r.pings,
                       f"{r.rtt_ms:.2f}" if r.rtt_ms is not None else "-", r.udp, r.tcp,
                       "/".join(map(str, r.per_queue_rx)) or "-", str(r.bad_checksum),
-                      str(r.oversized), r.memlock, "PASS" if r.ok else "FAIL"))
+                      str(r.oversized), r.memlock, r.binds, "PASS" if r.ok else "FAIL"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     for r in rows:

@@ -87,7 +87,8 @@ class Ring:
 class XskQueue:
     """One bound AF_XDP socket with its own UMEM, as QEMU sets up per queue."""
 
-    def __init__(self, fd: int, ifindex: int, queue_id: int, force_copy: bool = False):
+    def __init__(self, fd: int, ifindex: int, queue_id: int, force_copy: bool = False,
+                 bind: bool = True):
         self.fd, self.queue_id = fd, queue_id
         self.sock = socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=fd)
         self.umem = mmap.mmap(-1, UMEM_BYTES, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -104,11 +105,18 @@ class XskQueue:
         # Frames not in the fill ring wait here for TX (LIFO, like QEMU's pool).
         self.pool = [i * FRAME_SIZE for i in range(NUM_FRAMES - 1, -1, -1)]
         self.refill(RING_SIZE)
-        flags = XDP_USE_NEED_WAKEUP | (XDP_COPY if force_copy else 0)
+        self.force_copy = force_copy
+        if bind:
+            self.bind(ifindex, queue_id)
+
+    def bind(self, ifindex: int, queue_id: int):
+        """Bind to a device queue; raises OSError (EPERM where vmnet's bind guard refuses it)."""
+        flags = XDP_USE_NEED_WAKEUP | (XDP_COPY if self.force_copy else 0)
         sa = _SOCKADDR_XDP.pack(AF_XDP, flags, ifindex, queue_id, 0)
-        if _libc.bind(fd, sa, len(sa)) != 0:
+        if _libc.bind(self.fd, sa, len(sa)) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"bind AF_XDP socket to ifindex {ifindex} queue {queue_id}: {os.strerror(err)}")
+        self.queue_id = queue_id
 
     def refill(self, n: int):
         prod, cons = self.fill.producer(), self.fill.consumer()

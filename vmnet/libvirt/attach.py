@@ -56,6 +56,11 @@ def _qmp(dom, command: str, arguments: dict, fds: list[int] = ()):
     return data.get("return")
 
 
+def owner_of(dom) -> str:
+    """A domain's ports are owned by its uuid, spelled as the hook spells it (vmnet.libvirt.domain)."""
+    return f"uuid:{dom.UUIDString()}"
+
+
 def qemu_pid(name: str, run_dir: str = "/run/libvirt/qemu") -> int:
     try:
         with open(os.path.join(run_dir, f"{name}.pid")) as f:
@@ -74,13 +79,14 @@ def attach(socket_path: str, uri: str, name: str, port: dict) -> dict:
     if os.stat(ns).st_ino != os.stat("/proc/self/ns/net").st_ino:
         port = dict(port, netns=ns)
     args = {k: v for k, v in port.items() if k != "consumer_user"}
-    record = client.call(socket_path, "port-create", consumer_uid=uid, owner=dom.UUIDString(), **args)
+    record = client.call(socket_path, "port-create", consumer_uid=uid, owner=owner_of(dom), **args)
     pname = record["name"]
     fd_names, added_netdev = [], False
     fds: list[int] = []
     try:
         with client.Client(socket_path) as c:
-            record, fds = c.call("fds-for-consumer", name=pname)
+            # the sockets are QEMU's, not this process's: it holds them from now on
+            record, fds = c.call("fds-for-consumer", name=pname, holder_pid=pid)
             c.call("raise-memlock-for-peer", ports=[pname], pid=pid)
         for i, fd in enumerate(fds):
             _qmp(dom, "getfd", {"fdname": f"{netdev_id(pname)}-{i}"}, [fd])
@@ -112,7 +118,7 @@ def detach(socket_path: str, uri: str, name: str, pname: str) -> None:
     conn, dom = _domain(uri, name)
     try:
         record = client.call(socket_path, "port-show", name=pname)
-        if record.get("owner") != dom.UUIDString():
+        if record.get("owner") != owner_of(dom):
             raise InvalidInput(f"port {pname} does not belong to domain {name}")
         _quiet(_qmp, dom, "device_del", {"id": f"{netdev_id(pname)}-dev"})
         _quiet(_qmp, dom, "netdev_del", {"id": netdev_id(pname)})

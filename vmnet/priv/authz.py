@@ -1,20 +1,33 @@
-"""Who may do what: every request is judged on the peer's SO_PEERCRED.
+"""Who may do what: every request is judged on credentials the kernel vouches for.
+
+A connection's peer is what SO_PEERCRED said at connect() plus a pidfd of
+that process (SO_PEERPIDFD, Linux >= 6.5). Every message must also carry
+the same credentials in SCM_CREDENTIALS (SO_PASSCRED): a process handed a
+connection that another one opened (root's, say) cannot use it. Facts about
+the peer read from /proc go through a /proc/<pid> directory checked against
+the pidfd, so a pid reused by another process never answers for it.
 
 Port creation and deletion: root or members of the configured admin group.
-A port's fds (and its memlock raise): its declared consumer uid — and, when
-the port names one, only from inside the consumer cgroup — or an admin.
-Listing and status: admins see every port, others only their own.
+A port's fds (and its memlock raise): its declared consumer uid, and only
+from where the port says its consumer runs (a cgroup, the cgroup libvirt
+gives the domain's QEMU) — or an admin. Listing and status: admins see
+every port, others only the ports they consume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import os
+import signal
 import socket
 import struct
 
 from ..errors import PermissionDenied
 
 SO_PEERGROUPS = 59
+SO_PEERPIDFD = 77
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,20 +36,57 @@ class Peer:
     uid: int
     gid: int
     groups: tuple[int, ...] = ()
+    pidfd: int | None = None        # owned by the connection; None: a process described by hand
 
     def describe(self) -> str:
         return f"pid {self.pid} uid {self.uid} gid {self.gid}"
 
-    def cgroup(self) -> str | None:
-        """The peer's cgroup v2 path, e.g. /machine.slice/machine-qemu...scope."""
+    @contextlib.contextmanager
+    def proc(self):
+        """A directory fd of /proc/<pid> that is this peer's, not a later process's."""
+        fd = os.open(f"/proc/{self.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with open(f"/proc/{self.pid}/cgroup") as f:
-                for line in f:
-                    if line.startswith("0::"):
-                        return line[3:].strip()
+            if self.pidfd is not None and not pidfd_alive(self.pidfd):
+                raise ProcessLookupError(errno.ESRCH, f"process {self.pid} has exited")
+            yield fd
+        finally:
+            os.close(fd)
+
+    def read(self, name: str) -> str:
+        """/proc/<pid>/<name> of this peer ('' when it has exited)."""
+        try:
+            with self.proc() as d:
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=d)
+                try:
+                    chunks = []
+                    while chunk := os.read(fd, 65536):
+                        chunks.append(chunk)
+                    return b"".join(chunks).decode(errors="replace")
+                finally:
+                    os.close(fd)
         except OSError:
-            return None
+            return ""
+
+    def cgroups(self) -> list[str]:
+        """The peer's cgroup path in every hierarchy (v1 controllers and v2)."""
+        return [line.split(":", 2)[2] for line in self.read("cgroup").splitlines() if line.count(":") >= 2]
+
+    def cgroup(self) -> str | None:
+        """The cgroup v2 path, e.g. /machine.slice/machine-qemu...scope."""
+        for line in self.read("cgroup").splitlines():
+            if line.startswith("0::"):
+                return line[3:].strip()
         return None
+
+
+def pidfd_alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True             # it exists; we may just not signal it
 
 
 def peer_of(conn: socket.socket) -> Peer:
@@ -46,7 +96,28 @@ def peer_of(conn: socket.socket) -> Peer:
         groups = struct.unpack(f"{len(raw) // 4}I", raw)
     except OSError:
         groups = ()
-    return Peer(pid, uid, gid, tuple(groups))
+    try:
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:             # Linux < 6.5: the next best thing, opened right away
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+    if pidfd is not None:
+        os.set_inheritable(pidfd, False)
+    return Peer(pid, uid, gid, tuple(groups), pidfd)
+
+
+def in_cgroup(paths: list[str], prefix: str) -> bool:
+    """Whether any hierarchy path is prefix or below it."""
+    prefix = prefix.rstrip("/") or "/"
+    return any(p == prefix or p.startswith(prefix.rstrip("/") + "/") for p in paths)
+
+
+def has_component(paths: list[str], names: list[str]) -> bool:
+    """Whether any hierarchy path has one of names as a component (libvirt's per-domain cgroup)."""
+    wanted = set(names)
+    return any(part in wanted for p in paths for part in p.split("/"))
 
 
 class Policy:
@@ -63,25 +134,29 @@ class Policy:
                 f"{peer.describe()} may not {action}",
                 fix="run as root, or as a member of the helper's admin_group")
 
-    def is_consumer(self, peer: Peer, record: dict) -> bool:
+    def consumer_mismatch(self, peer: Peer, record: dict) -> str | None:
+        """Why peer is not the consumer the port names, or None when it is."""
         if peer.uid != record.get("consumer_uid"):
-            return False
-        cgroup = record.get("consumer_cgroup")
-        if cgroup:
-            mine = peer.cgroup()
-            return mine is not None and (mine == cgroup or mine.startswith(cgroup.rstrip("/") + "/"))
-        return True
+            return f"it runs as uid {peer.uid}, the port's consumer is uid {record.get('consumer_uid')}"
+        if record.get("consumer_cgroup") or record.get("consumer_scope"):
+            paths = peer.cgroups()
+            if record.get("consumer_cgroup") and not in_cgroup(paths, record["consumer_cgroup"]):
+                return f"it is not inside cgroup {record['consumer_cgroup']}"
+            if record.get("consumer_scope") and not has_component(paths, record["consumer_scope"]):
+                return (f"it is not in the cgroup of {record.get('owner') or 'the port owner'} "
+                        f"({' or '.join(record['consumer_scope'])})")
+        return None
 
     def require_consumer(self, peer: Peer, record: dict):
-        if self.is_admin(peer) or self.is_consumer(peer, record):
+        if self.is_admin(peer):
             return
-        want = f"uid {record.get('consumer_uid')}"
-        if record.get("consumer_cgroup"):
-            want += f" in cgroup {record['consumer_cgroup']}"
+        why = self.consumer_mismatch(peer, record)
+        if why is None:
+            return
         raise PermissionDenied(
-            f"{peer.describe()} is not the consumer of port {record.get('name')} ({want})",
-            fix="run the consumer as the uid the port was created for, or re-create the port "
-                "with --consumer-uid set to this uid")
+            f"{peer.describe()} is not the consumer of port {record.get('name')}: {why}",
+            fix="start the consumer the way the port was created for (its uid, and for a libvirt "
+                "domain's port, as that domain's QEMU), or re-create the port for this consumer")
 
     def visible(self, peer: Peer, record: dict) -> bool:
         """Admins see every port, a uid the ports it consumes (wherever it runs)."""

@@ -1,40 +1,46 @@
-"""`vmnet helper`: the one long-lived privileged process.
+"""`vmnet helper`: the one long-lived privileged process — its ports and its verbs.
 
-It listens on a Unix SOCK_SEQPACKET socket, judges every request on the
-peer's SO_PEERCRED (vmnet.priv.authz), and runs one verb from a fixed table.
-Ports outlive the helper: their programs are pinned and their consumers
-hold their own socket fds, so a helper killed with SIGKILL interrupts no
-traffic; at start it reloads its records, keeps complete ports and removes
-what a crash left half-made. The loop is single-threaded: a client that
-connects and goes silent costs one fd until its idle timeout, nothing else.
+Requests reach it through vmnet.priv.server, which judges every message on
+credentials the kernel vouches for (vmnet.priv.authz) and runs one verb from
+the fixed table here. Ports outlive the helper: their programs are pinned
+and their consumers hold their own socket fds, so a helper killed with
+SIGKILL interrupts no traffic; at start it reloads its records, keeps
+complete ports and removes what a crash left half-made — only its own
+instance's (vmnet.priv.instance).
+
+A port's sockets go to one live consumer process at a time (its holder,
+vmnet.priv.holders); when the holder exits the helper puts fresh sockets
+in the port's map for the next one. Every socket is confined to its own
+queue by the kernel's bind guard where the kernel can run it
+(vmnet.priv.bindguard); where it cannot, a port's consumer netns may hold
+no other device unless the operator allowed it.
 """
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import errno
 import grp
 import logging
 import os
-import selectors
-import signal
-import socket
+import re
 import time
 
 from pyroute2 import IPRoute
 
 from .. import protocol
-from ..libvirt import domain
 from ..config import Config
-from ..errors import InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
-from ..memlock import INFINITY, mib, plan_memlock
+from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
+from ..libvirt import domain
+from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, mib, plan_memlock
 from ..model import PortSpec, validate_port_name
-from . import authz, bpf, links, netns, ports, state, xsk
+from . import authz, bindguard, bpf, links, ports, state, xsk
 from .confine import apply_memlock
+from .holders import Holder
+from .instance import Instance
 
 log = logging.getLogger("vmnet.helper")
-SO_SNDBUFFORCE = 32      # not exported by Python's socket module
+_SCOPE = re.compile(r"[A-Za-z0-9_.\\-]{1,128}")
 
 
 @dataclasses.dataclass
@@ -42,15 +48,19 @@ class Entry:
     record: dict
     sockets: list = dataclasses.field(default_factory=list)   # the helper's copies
     pending: list = dataclasses.field(default_factory=list)   # map keys whose socket waits for rings
+    holder: Holder | None = None                              # the live process that has the sockets
 
 
 class Helper:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, protection: bindguard.Protection | None = None):
         self.cfg = cfg
+        self.instance = Instance(cfg.instance)
         self.state = state.StateDir(cfg.state_dir)
         admin_gid = _group_id(cfg.admin_group) if cfg.admin_group else None
         self.policy = authz.Policy(admin_gid)
+        self.protection = protection or bindguard.Protection.detect(cfg.allow_unconfined)
         self.ports: dict[str, Entry] = {}
+        self.started = time.time()
         self.verbs = {
             "port-create": self.port_create,
             "port-delete": self.port_delete,
@@ -65,37 +75,45 @@ class Helper:
         }
         assert set(self.verbs) == set(protocol.VERBS)
 
+    @property
+    def root(self) -> str:
+        return self.instance.pin_root
+
     # ---- recovery -------------------------------------------------------
 
     def recover(self) -> dict:
-        """Keep complete ports, remove half-made ones. Returns what was done."""
+        """Keep complete ports, remove half-made ones (of this instance only)."""
         kept, removed = [], []
         self.state.ensure()
         for name in self.state.names():
             record = self.state.read(name)
             why = "its record is unreadable" if not record else self._incomplete(name)
             if not why:
-                self.ports[name] = Entry(record)
+                entry = Entry(record, holder=Holder.from_record(record.get("holder")))
+                if record.get("holder") and entry.holder is None:
+                    record["holder"] = None         # it exited while no helper watched
+                    self.state.write(name, record)
+                self.ports[name] = entry
                 kept.append(name)
             else:
                 log.warning("removing port %s: %s", name, why)
-                ports.delete_port(name)
+                ports.delete_port(name, self.instance)
                 self.state.remove(name)
                 removed.append(name)
-        removed += bpf.remove_abandoned_pins()
-        for name in bpf.pinned_ports():
+        removed += bpf.remove_abandoned_pins(self.root)
+        for name in bpf.pinned_ports(self.root):
             if name not in self.ports and self._half_made_here(name):
-                ports.delete_port(name)
+                ports.delete_port(name, self.instance)
                 removed.append(name)
-        for name in _vmnet_devices_here():
-            if name not in self.ports and not bpf.pinned(name):
-                ports.delete_port(name)
+        for name in self._my_devices_here():
+            if name not in self.ports and not bpf.pinned(name, self.root):
+                ports.delete_port(name, self.instance)
                 removed.append(name)
         return {"kept": kept, "removed": sorted(set(removed))}
 
     def _incomplete(self, name: str) -> str | None:
         """Why a recorded port no longer works, or None when it does."""
-        attached = bpf.open_pinned(name)
+        attached = bpf.open_pinned(name, self.root)
         if attached is None:
             return "its pins are gone"
         try:
@@ -114,13 +132,19 @@ class Helper:
         """
         if links.link_state("vmn-" + name) is not None:
             return True
-        attached = bpf.open_pinned(name)
+        attached = bpf.open_pinned(name, self.root)
         if attached is None:
             return True
         try:
             return attached.ids["ifindex"] == 0
         finally:
             attached.close()
+
+    def _my_devices_here(self) -> list[str]:
+        with IPRoute() as ip:
+            found = [(m.get("IFLA_IFNAME"), m.get("IFLA_IFALIAS")) for m in ip.get_links()]
+        return sorted(n[4:] for n, alias in found
+                      if n and n.startswith("vmn-") and self.instance.owns_device(alias))
 
     # ---- verbs ----------------------------------------------------------
 
@@ -134,7 +158,7 @@ class Helper:
     def port_create(self, peer, args):
         self.policy.require_admin(peer, "create ports")
         known = {"name", "queues", "start_queue", "mode", "netns", "mac", "mtu", "backend",
-                 "consumer_uid", "consumer_gid", "consumer_cgroup", "owner"}
+                 "consumer_uid", "consumer_gid", "consumer_cgroup", "consumer_scope", "owner"}
         unknown = set(args) - known
         if unknown:
             raise InvalidInput(f"unknown port-create argument(s): {', '.join(sorted(unknown))}")
@@ -152,20 +176,28 @@ class Helper:
         cgroup = protocol.require(args, "consumer_cgroup", str, None)
         if cgroup is not None and (not cgroup.startswith("/") or ".." in cgroup.split("/")):
             raise InvalidInput(f"consumer cgroup {cgroup!r} is not an absolute cgroup path")
+        scope = protocol.require(args, "consumer_scope", list, None)
+        if scope is not None and (not scope or len(scope) > 8 or not all(
+                isinstance(s, str) and _SCOPE.fullmatch(s) for s in scope)):
+            raise InvalidInput("consumer_scope must be 1-8 cgroup directory names",
+                               fix="give the names of the cgroup the consumer runs in, e.g. "
+                                   "qemu-1-web.libvirt-qemu")
         owner = protocol.require(args, "owner", str, None)
         if owner is not None and len(owner) > 128:
             raise InvalidInput("owner is longer than 128 characters")
         if spec.name in self.ports:
             raise ports.AlreadyExists(f"port {spec.name} already exists",
                                       fix=f"delete it with 'vmnet port del {spec.name}' or pick another name")
-        created = ports.create_port(spec)
-        record = dict(created.port.to_dict(), consumer_cgroup=cgroup, owner=owner,
-                      created=time.time(), created_by=peer.uid, handed_out=False)
+        self.protection.check(spec)
+        created = ports.create_port(spec, self.instance, self.protection.guard)
+        record = dict(created.port.to_dict(), consumer_cgroup=cgroup, consumer_scope=scope, owner=owner,
+                      created=time.time(), created_by=peer.uid, holder=None,
+                      confined=self.protection.guard is not None)
         try:
             self.state.write(spec.name, record)
         except BaseException:
             created.close()
-            ports.delete_port(spec.name)
+            ports.delete_port(spec.name, self.instance)
             raise
         self.ports[spec.name] = Entry(record, created.sockets, created.pending)
         log.info("created port %s (%s, %d queue(s), consumer uid %s) for %s",
@@ -174,13 +206,14 @@ class Helper:
 
     def port_delete(self, peer, args):
         self.policy.require_admin(peer, "delete ports")
-        name = protocol.require(args, "name", str)
+        name = validate_port_name(protocol.require(args, "name", str))
         missing_ok = protocol.require(args, "missing_ok", bool, False)
         entry = self.ports.pop(name, None)
         if entry:
-            for s in entry.sockets:
-                s.close()
-        found = ports.delete_port(name)
+            _close_sockets(entry)
+            if entry.holder:
+                entry.holder.close()
+        found = ports.delete_port(name, self.instance)
         found = self.state.remove(name) or found or entry is not None
         if not found and not missing_ok:
             raise NotFound(f"port {name} does not exist", fix="list ports with 'vmnet port list'")
@@ -196,7 +229,9 @@ class Helper:
         return self._live(entry), []
 
     def status(self, peer, args):
-        return {"helper": {"pid": os.getpid(), "ports": len(self.ports)},
+        return {"helper": {"pid": os.getpid(), "ports": len(self.ports),
+                           "instance": self.instance.describe(), "started": self.started,
+                           "protection": self.protection.describe()},
                 "ports": [self._live(e) for _, e in sorted(self.ports.items())
                           if self.policy.visible(peer, e.record)]}, []
 
@@ -225,6 +260,64 @@ class Helper:
         xml = self._domain_xml(peer, args, "check a domain's ports")
         return domain.check(self._call_as(peer), xml), []
 
+    # ---- the handoff ----------------------------------------------------
+
+    def fds_for_consumer(self, peer, args):
+        unknown = set(args) - {"name", "holder_pid"}
+        if unknown:
+            raise InvalidInput(f"unknown fds-for-consumer argument(s): {', '.join(sorted(unknown))}")
+        entry = self._entry(peer, args)
+        record = entry.record
+        self.policy.require_consumer(peer, record)
+        holder_pid = protocol.require(args, "holder_pid", int, None)
+        if holder_pid is not None:
+            # live attach: an admin hands the sockets to a running QEMU through libvirt
+            self.policy.require_admin(peer, "hand a port's sockets to another process")
+        if entry.holder is not None:
+            if entry.holder.alive():
+                raise InUse(f"port {record['name']}'s sockets are held by pid {entry.holder.pid}, "
+                            "which is still running",
+                            fix="a port's sockets go to one live consumer at a time: stop that one first "
+                                "(a restarted VM gets fresh sockets as soon as its old QEMU has exited)")
+            self.consumer_exited(record["name"])
+        if not entry.sockets:
+            if record.get("handed_out") and "holder" not in record:
+                raise InvalidInput(
+                    f"port {record['name']}'s sockets were handed out, by an older helper, to a process "
+                    "it did not record", fix="delete and re-create the port to start a new consumer")
+            entry.sockets, entry.pending = ports.new_sockets(record, self.instance, self.protection.guard)
+        self.protection.check_record(record)
+        holder = Holder.of_pid(holder_pid) if holder_pid is not None else Holder.of_peer(peer)
+        entry.holder = holder
+        record["holder"] = holder.to_dict()
+        self.state.write(record["name"], record)
+        log.info("handed %d socket fd(s) of port %s to pid %d (for %s)", len(entry.sockets),
+                 record["name"], holder.pid, peer.describe())
+        return record, [s.fileno() for s in entry.sockets]
+
+    def watched(self) -> dict[int, str]:
+        """pidfd -> port of every live holder (the server's loop watches them)."""
+        return {e.holder.pidfd: name for name, e in self.ports.items() if e.holder is not None}
+
+    def consumer_exited(self, name: str) -> None:
+        """The holder of port `name` is gone: fresh sockets for the next consumer."""
+        entry = self.ports.get(name)
+        if entry is None or entry.holder is None:
+            return
+        log.info("port %s: its consumer (pid %d) exited; putting fresh sockets in its map",
+                 name, entry.holder.pid)
+        entry.holder.close()
+        entry.holder = None
+        entry.record["holder"] = None
+        _close_sockets(entry)
+        try:
+            entry.sockets, entry.pending = ports.new_sockets(entry.record, self.instance,
+                                                             self.protection.guard)
+        except VmnetError as exc:
+            log.warning("port %s: no fresh sockets (%s); the next consumer's request tries again",
+                        name, exc.message)
+        self.state.write(name, entry.record)
+
     def store_pending(self) -> bool:
         """Store the sockets this kernel took only once their consumer set up its rings
         (Linux 7.x). True while some still wait."""
@@ -234,7 +327,7 @@ class Helper:
                 continue
             try:
                 entry.pending = ports.store_pending(name, entry.record["map_keys"], entry.sockets,
-                                                    entry.pending)
+                                                    entry.pending, self.instance)
             except VmnetError as exc:
                 log.warning("port %s: %s", name, exc)
                 entry.pending = []
@@ -248,68 +341,52 @@ class Helper:
         out = dict(entry.record)
         if entry.pending:
             out["waiting_for_rings"] = list(entry.pending)
+        out["holder"] = (dict(entry.holder.to_dict(), alive=entry.holder.alive())
+                         if entry.holder is not None else None)
+        guard = self.protection.guard
         if entry.sockets:
-            out["sockets"] = [dict(xsk.statistics(s.fileno()), queue=q)
-                              for q, s in zip(entry.record["map_keys"], entry.sockets)]
+            out["sockets"] = []
+            for q, s in zip(entry.record["map_keys"], entry.sockets):
+                stats = dict(xsk.statistics(s.fileno()), queue=q)
+                if guard is not None:
+                    rule = guard.rule(s)
+                    stats["bind_only_to"] = {"ifindex": rule[1], "queue": rule[2]} if rule else None
+                out["sockets"].append(stats)
         else:
             out["sockets"] = None
             out["sockets_note"] = "counters unavailable: the helper restarted after handing the sockets out"
         return out
 
-    def fds_for_consumer(self, peer, args):
-        entry = self._entry(peer, args)
-        self.policy.require_consumer(peer, entry.record)
-        if not entry.sockets:
-            if entry.record.get("handed_out"):
-                raise InvalidInput(
-                    f"port {entry.record['name']}'s sockets were handed out before the helper restarted",
-                    fix="its consumer still holds them; to start a new consumer, delete and re-create the port")
-            entry.sockets, entry.pending = self._new_sockets(entry.record)
-        if not entry.record.get("handed_out"):
-            entry.record["handed_out"] = True
-            self.state.write(entry.record["name"], entry.record)
-        log.info("handed %d socket fd(s) of port %s to %s", len(entry.sockets),
-                 entry.record["name"], peer.describe())
-        return entry.record, [s.fileno() for s in entry.sockets]
-
-    def _new_sockets(self, record: dict) -> tuple[list, list]:
-        attached = bpf.open_pinned(record["name"])
-        if attached is None:
-            raise NotFound(f"port {record['name']} lost its pins", fix="delete and re-create the port")
-        try:
-            with netns.entered(record.get("netns")):
-                return xsk.create_xsk_sockets(attached.map_fd, record["map_keys"])
-        finally:
-            attached.close()
-
     def raise_memlock_for_peer(self, peer, args):
-        """Raise the peer's RLIMIT_MEMLOCK to cover every queue its uid consumes."""
+        """Raise the peer's RLIMIT_MEMLOCK to cover the ports it holds (and its uid's other live ones)."""
         names = protocol.require(args, "ports", list)
         target = protocol.require(args, "pid", int, peer.pid)
         if target != peer.pid:
             # raising another process's limit (live attach into a running QEMU): admins only,
-            # and only for a process running as the ports' consumer uid
+            # and only for the process that holds the ports' sockets
             self.policy.require_admin(peer, "raise another process's memlock limit")
+        if not names or not all(isinstance(n, str) for n in names):
+            raise InvalidInput("ports must be a non-empty list of port names")
         mine = []
-        for name in names:
-            if not isinstance(name, str):
-                raise InvalidInput("ports must be a list of port names")
+        for name in dict.fromkeys(names):               # a port named twice counts once
             entry = self._entry(peer, {"name": name})
             self.policy.require_consumer(peer, entry.record)
-            mine.append(entry.record)
-        queues = sum(r["queues"] for r in mine)
+            if entry.holder is None or entry.holder.pid != target or not entry.holder.alive():
+                raise PermissionDenied(f"pid {target} does not hold the sockets of port {name}",
+                                       fix="ask for the port's sockets (fds-for-consumer) first")
+            mine.append(entry)
+        charged = {e.record["consumer_uid"] for e in mine}
+        queues = sum(e.record["queues"] for e in mine)
         others = sum(e.record["queues"] for e in self.ports.values()
-                     if e.record.get("consumer_uid") == peer.uid and e.record not in mine
-                     and e.record.get("handed_out"))
-        if target != peer.pid and any(_uid_of(target) != r.get("consumer_uid") for r in mine):
-            raise PermissionDenied(f"pid {target} is not running as the consumer of {', '.join(names)}")
+                     if e not in mine and e.record.get("consumer_uid") in charged
+                     and e.holder is not None and e.holder.alive())
         try:
             soft, hard = _rlimit_of(target)
         except OSError as exc:
             raise KernelError(f"cannot read the memlock limit of pid {target}", errno=exc.errno) from None
         from ..caps import has_capability
         plan = plan_memlock(queues, soft=soft, hard=hard, can_raise_hard=has_capability("sys_resource"),
-                            allow_ipc_lock=False, already_locked=others * 32 * 2**20)
+                            allow_ipc_lock=False, already_locked=others * UMEM_BYTES_PER_QUEUE)
         if plan.action == "raise":
             try:
                 apply_memlock(plan, pid=target)
@@ -319,169 +396,39 @@ class Helper:
             log.info("raised memlock of pid %d to %s for %s", target, mib(plan.need), peer.describe())
         return plan.to_dict(), []
 
-    # ---- the loop -------------------------------------------------------
+    # ---- requests -------------------------------------------------------
 
-    def handle(self, peer, data: bytes, received_fds: list[int],
-               truncated: bool = False) -> tuple[bytes, list[int]]:
+    def handle(self, peer, data: bytes) -> tuple[bytes, list[int]]:
         verb = "?"
         try:
-            if received_fds:
-                count = f"at least {len(received_fds)}" if truncated else str(len(received_fds))
-                raise InvalidInput(f"the request carried {count} file descriptor(s); "
-                                   "the helper accepts none (they were closed)")
             verb, args = protocol.decode_request(data)
             result, fds = self.verbs[verb](peer, args)
             return protocol.encode_reply(result), fds
         except VmnetError as exc:
             # the message may quote client input: keep it on one log line
-            log.warning("refused %s from %s: %s", verb, peer.describe(), _one_line(exc.message))
+            log.warning("refused %s from %s: %s", verb, peer.describe(), one_line(exc.message))
             return protocol.encode_reply(error=exc), []
         except Exception as exc:      # a bug must not take the helper down
             log.exception("internal error in %s from %s", verb, peer.describe())
             return protocol.encode_reply(error=VmnetError(f"internal error in {verb}: {exc}")), []
 
-    def serve(self, ready=None):
-        listener = _listen(self.cfg)
-        sel = selectors.DefaultSelector()
-        sel.register(listener, selectors.EVENT_READ)
-        conns: dict[socket.socket, tuple[float, int]] = {}   # last activity, peer uid
-        stop = []
-        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-        signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-        log.info("listening on %s with %d port(s)", self.cfg.socket, len(self.ports))
-        if ready:
-            ready()
-        try:
-            waiting = False
-            while not stop:
-                # while a socket waits for its consumer's rings, look again every 20 ms
-                for key, _ in sel.select(timeout=0.02 if waiting else 1.0):
-                    try:
-                        if key.fileobj is listener:
-                            self._accept(listener, sel, conns)
-                        else:
-                            self._serve_one(key.fileobj, sel, conns)
-                    except Exception:       # one bad connection must not stop the helper
-                        log.exception("error while serving a connection")
-                        if key.fileobj is not listener:
-                            _drop(key.fileobj, sel, conns)
-                waiting = self.store_pending()
-                now = time.monotonic()
-                for conn, (last, _) in list(conns.items()):
-                    if now - last > self.cfg.idle_timeout:
-                        _drop(conn, sel, conns)
-        finally:
-            for conn in list(conns):
-                _drop(conn, sel, conns)
-            sel.close()
-            listener.close()
-            try:
-                os.unlink(self.cfg.socket)
-            except FileNotFoundError:
-                pass
-            for entry in self.ports.values():
-                for s in entry.sockets:
-                    s.close()
-
-    def _accept(self, listener, sel, conns):
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(conns) >= self.cfg.max_clients:
-            log.warning("refused a connection: %d clients already connected", len(conns))
-            conn.close()
-            return
-        peer = authz.peer_of(conn)
-        if sum(1 for p in conns.values() if p[1] == peer.uid) >= self.cfg.max_clients_per_uid:
-            # one user holding every slot with silent connections must not lock out QEMU
-            log.warning("refused a connection from %s: it already has %d", peer.describe(),
-                        self.cfg.max_clients_per_uid)
-            conn.close()
-            return
-        conn.setblocking(False)
-        try:
-            conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, protocol.MAX_REPLY)
-        except OSError:
-            pass
-        sel.register(conn, selectors.EVENT_READ)
-        conns[conn] = (time.monotonic(), peer.uid)
-
-    def _serve_one(self, conn, sel, conns):
-        try:
-            data, anc, flags, _ = conn.recvmsg(protocol.MAX_MESSAGE + 1,
-                                               socket.CMSG_SPACE(protocol.MAX_FDS * 4))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            _drop(conn, sel, conns)
-            return
-        received = _fds_from(anc)
-        for fd in received:
-            os.close(fd)
-        if not data and not anc:
-            _drop(conn, sel, conns)          # orderly close
-            return
-        conns[conn] = (time.monotonic(), conns[conn][1])
-        peer = authz.peer_of(conn)
-        if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE:
-            reply, fds = protocol.encode_reply(error=InvalidInput(
-                f"request is over the {protocol.MAX_MESSAGE}-byte limit")), []
-            log.warning("refused an oversized request from %s", peer.describe())
-        else:
-            reply, fds = self.handle(peer, data, received, truncated=bool(flags & socket.MSG_CTRUNC))
-        try:
-            anc_out = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-            conn.sendmsg([reply], anc_out)
-        except OSError as exc:
-            log.warning("could not reply to %s: %s", peer.describe(), exc)
-            _drop(conn, sel, conns)
+    def close(self):
+        for entry in self.ports.values():
+            _close_sockets(entry)
+            if entry.holder:
+                entry.holder.close()
+        if self.protection.guard is not None:
+            self.protection.guard.close()
 
 
-def _one_line(text: str) -> str:
+def _close_sockets(entry: Entry):
+    for s in entry.sockets:
+        s.close()
+    entry.sockets, entry.pending = [], []
+
+
+def one_line(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")
-
-
-def _fds_from(anc) -> list[int]:
-    fds = array.array("i")
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-    return list(fds)
-
-
-def _drop(conn, sel, conns):
-    try:
-        sel.unregister(conn)
-    except (KeyError, ValueError):
-        pass
-    conns.pop(conn, None)
-    conn.close()
-
-
-def _listen(cfg: Config) -> socket.socket:
-    os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        probe.connect(cfg.socket)
-        raise KernelError(f"another helper is already listening on {cfg.socket}",
-                          fix="stop it first ('systemctl stop vmnet-helper')")
-    except (FileNotFoundError, ConnectionRefusedError):
-        pass
-    finally:
-        probe.close()
-    try:
-        os.unlink(cfg.socket)
-    except FileNotFoundError:
-        pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    listener.bind(cfg.socket)
-    os.chmod(cfg.socket, cfg.socket_mode)
-    if cfg.socket_group:
-        os.chown(cfg.socket, 0, _group_id(cfg.socket_group))
-    listener.listen(64)
-    listener.setblocking(False)
-    return listener
 
 
 def _group_id(name: str) -> int:
@@ -505,20 +452,14 @@ def _rlimit_of(pid: int) -> tuple[int, int]:
     raise OSError(errno.ENOENT, "no memlock line")
 
 
-def _uid_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
-
-
-def _vmnet_devices_here() -> list[str]:
-    with IPRoute() as ip:
-        names = [m.get("IFLA_IFNAME") for m in ip.get_links()]
-    return sorted(n[4:] for n in names if n and n.startswith("vmn-"))
-
-
 def run(cfg: Config, ready=None):
+    from .server import Server
     logging.basicConfig(level=logging.INFO, format="vmnet-helper: %(levelname)s %(message)s")
     helper = Helper(cfg)
+    log.info("bind confinement: %s", helper.protection.summary())
     report = helper.recover()
     log.info("recovered: kept %s, removed %s", report["kept"] or "none", report["removed"] or "none")
-    helper.serve(ready)
+    try:
+        Server(helper, cfg).serve(ready)
+    finally:
+        helper.close()

@@ -19,6 +19,8 @@ from ..model import validate_netns
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703
+NSFS_MAGIC = 0x6E736673
+STATFS_SIZE = 120                   # sizeof(struct statfs) on 64-bit Linux
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -29,14 +31,45 @@ def _setns(fd: int):
         raise KernelError("cannot enter network namespace", errno=err)
 
 
+def _fstatfs_type(fd: int) -> int:
+    buf = ctypes.create_string_buffer(STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value        # f_type comes first
+
+
 def open_netns(ref: str) -> int:
-    """Open a validated netns reference; refuse paths that are not a netns."""
+    """Open a validated netns reference; refuse paths that are not a netns.
+
+    Nothing here can block: the path is opened with O_PATH (which never
+    opens what it names: a FIFO there would block a plain open() until a
+    writer came) and is opened for real only once fstatfs says it is nsfs.
+    """
     path = validate_netns(ref)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"network namespace {ref} does not exist",
                        fix="create it with 'ip netns add NAME' or give /proc/<pid>/ns/net of a running process") from None
+    except PermissionError:
+        raise InvalidInput(f"the helper may not open network namespace reference {ref}",
+                           fix="give /run/netns/<name>, or /proc/<pid>/ns/net of a process the helper "
+                               "may inspect (opening it needs ptrace access to that process)") from None
+    except OSError as exc:
+        raise InvalidInput(f"network namespace reference {ref} cannot be opened ({exc.strerror})",
+                           fix="give /proc/<pid>/ns/net or /run/netns/<name>") from None
+    try:
+        if _fstatfs_type(handle) != NSFS_MAGIC:
+            raise InvalidInput(f"{ref} is not a network namespace (not a file of nsfs)",
+                               fix="give /proc/<pid>/ns/net or /run/netns/<name>")
+        try:
+            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            raise InvalidInput(f"the helper may not open network namespace reference {ref}",
+                               fix="give a netns the helper can open") from None
+    finally:
+        os.close(handle)
     try:
         nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError as exc:
@@ -47,7 +80,8 @@ def open_netns(ref: str) -> int:
         raise
     if nstype != CLONE_NEWNET:
         os.close(fd)
-        raise InvalidInput(f"{ref} is a namespace, but not a network namespace")
+        raise InvalidInput(f"{ref} is a namespace, but not a network namespace",
+                           fix="give /proc/<pid>/ns/net or /run/netns/<name>")
     return fd
 
 

@@ -30,8 +30,12 @@ def store(map_fd: int, key: int, sock: socket.socket) -> bool:
         raise from_oserror(exc, f"cannot store the AF_XDP socket at key {key} of the XSK map") from None
 
 
-def create_xsk_sockets(map_fd: int, keys: list[int]) -> tuple[list[socket.socket], list[int]]:
+def create_xsk_sockets(map_fd: int, keys: list[int], guard=None,
+                       binds: list[tuple[int, int]] | None = None) -> tuple[list[socket.socket], list[int]]:
     """One unbound AF_XDP socket per key, stored in the XSK map at that key.
+
+    With a guard (vmnet.priv.bindguard), socket i may afterwards be bound to
+    binds[i] = (ifindex, queue id) of this netns and nowhere else.
 
     Returns the sockets and the keys whose socket the kernel would not take
     yet: the consumer (QEMU) sets up the rings after the hand-off, and
@@ -49,6 +53,8 @@ def create_xsk_sockets(map_fd: int, keys: list[int]) -> tuple[list[socket.socket
                 raise from_oserror(exc, "cannot create an AF_XDP socket",
                                    fix="AF_XDP needs CONFIG_XDP_SOCKETS and CAP_NET_RAW") from None
             socks.append(s)
+            if guard is not None:
+                guard.confine(s, *binds[len(socks) - 1])
             if not store(map_fd, key, s):
                 pending.append(key)
         return socks, pending
@@ -56,7 +62,6 @@ def create_xsk_sockets(map_fd: int, keys: list[int]) -> tuple[list[socket.socket
         for s in socks:
             s.close()
         raise
-
 
 
 def statistics(fd: int) -> dict:

@@ -1,0 +1,294 @@
+"""The helper's socket loop: accept, judge each message's sender, answer, watch holders.
+
+Single-threaded, so nothing a client does may block it:
+- fds sent to the helper are refused by the kernel (SO_PASSRIGHTS = 0 on
+  the listener, Linux >= 6.16, inherited by every connection); on older
+  kernels they are received and closed by a closer thread, never here:
+  closing the last reference of a TCP socket with SO_LINGER and an
+  undrained send queue sleeps. Either way the connection is dropped.
+- every message must carry SCM_CREDENTIALS (SO_PASSCRED) equal to the
+  connection's SO_PEERCRED: a process handed someone else's connection
+  is refused and dropped.
+- netns references are checked before anything could block on them
+  (vmnet.priv.netns), a silent client is dropped after idle_timeout, and
+  no uid may hold more than max_clients_per_uid connections.
+The loop also watches the pidfd of every port's holder and tells the
+helper when one exits.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+
+from .. import protocol
+from ..config import Config
+from ..errors import InvalidInput, KernelError, PermissionDenied
+from . import authz
+from .daemon import Helper, one_line
+
+log = logging.getLogger("vmnet.helper")
+SO_SNDBUFFORCE = 32      # not exported by Python's socket module
+SO_PASSRIGHTS = 83       # Linux >= 6.16
+SCM_MAX_FD = 253         # the most fds one message can carry
+ANCILLARY = socket.CMSG_SPACE(SCM_MAX_FD * 4) + socket.CMSG_SPACE(12)
+CLOSER_THREADS = 16
+
+
+@dataclasses.dataclass
+class Conn:
+    peer: authz.Peer
+    last: float
+
+    def close(self):
+        if self.peer.pidfd is not None:
+            os.close(self.peer.pidfd)
+
+
+class Closer:
+    """Closes fds clients sent, on threads of its own: a close may sleep for as long
+    as the sender's SO_LINGER says. At most CLOSER_THREADS sleep at once; the rest wait."""
+
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = 0
+        self.busy = 0
+        self.lock = threading.Lock()
+
+    def close(self, fds: list[int]):
+        self.queue.put(fds)
+        with self.lock:
+            if self.busy == self.threads and self.threads < CLOSER_THREADS:
+                self.threads += 1
+                threading.Thread(target=self._run, name="vmnet-closer", daemon=True).start()
+
+    def _run(self):
+        while True:
+            fds = self.queue.get()
+            with self.lock:
+                self.busy += 1
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            with self.lock:
+                self.busy -= 1
+
+
+class Server:
+    def __init__(self, helper: Helper, cfg: Config):
+        self.helper, self.cfg = helper, cfg
+        self.conns: dict[socket.socket, Conn] = {}
+        self.closer = Closer()
+        self.sel = selectors.DefaultSelector()
+        self.watching: dict[int, str] = {}
+        self.passrights_off = False
+
+    def serve(self, ready=None):
+        listener = self.listen()
+        self.sel.register(listener, selectors.EVENT_READ, "listener")
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+        log.info("listening on %s with %d port(s); fds sent to it are %s", self.cfg.socket,
+                 len(self.helper.ports),
+                 "refused by the kernel (SO_PASSRIGHTS)" if self.passrights_off
+                 else "received and closed off the main loop (this kernel has no SO_PASSRIGHTS)")
+        if ready:
+            ready()
+        try:
+            waiting = False
+            while not stop:
+                self._watch_holders()
+                # while a socket waits for its consumer's rings, look again every 20 ms
+                for key, _ in self.sel.select(timeout=0.02 if waiting else 1.0):
+                    try:
+                        if key.data == "listener":
+                            self._accept(listener)
+                        elif key.data == "conn":
+                            self._serve_one(key.fileobj)
+                        else:
+                            self._holder_exited(key.fileobj)
+                    except Exception:       # one bad connection must not stop the helper
+                        log.exception("error while serving a connection")
+                        if key.data == "conn":
+                            self._drop(key.fileobj)
+                waiting = self.helper.store_pending()
+                now = time.monotonic()
+                for conn, c in list(self.conns.items()):
+                    if now - c.last > self.cfg.idle_timeout:
+                        self._drop(conn)
+        finally:
+            for conn in list(self.conns):
+                self._drop(conn)
+            self.sel.close()
+            listener.close()
+            try:
+                os.unlink(self.cfg.socket)
+            except FileNotFoundError:
+                pass
+
+    # ---- holders --------------------------------------------------------
+
+    def _watch_holders(self):
+        now = self.helper.watched()
+        for fd in set(self.watching) - set(now):
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        for fd, name in now.items():
+            if fd not in self.watching:
+                self.sel.register(fd, selectors.EVENT_READ, "holder")
+        self.watching = now
+
+    def _holder_exited(self, fd: int):
+        name = self.watching.get(fd)
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        self.watching.pop(fd, None)
+        if name is not None:
+            self.helper.consumer_exited(name)
+
+    # ---- connections ----------------------------------------------------
+
+    def listen(self) -> socket.socket:
+        cfg = self.cfg
+        os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(cfg.socket)
+            raise KernelError(f"another helper is already listening on {cfg.socket}",
+                              fix="stop it first ('systemctl stop vmnet-helper')")
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        finally:
+            probe.close()
+        try:
+            os.unlink(cfg.socket)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        # both are inherited by every connection, from the moment a client connects
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+            self.passrights_off = True
+        except OSError:
+            self.passrights_off = False
+        listener.bind(cfg.socket)
+        os.chmod(cfg.socket, cfg.socket_mode)
+        if cfg.socket_group:
+            from .daemon import _group_id
+            os.chown(cfg.socket, 0, _group_id(cfg.socket_group))
+        listener.listen(64)
+        listener.setblocking(False)
+        return listener
+
+    def _accept(self, listener):
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self.conns) >= self.cfg.max_clients:
+            log.warning("refused a connection: %d clients already connected", len(self.conns))
+            conn.close()
+            return
+        peer = authz.peer_of(conn)
+        if sum(1 for c in self.conns.values() if c.peer.uid == peer.uid) >= self.cfg.max_clients_per_uid:
+            # one user holding every slot with silent connections must not lock out QEMU
+            log.warning("refused a connection from %s: it already has %d", peer.describe(),
+                        self.cfg.max_clients_per_uid)
+            Conn(peer, 0).close()
+            conn.close()
+            return
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, protocol.MAX_REPLY)
+        except OSError:
+            pass
+        self.sel.register(conn, selectors.EVENT_READ, "conn")
+        self.conns[conn] = Conn(peer, time.monotonic())
+
+    def _serve_one(self, conn):
+        try:
+            data, anc, flags, _ = conn.recvmsg(protocol.MAX_MESSAGE + 1, ANCILLARY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        received, creds = _ancillary(anc)
+        if received:
+            self.closer.close(received)
+        if not data and not anc:
+            self._drop(conn)          # orderly close
+            return
+        c = self.conns[conn]
+        c.last = time.monotonic()
+        peer = c.peer
+        drop = False
+        if received:
+            count = f"at least {len(received)}" if flags & socket.MSG_CTRUNC else str(len(received))
+            error = InvalidInput(f"the request carried {count} file descriptor(s); the helper accepts "
+                                 "none (they were closed, and the connection is dropped)")
+            drop = True
+        elif creds != (peer.pid, peer.uid, peer.gid):
+            sender = f"pid {creds[0]} uid {creds[1]} gid {creds[2]}" if creds else "an unknown sender"
+            error = PermissionDenied(f"the request was sent by {sender}, not by the process that opened "
+                                     f"this connection ({peer.describe()})",
+                                     fix="open a connection of your own: connections cannot be handed on")
+            drop = True
+        elif flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE:
+            error = InvalidInput(f"request is over the {protocol.MAX_MESSAGE}-byte limit")
+        else:
+            error = None
+        if error is not None:
+            log.warning("refused a request from %s: %s", peer.describe(), one_line(error.message))
+            reply, fds = protocol.encode_reply(error=error), []
+        else:
+            reply, fds = self.helper.handle(peer, data)
+        try:
+            anc_out = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            conn.sendmsg([reply], anc_out)
+        except OSError as exc:
+            log.warning("could not reply to %s: %s", peer.describe(), exc)
+            drop = True
+        if drop:
+            self._drop(conn)
+
+    def _drop(self, conn):
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        c = self.conns.pop(conn, None)
+        if c is not None:
+            c.close()
+        conn.close()
+
+
+def _ancillary(anc) -> tuple[list[int], tuple[int, int, int] | None]:
+    """(fds received, the sender's (pid, uid, gid) from SCM_CREDENTIALS)."""
+    fds = array.array("i")
+    creds = None
+    for level, kind, data in anc:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+        elif kind == socket.SCM_CREDENTIALS and len(data) >= 12:
+            creds = struct.unpack("3i", data[:12])
+    return list(fds), creds
