@@ -188,3 +188,73 @@ def test_libvirts_schema_accepts_what_inject_and_the_examples_produce(path):
         pytest.skip("virt-xml-validate (libvirt-clients) is not installed")
     out = subprocess.run(["virt-xml-validate", path, "domain"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+TAKE_AFTER_GO = """
+import sys
+from vmnet.client import Client
+from vmnet.errors import VmnetError
+sys.stdin.readline()
+try:
+    record, fds = Client(sys.argv[1]).call("fds-for-consumer", name=sys.argv[2])
+    print("got", len(fds))
+except VmnetError as exc:
+    print(exc.code, exc.message)
+"""
+
+
+def _cgroup_procs_of(pid: int) -> str:
+    """The cgroup.procs file of pid's cgroup in the unified (v2) hierarchy."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    root = next(m[4] for m in mounts if m[m.index("-") + 1] == "cgroup2")
+    with open(f"/proc/{pid}/cgroup") as f:
+        path = next(line.strip()[3:] for line in f if line.startswith("0::"))
+    return os.path.join(root, path.lstrip("/"), "cgroup.procs")
+
+
+def _take_from(env, port: str, cgroup_of: int | None) -> str:
+    """As libvirt's QEMU user, from inside the cgroup of pid cgroup_of (a domain's QEMU)."""
+    import pwd
+    from helpers import PYTHON, as_identity
+    pw = pwd.getpwnam("libvirt-qemu")
+    proc = subprocess.Popen([PYTHON, "-I", "-c", TAKE_AFTER_GO, env.helper.socket, port],
+                            env=env.helper.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/",
+                            preexec_fn=as_identity(pw.pw_uid, pw.pw_gid))
+    try:
+        if cgroup_of is not None:
+            with open(_cgroup_procs_of(cgroup_of), "w") as f:
+                f.write(str(proc.pid))
+        out, err = proc.communicate("go\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out.strip() or err
+
+
+def test_two_domains_of_one_uid_cannot_take_each_others_sockets(libvirt_env):
+    """Every libvirt QEMU runs as libvirt-qemu; a domain's ports go only to its own cgroup."""
+    env = libvirt_env
+    a_port, b_port = "xa" + uuid.uuid4().hex[:6], "xb" + uuid.uuid4().hex[:6]
+    a = _domain(env, [lx.port_option(a_port)], emulator=QEMU)
+    b = _domain(env, [lx.port_option(b_port)], emulator=QEMU)
+    try:
+        for name in (a, b):
+            out = env.virsh("start", name)
+            assert out.returncode == 0, out.stderr
+        with open(f"/run/libvirt/qemu/{a}.pid") as f:
+            a_qemu = int(f.read())
+        scope = env.helper.vmnet_json("port", "show", a_port)["consumer_scope"]
+        domid = env.virsh("domid", a).stdout.strip()
+        assert f"qemu-{domid}-{a}.libvirt-qemu" in scope
+        # a process of domain A (what A's QEMU would be, taken over by its guest)
+        refused = _take_from(env, b_port, cgroup_of=a_qemu)
+        assert refused.startswith("permission-denied") and "not in the cgroup of" in refused, refused
+        assert _take_from(env, a_port, cgroup_of=a_qemu) == "got 1"
+        # the same uid outside any domain's cgroup
+        assert _take_from(env, a_port, cgroup_of=None).startswith("permission-denied")
+    finally:
+        _undefine(env, a)
+        _undefine(env, b)
