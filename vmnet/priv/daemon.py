@@ -381,7 +381,7 @@ class Helper:
                      if e not in mine and e.record.get("consumer_uid") in charged
                      and e.holder is not None and e.holder.alive())
         try:
-            soft, hard = _rlimit_of(target)
+            soft, hard = _rlimit_of(authz.Peer(target, 0, 0, (), mine[0].holder.pidfd))
         except OSError as exc:
             raise KernelError(f"cannot read the memlock limit of pid {target}", errno=exc.errno) from None
         from ..caps import has_capability
@@ -441,15 +441,14 @@ def _group_id(name: str) -> int:
                            fix="create it (groupadd) or change the helper's configuration") from None
 
 
-def _rlimit_of(pid: int) -> tuple[int, int]:
-    """RLIMIT_MEMLOCK of another process. prlimit() would need CAP_SYS_RESOURCE
-    just to read it; /proc/<pid>/limits is world-readable."""
-    with open(f"/proc/{pid}/limits") as f:
-        for line in f:
-            if line.startswith("Max locked memory"):
-                soft, hard = line.split()[3:5]
-                return tuple(INFINITY if v == "unlimited" else int(v) for v in (soft, hard))
-    raise OSError(errno.ENOENT, "no memlock line")
+def _rlimit_of(process: authz.Peer) -> tuple[int, int]:
+    """RLIMIT_MEMLOCK of another process (read through its pidfd-checked /proc directory).
+    prlimit() would need CAP_SYS_RESOURCE just to read it; /proc/<pid>/limits is world-readable."""
+    for line in process.read("limits").splitlines():
+        if line.startswith("Max locked memory"):
+            soft, hard = line.split()[3:5]
+            return tuple(INFINITY if v == "unlimited" else int(v) for v in (soft, hard))
+    raise OSError(errno.ESRCH, f"process {process.pid} has exited")
 
 
 def run(cfg: Config, ready=None):
