@@ -28,9 +28,15 @@ def _vmnet_links_everywhere() -> set[str]:
 
 
 def _pins() -> set[str]:
-    """Port pins of every helper instance, and the instances' own directories."""
-    return {os.path.join(root, p) for root in bpf.instance_roots() for p in bpf.pinned_ports(root)} | \
-        set(bpf.instance_roots()[1:])
+    """Everything pinned under every helper instance's root (ports, shared programs,
+    temporaries), and the instances' own directories."""
+    out = set(bpf.instance_roots()[1:])
+    for root in bpf.instance_roots():
+        try:
+            out |= {os.path.join(root, e) for e in os.listdir(root) if not e.startswith("@")}
+        except FileNotFoundError:
+            pass
+    return out
 
 
 def _snapshot() -> dict:
@@ -126,6 +132,14 @@ def consumer_netns():
 @pytest.fixture
 def port_name():
     return "t" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def instance():
+    """A helper instance of the test's own for library calls (vmnet.priv.instance): the
+    test's ports never share a program or pins with a production helper's."""
+    from vmnet.priv.instance import Instance
+    return Instance("t" + uuid.uuid4().hex[:8])
 
 
 @pytest.fixture

@@ -122,5 +122,5 @@ def test_restart_keeps_complete_ports_and_removes_half_made_ones(shared_helper, 
     assert not ports.port_exists(half, helper.instance) and not ports.port_exists(gone, helper.instance)
     assert not bpf.pinned(gone, helper.instance.pin_root)
     log = helper.read_log()
-    assert f"removing port {gone}: its program lost its device" in log
+    assert f"removing port {gone}: its host device is gone" in log
     assert half in log and kept in log

@@ -7,51 +7,57 @@ from pyroute2.ethtool import Ethtool
 
 from vmnet.errors import AlreadyExists, InvalidInput, NotFound
 from vmnet.model import PortSpec
-from vmnet.priv import bpf, links, netns, ports, xsk
+from vmnet.priv import bpf, links, netns, ports, xsk, xskprog
 
 pytestmark = pytest.mark.netns
 
 
-def _created(spec):
-    c = ports.create_port(spec)
-    return c
-
-
-def test_port_owns_devices_pins_program_and_one_socket_per_queue(test_netns, consumer_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, queues=4, netns=consumer_netns))
+def test_port_owns_devices_a_link_to_the_shared_program_slots_and_one_socket_per_queue(
+        test_netns, consumer_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, queues=4, netns=consumer_netns), instance)
+    root = instance.pin_root
     try:
         assert len(c.sockets) == 4
-        assert c.port.mode == "native"
-        assert sorted(os.listdir(bpf.pin_dir(port_name))) == ["link", "xsks"]
-        assert bpf.is_vmnet_program(c.port.prog_id)
+        assert c.port.mode == "native" and c.port.layout == 2 and len(c.port.slots) == 4
+        assert sorted(os.listdir(bpf.pin_dir(port_name, root))) == ["link"]
+        assert sorted(os.listdir(xskprog.pin_dir(root))) == sorted(xskprog.PINS)
         assert links.link_state(c.port.spec.host_ifname)["mtu"] == c.port.mtu
         with netns.entered(consumer_netns):
             cons = links.link_state(c.port.spec.consumer_ifname)
         assert cons["xdp_mode"] == "native" and cons["xdp_drv_prog_id"] == c.port.prog_id
+        assert cons["ifindex"] == c.port.consumer_ifindex == xskprog.consumer_ifindex(c.port.slots[0])
         assert cons["num_rx_queues"] == 4
         assert cons["address"] == c.port.spec.mac
+        prog = xskprog.opened(root)
+        try:
+            claims = prog.claims()
+            assert {s: claims[s] for s in c.port.slots} == {
+                s: (port_name, cons["ifindex"], q) for s, q in zip(c.port.slots, range(4))}
+        finally:
+            prog.close()
         # unbound sockets: the kernel reports zero statistics, not an error
         assert xsk.statistics(c.sockets[0].fileno())["rx_dropped"] == 0
     finally:
         c.close()
-        assert ports.delete_port(port_name) is True
-    assert not bpf.pinned(port_name)
+        assert ports.delete_port(port_name, instance) is True
+    assert not bpf.pinned(port_name, root)
     assert links.link_state("vmn-" + port_name) is None
+    assert not os.path.exists(root)             # the last port took the shared program's pins along
 
 
-def test_skb_mode_is_recorded_and_gets_the_larger_mtu(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, mode="skb"))
+def test_skb_mode_is_recorded_and_gets_the_larger_mtu(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, mode="skb"), instance)
     try:
         assert c.port.mode == "skb"
         assert links.link_state(c.port.spec.consumer_ifname)["xdp_mode"] == "skb"
         assert c.port.mtu == 3826
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
 
 
-def test_offloads_are_off_on_the_host_end(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name))
+def test_offloads_are_off_on_the_host_end(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name), instance)
     try:
         eth = Ethtool()
         feats = eth.get_features(c.port.spec.host_ifname).features
@@ -61,71 +67,71 @@ def test_offloads_are_off_on_the_host_end(test_netns, port_name):
             assert feats[name].enable is False, name
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
 
 
-def test_mtu_is_configurable_and_refused_above_what_a_frame_carries(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, mtu=1500))
+def test_mtu_is_configurable_and_refused_above_what_a_frame_carries(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, mtu=1500), instance)
     try:
         assert c.port.mtu == 1500
         assert links.link_state(c.port.spec.host_ifname)["mtu"] == 1500
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
     with pytest.raises(InvalidInput) as exc:
-        ports.create_port(PortSpec(name=port_name, mtu=3700, mode="native"))
+        ports.create_port(PortSpec(name=port_name, mtu=3700, mode="native"), instance)
     assert "3506" in str(exc.value)
-    assert not ports.port_exists(port_name)
+    assert not ports.port_exists(port_name, instance)
 
 
-def test_creating_an_existing_port_is_refused_and_leaves_the_first_intact(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name))
+def test_creating_an_existing_port_is_refused_and_leaves_the_first_intact(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name), instance)
     try:
         with pytest.raises(AlreadyExists) as exc:
-            ports.create_port(PortSpec(name=port_name))
+            ports.create_port(PortSpec(name=port_name), instance)
         assert "vmnet port del" in exc.value.fix
-        assert bpf.pinned(port_name)
+        assert bpf.pinned(port_name, instance.pin_root)
         assert links.link_state("vmn-" + port_name) is not None
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
 
 
-def test_deleting_a_port_twice_is_harmless_and_reports_absence(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name))
+def test_deleting_a_port_twice_is_harmless_and_reports_absence(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name), instance)
     c.close()
-    assert ports.delete_port(port_name) is True
-    assert ports.delete_port(port_name) is False
+    assert ports.delete_port(port_name, instance) is True
+    assert ports.delete_port(port_name, instance) is False
 
 
-def test_port_is_removable_after_its_consumer_netns_is_gone(test_netns, port_name):
+def test_port_is_removable_after_its_consumer_netns_is_gone(test_netns, port_name, instance):
     other = "vmnet-gone" + port_name[1:]
     netns.create_named(other)
-    c = ports.create_port(PortSpec(name=port_name, netns=other))
+    c = ports.create_port(PortSpec(name=port_name, netns=other), instance)
     c.close()
     netns.remove_named(other)       # takes the veth pair with it
-    assert ports.delete_port(port_name) is True
-    assert not ports.port_exists(port_name)
+    assert ports.delete_port(port_name, instance) is True
+    assert not ports.port_exists(port_name, instance)
 
 
 @pytest.mark.parametrize("ref", ["vmnet-does-not-exist", "/proc/999999999/ns/net"])
-def test_missing_netns_is_refused_before_anything_is_created(test_netns, port_name, ref):
+def test_missing_netns_is_refused_before_anything_is_created(test_netns, port_name, ref, instance):
     with pytest.raises(NotFound) as exc:
-        ports.create_port(PortSpec(name=port_name, netns=ref))
+        ports.create_port(PortSpec(name=port_name, netns=ref), instance)
     assert "ip netns add" in exc.value.fix
-    assert not ports.port_exists(port_name)
+    assert not ports.port_exists(port_name, instance)
 
 
-def test_a_file_that_is_not_a_netns_is_refused(test_netns, port_name):
+def test_a_file_that_is_not_a_netns_is_refused(test_netns, port_name, instance):
     path = "/run/netns/vmnet-notns" + port_name
     os.makedirs("/run/netns", exist_ok=True)
     with open(path, "w"):
         pass
     try:
         with pytest.raises(InvalidInput) as exc:
-            ports.create_port(PortSpec(name=port_name, netns=path))
+            ports.create_port(PortSpec(name=port_name, netns=path), instance)
         assert "not a network namespace" in exc.value.message
-        assert not ports.port_exists(port_name)
+        assert not ports.port_exists(port_name, instance)
     finally:
         os.unlink(path)
 

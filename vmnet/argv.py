@@ -70,7 +70,7 @@ def port_values(port: dict, fds: list[int]) -> dict:
         "sock-fds": ":".join(str(fd) for fd in fds),
         "ifname": port["consumer_ifname"],
         "queues": str(port["queues"]),
-        "start-queue": str(port["start_queue"]),
+        "start-queue": str((port.get("bind_queues") or [port["start_queue"]])[0]),
         "mode": port["mode"],
         "mac": port["mac"],
         "host_mtu": str(port["mtu"]),

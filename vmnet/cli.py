@@ -209,10 +209,17 @@ def _port_text(r: dict) -> str:
 @click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "native", "skb"]),
               help="XDP attach mode; auto tries native, then skb.")
 @click.option("--backend", default="veth", show_default=True,
-              type=click.Choice(["auto", "veth", "netkit"]),
+              type=click.Choice(["auto", "veth", "netkit", "netkit-lease"]),
               help="How the device is made (docs/backends.md): a veth pair, a netkit pair "
-                   "(skb mode only, Linux >= 6.7), or auto: netkit when the kernel has it, "
-                   "veth otherwise; status says which and why.")
+                   "(skb mode only, Linux >= 6.7), netkit-lease (a netkit device with queues "
+                   "leased from a NIC, Linux >= 7.1, --lease-from), or auto: netkit when the "
+                   "kernel has it, veth otherwise; status says which and why.")
+@click.option("--lease-from", metavar="NIC[:Q,...]",
+              help="netkit-lease: the NIC whose RX queues the port leases, and which ones "
+                   "(default: the next free ones above those the host keeps).")
+@click.option("--receive-only", is_flag=True,
+              help="netkit-lease on a NIC without AF_XDP zero-copy: allow a port that receives but "
+                   "cannot send (never for QEMU).")
 @click.option("--netns", metavar="REF", help="Consumer netns: /proc/PID/ns/net, /run/netns/NAME or NAME.")
 @click.option("--mac", help="The VM's MAC (default: derived from the port name).")
 @click.option("--mtu", type=int, help="MTU (default: the largest one frame carries).")
@@ -222,8 +229,8 @@ def _port_text(r: dict) -> str:
 @click.option("--consumer-cgroup", metavar="PATH", help="Only a consumer inside this cgroup (v2 path) gets the fds.")
 @click.option("--owner", help="Free-form owner, e.g. a libvirt domain uuid.")
 @click.pass_obj
-def port_add(ctx, name, queues, start_queue, mode, backend, netns, mac, mtu, consumer, consumer_group,
-             consumer_cgroup, owner):
+def port_add(ctx, name, queues, start_queue, mode, backend, lease_from, receive_only, netns, mac, mtu,
+             consumer, consumer_group, consumer_cgroup, owner):
     """Create port NAME for a consumer.
 
     \b
@@ -233,7 +240,9 @@ def port_add(ctx, name, queues, start_queue, mode, backend, netns, mac, mtu, con
     """
     args = dict(name=name, queues=queues, start_queue=start_queue, mode=mode, backend=backend,
                 consumer_uid=_uid(consumer))
-    for key, value in (("netns", netns), ("mac", mac), ("mtu", mtu), ("owner", owner),
+    if receive_only:
+        args["receive_only"] = True
+    for key, value in (("netns", netns), ("mac", mac), ("mtu", mtu), ("owner", owner), ("lease_from", lease_from),
                        ("consumer_gid", _gid(consumer_group)), ("consumer_cgroup", consumer_cgroup)):
         if value is not None:
             args[key] = value
@@ -268,6 +277,16 @@ def port_show(ctx, name):
     _emit(ctx, result, _status_text([result]))
 
 
+def _lease_text(r: dict) -> str | None:
+    if r.get("backend") != "netkit-lease":
+        return None
+    steer = r.get("steering") or {}
+    steer_text = ("steering: RSS context " + str(steer.get("context")) if steer.get("active")
+                  else f"steering: none ({steer.get('why', 'unknown')})")
+    return (f"  leases {r.get('nic')} queue(s) {r.get('nic_queues')} as {r.get('bind_queues')}; "
+            f"zero-copy {'yes' if r.get('zero_copy') else 'no'}; {steer_text}")
+
+
 def _holder_text(r: dict) -> str:
     h = r.get("holder")
     if not h:
@@ -281,11 +300,17 @@ def _status_text(ports: list) -> str:
         lines.append(_port_text(r))
         lines.append(_holder_text(r) + ("" if r.get("confined", True) else
                                         "; not confined to its queue (no bind guard on this kernel)"))
+        if _lease_text(r):
+            lines.append(_lease_text(r))
         if r.get("sockets") is None:
             lines.append(f"  {r.get('sockets_note', 'no counters')}")
             continue
+        counters = {c["queue"]: c for c in r.get("queue_counters") or []}
         for s in r["sockets"]:
-            lines.append(f"  queue {s['queue']}: rx dropped {s['rx_dropped']}, rx ring full {s['rx_ring_full']},"
+            c = counters.get(s["queue"])
+            prog = (f"redirected {c['redirected']}, passed (no socket) {c['passed_no_socket']}; "
+                    if c else "")
+            lines.append(f"  queue {s['queue']}: {prog}rx dropped {s['rx_dropped']}, rx ring full {s['rx_ring_full']},"
                          f" fill ring empty {s['rx_fill_ring_empty_descs']}, tx invalid {s['tx_invalid_descs']}")
     return "\n".join(lines) or "no ports"
 

@@ -55,6 +55,11 @@ class AlreadyExists(VmnetError):
     exit_code = 4
 
 
+class IfindexTaken(AlreadyExists):
+    """The ifindex vmnet chose for a consumer end is taken in that netns: choose another."""
+    code = "ifindex-taken"
+
+
 class NotSupported(VmnetError):
     """The kernel, device or QEMU lacks a feature; says the minimum that has it."""
     code = "not-supported"

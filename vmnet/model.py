@@ -124,7 +124,26 @@ def default_mac(port_name: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02,) + tuple(digest[:5]))
 
 
-def validate_backend(backend: str, mode: str, lease_from: str | None) -> None:
+def parse_lease_from(lease_from: str, queues: int) -> tuple[str, list[int] | None]:
+    """IFNAME or IFNAME:Q[,Q...] -> (the NIC, its queues to lease or None: the next free)."""
+    nic, sep, listed = lease_from.partition(":")
+    validate_ifname(nic)
+    if not sep:
+        return nic, None
+    try:
+        ids = [int(q) for q in listed.split(",")]
+    except ValueError:
+        raise InvalidInput(f"--lease-from {lease_from!r}: queue ids must be numbers, e.g. eth0:4,5") from None
+    if any(q < 0 or q > 1023 for q in ids) or len(set(ids)) != len(ids):
+        raise InvalidInput(f"--lease-from {lease_from!r}: queue ids must be distinct, from 0 to 1023")
+    if len(ids) != queues:
+        raise InvalidInput(f"--lease-from {lease_from!r} names {len(ids)} queue(s) for a port of {queues}",
+                           fix=f"name {queues} queue(s), or give only the NIC to lease the next free ones")
+    return nic, ids
+
+
+def validate_backend(backend: str, mode: str, lease_from: str | None, queues: int = 1,
+                     receive_only: bool = False) -> None:
     """The combinations of backend, XDP mode and lease source vmnet can build."""
     if backend in SKB_ONLY_BACKENDS and mode == "native":
         raise InvalidInput(
@@ -135,10 +154,16 @@ def validate_backend(backend: str, mode: str, lease_from: str | None) -> None:
         if lease_from is None:
             raise InvalidInput("backend netkit-lease needs the physical NIC whose queues it leases",
                                fix="name it with --lease-from IFNAME")
-        validate_ifname(lease_from)
+        if mode == "skb":
+            raise InvalidInput("backend netkit-lease runs the XSK program on the NIC in native mode",
+                               fix="use --mode native or auto")
+        parse_lease_from(lease_from, queues)
     elif lease_from is not None:
         raise InvalidInput(f"--lease-from applies only to backend netkit-lease, not {backend}",
                            fix="leave --lease-from out, or use --backend netkit-lease")
+    if receive_only and backend != "netkit-lease":
+        raise InvalidInput(f"--receive-only applies only to backend netkit-lease, not {backend}",
+                           fix="leave --receive-only out")
 
 
 def validate_mtu(mtu) -> int | None:
@@ -167,6 +192,9 @@ class PortSpec:
     consumer_uid: int | None = None
     consumer_gid: int | None = None
     lease_from: str | None = None  # netkit-lease: the physical NIC whose queues are leased
+    # netkit-lease on a NIC without XSK zero-copy: frames arrive, but what the consumer sends
+    # never leaves; allowed only when asked for, and never for QEMU
+    receive_only: bool = False
 
     def __post_init__(self):
         validate_port_name(self.name)
@@ -177,7 +205,9 @@ class PortSpec:
         if self.mode not in MODES:
             raise InvalidInput(f"XDP mode {self.mode!r} is not known",
                                fix=f"use one of: {', '.join(MODES)}")
-        validate_backend(self.backend, self.mode, self.lease_from)
+        if not isinstance(self.receive_only, bool):
+            raise InvalidInput("receive_only must be true or false")
+        validate_backend(self.backend, self.mode, self.lease_from, self.queues, self.receive_only)
         object.__setattr__(self, "netns", validate_netns(self.netns))
         object.__setattr__(self, "mac", validate_mac(self.mac) if self.mac else default_mac(self.name))
         validate_mtu(self.mtu)
@@ -217,6 +247,18 @@ class Port:
     map_id: int = 0
     backend_requested: str = ""     # what was asked for ("auto" or spec.backend)
     backend_reason: str = ""        # why spec.backend was chosen, for status/doctor
+    # layout 1: a program and XSK map of the port's own (keys = queue ids; made by vmnet
+    # before the shared program); layout 2: the instance's shared program, one slot per queue
+    layout: int = 1
+    slots: list = dataclasses.field(default_factory=list)
+    bind_queues: list | None = None     # queue ids the consumer binds (None: spec.map_keys)
+    xdp: dict = dataclasses.field(default_factory=dict)   # where the program is attached
+    extra: dict = dataclasses.field(default_factory=dict)  # what the backend adds (leases, ...)
+
+    @property
+    def queue_ids(self) -> list[int]:
+        """The queue ids the consumer binds, in socket order; the first is QEMU's start-queue."""
+        return list(self.bind_queues) if self.bind_queues is not None else self.spec.map_keys
 
     @classmethod
     def from_dict(cls, record: dict) -> "Port":
@@ -230,14 +272,18 @@ class Port:
                    prog_id=record.get("prog_id", 0), link_id=record.get("link_id", 0),
                    map_id=record.get("map_id", 0),
                    backend_requested=record.get("backend_requested", spec.backend),
-                   backend_reason=record.get("backend_reason", ""))
+                   backend_reason=record.get("backend_reason", ""),
+                   layout=record.get("layout", 1), slots=list(record.get("slots") or []),
+                   bind_queues=record.get("bind_queues"), xdp=dict(record.get("xdp") or {}),
+                   extra=dict(record.get("extra") or {}))
 
     def to_dict(self) -> dict:
         out = self.spec.to_dict()
         out.update(mode_requested=self.spec.mode, mode=self.mode, mtu=self.mtu,
                    host_ifname=self.spec.host_ifname, consumer_ifname=self.spec.consumer_ifname,
                    host_ifindex=self.host_ifindex, consumer_ifindex=self.consumer_ifindex,
-                   map_keys=self.spec.map_keys, prog_id=self.prog_id, link_id=self.link_id,
+                   map_keys=self.queue_ids, prog_id=self.prog_id, link_id=self.link_id,
                    map_id=self.map_id, backend_requested=self.backend_requested or self.spec.backend,
-                   backend_reason=self.backend_reason)
+                   backend_reason=self.backend_reason, layout=self.layout, slots=list(self.slots),
+                   bind_queues=self.queue_ids, xdp=dict(self.xdp), extra=dict(self.extra))
         return out

@@ -31,7 +31,7 @@ def netdev_arg(port: Port, fds: list) -> str:
         f"id={netdev_id(spec.name)}",
         f"ifname={spec.consumer_ifname}",
         f"queues={spec.queues}",
-        f"start-queue={spec.start_queue}",
+        f"start-queue={port.queue_ids[0]}",
         f"mode={port.mode}",
         "inhibit=on",
         "sock-fds=" + ":".join(str(fd) for fd in fds),

@@ -93,6 +93,9 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
     from .priv import netns, links, ports
     from .priv.launch import spawn_consumer
 
+    from .priv.instance import Instance
+    # an instance of its own: a helper's recovery never takes the selftest's ports for its own
+    instance = Instance(f"selftest-{tag}")
     row = Row(mode=mode, queues=queues, backend=backend)
     started = time.monotonic()
     soft, hard, can_raise = _memlock_facts()
@@ -111,7 +114,7 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
         with netns.entered(host_ns):
             links.bring_up("lo")
             created = ports.create_port(PortSpec(name=name, queues=queues, mode=mode, netns=cons_ns,
-                                                 backend=backend), guard=guard)
+                                                 backend=backend), instance, guard=guard)
             links.add_address(created.port.spec.host_ifname, HOST_IP, PREFIX)
         row.mtu = created.port.mtu
         fds = [s.fileno() for s in created.sockets]
@@ -167,7 +170,7 @@ def run_case(mode: str, queues: int, *, uid: int, gid: int, allow_ipc_lock: bool
         if created is not None:
             created.close()
         with netns.entered(host_ns):
-            ports.delete_port(name)
+            ports.delete_port(name, instance)
         if cons_ns:
             netns.remove_named(cons_ns)
         netns.remove_named(host_ns)

@@ -41,6 +41,7 @@ class BenchHelper:
         self.profile_to = profile_to
         # an instance of its own: its recovery at start can never touch another helper's ports
         self.instance = Instance(f"bench-{tag}")
+        self.library_instance = Instance(f"benchlib-{tag}")     # the latency part's in-process way
         self.proc: subprocess.Popen | None = None
         self._logf = None
 
@@ -140,6 +141,7 @@ class BenchHelper:
             self._logf.close()
             self._logf = None
         sweep_pins(self.instance, self.tag)
+        sweep_pins(self.library_instance, self.tag)
         netns.remove_named(self.netns)      # takes any device left in it along
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -158,10 +160,16 @@ def uninterrupted():
 
 
 def sweep_pins(instance: Instance, *prefixes: str):
-    """Remove the benchmark instance's pins of ports whose names start with one of the prefixes.
+    """Remove what the benchmark's instance still has of ports whose names start with one of
+    the prefixes (pins, slots), and the instance's shared program once it has no port.
 
     Their devices live in the benchmark's own netns and go with it.
     """
-    for name in bpf.pinned_ports(instance.pin_root):
+    from ..priv import ports, xskprog
+    for name in sorted(set(bpf.pinned_ports(instance.pin_root)) | ports.claimed_ports(instance)):
         if name.startswith(prefixes):
-            bpf.unpin(name, instance.pin_root)
+            ports.delete_port(name, instance)
+    program = xskprog.opened(instance.pin_root)
+    if program is not None:
+        program.unpin_if_unused()
+        program.close()

@@ -14,6 +14,7 @@ import os
 
 from .. import client
 from ..errors import InvalidInput, KernelError, NotFound, NotSupported, VmnetError
+from ..model import Port
 from ..qemu_args import netdev_id
 
 
@@ -92,7 +93,7 @@ def attach(socket_path: str, uri: str, name: str, port: dict) -> dict:
             _qmp(dom, "getfd", {"fdname": f"{netdev_id(pname)}-{i}"}, [fd])
             fd_names.append(f"{netdev_id(pname)}-{i}")
         _qmp(dom, "netdev_add", {"type": "af-xdp", "id": netdev_id(pname), "ifname": record["consumer_ifname"],
-                                 "queues": record["queues"], "start-queue": record["start_queue"],
+                                 "queues": record["queues"], "start-queue": Port.from_dict(record).queue_ids[0],
                                  "mode": record["mode"], "inhibit": True, "sock-fds": ":".join(fd_names)})
         added_netdev = True
         device = {"driver": "virtio-net-pci", "id": f"{netdev_id(pname)}-dev", "netdev": netdev_id(pname),

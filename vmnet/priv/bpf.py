@@ -138,6 +138,39 @@ def pin(port: str, attached: Attached, root: str = PIN_ROOT):
         _remove_pin_dir(tmp)
 
 
+def pin_link(port: str, link_fd: int, root: str = PIN_ROOT) -> None:
+    """Pin a port's own bpf_link (the shared program on its device) at <root>/<port>/link;
+    complete or not at all, as pin() does."""
+    require_bpffs()
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    d = pin_dir(port, root)
+    tmp = os.path.join(root, f"_{port}-{os.getpid()}")
+    _remove_pin_dir(tmp)
+    os.mkdir(tmp, 0o700)
+    try:
+        libbpf.obj_pin(link_fd, os.path.join(tmp, "link"))
+        os.rename(tmp, d)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise AlreadyExists(f"port {port} already has pins in {d}",
+                                fix=f"delete the port with 'vmnet port del {port}'") from None
+        raise
+    finally:
+        _remove_pin_dir(tmp)
+
+
+def link_ifindex(port: str, root: str = PIN_ROOT) -> int | None:
+    """The ifindex a port's pinned link is attached to (0: its device went), or None without a pin."""
+    try:
+        fd = libbpf.obj_get(os.path.join(pin_dir(port, root), "link"))
+    except OSError:
+        return None
+    try:
+        return libbpf.link_info(fd).xdp_ifindex
+    finally:
+        os.close(fd)
+
+
 def _remove_pin_dir(d: str) -> bool:
     found = False
     for name in ("link", "xsks"):

@@ -34,7 +34,7 @@ from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenie
 from ..libvirt import domain
 from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, mib, plan_memlock
 from ..model import PortSpec, validate_port_name
-from . import authz, bindguard, bpf, links, ports, state, xsk
+from . import authz, backends, bindguard, bpf, ports, state, xsk, xskprog
 from .confine import apply_memlock
 from .holders import Holder
 from .instance import Instance
@@ -60,6 +60,7 @@ class Helper:
         self.policy = authz.Policy(admin_gid)
         self.protection = protection or bindguard.Protection.detect(cfg.allow_unconfined)
         self.ports: dict[str, Entry] = {}
+        self.program: xskprog.XskProgram | None = None      # the instance's shared XSK program
         self.started = time.time()
         self.verbs = {
             "port-create": self.port_create,
@@ -85,9 +86,17 @@ class Helper:
         """Keep complete ports, remove half-made ones (of this instance only)."""
         kept, removed = [], []
         self.state.ensure()
+        self.program = xskprog.XskProgram.ensure(self.root)
+        self.program.hold_in_dispatcher()
+        for name, intent in self.state.intents().items():
+            if self.state.read(name) is None:
+                log.warning("removing port %s: the helper stopped while making it", name)
+                ports.delete_port(name, self.instance, record=intent, program=self.program)
+                removed.append(name)
+            self.state.remove_intent(name)
         for name in self.state.names():
             record = self.state.read(name)
-            why = "its record is unreadable" if not record else self._incomplete(name)
+            why = "its record is unreadable" if not record else ports.why_broken(record, self.instance)
             if not why:
                 entry = Entry(record, holder=Holder.from_record(record.get("holder")))
                 if record.get("holder") and entry.holder is None:
@@ -97,48 +106,20 @@ class Helper:
                 kept.append(name)
             else:
                 log.warning("removing port %s: %s", name, why)
-                ports.delete_port(name, self.instance)
+                ports.delete_port(name, self.instance, record=record or None, program=self.program)
                 self.state.remove(name)
                 removed.append(name)
         removed += bpf.remove_abandoned_pins(self.root)
-        for name in bpf.pinned_ports(self.root):
-            if name not in self.ports and self._half_made_here(name):
-                ports.delete_port(name, self.instance)
+        for name in sorted(set(bpf.pinned_ports(self.root)) | ports.claimed_ports(self.instance)):
+            if name not in self.ports:
+                ports.delete_port(name, self.instance, program=self.program)
                 removed.append(name)
         for name in self._my_devices_here():
-            if name not in self.ports and not bpf.pinned(name, self.root):
-                ports.delete_port(name, self.instance)
+            if name not in self.ports:
+                ports.delete_port(name, self.instance, program=self.program)
                 removed.append(name)
+        self.program.unpin_if_unused()
         return {"kept": kept, "removed": sorted(set(removed))}
-
-    def _incomplete(self, name: str) -> str | None:
-        """Why a recorded port no longer works, or None when it does."""
-        attached = bpf.open_pinned(name, self.root)
-        if attached is None:
-            return "its pins are gone"
-        try:
-            if attached.ids["ifindex"] == 0:
-                return "its program lost its device"
-        finally:
-            attached.close()
-        if links.link_state("vmn-" + name) is None:
-            return "its host device is gone"
-        return None
-
-    def _half_made_here(self, name: str) -> bool:
-        """Pins without a record: ours if the host end is here or the program lost its device.
-
-        A live port whose host end is in another netns (a selftest's) is not ours to touch.
-        """
-        if links.link_state("vmn-" + name) is not None:
-            return True
-        attached = bpf.open_pinned(name, self.root)
-        if attached is None:
-            return True
-        try:
-            return attached.ids["ifindex"] == 0
-        finally:
-            attached.close()
 
     def _my_devices_here(self) -> list[str]:
         with IPRoute() as ip:
@@ -157,8 +138,8 @@ class Helper:
 
     def port_create(self, peer, args):
         self.policy.require_admin(peer, "create ports")
-        known = {"name", "queues", "start_queue", "mode", "netns", "mac", "mtu", "backend",
-                 "consumer_uid", "consumer_gid", "consumer_cgroup", "consumer_scope", "owner"}
+        known = {"name", "queues", "start_queue", "mode", "netns", "mac", "mtu", "backend", "lease_from",
+                 "receive_only", "consumer_uid", "consumer_gid", "consumer_cgroup", "consumer_scope", "owner"}
         unknown = set(args) - known
         if unknown:
             raise InvalidInput(f"unknown port-create argument(s): {', '.join(sorted(unknown))}")
@@ -171,6 +152,8 @@ class Helper:
                         mac=protocol.require(args, "mac", str, None),
                         mtu=protocol.require(args, "mtu", int, None),
                         backend=protocol.require(args, "backend", str, "veth"),
+                        lease_from=protocol.require(args, "lease_from", str, None),
+                        receive_only=protocol.require(args, "receive_only", bool, False),
                         consumer_uid=consumer_uid,
                         consumer_gid=protocol.require(args, "consumer_gid", int, None))
         cgroup = protocol.require(args, "consumer_cgroup", str, None)
@@ -189,7 +172,14 @@ class Helper:
             raise ports.AlreadyExists(f"port {spec.name} already exists",
                                       fix=f"delete it with 'vmnet port del {spec.name}' or pick another name")
         self.protection.check(spec)
-        created = ports.create_port(spec, self.instance, self.protection.guard)
+        # what to remove should the helper stop before the port is complete
+        self.state.write_intent(spec.name, {"name": spec.name, "netns": spec.netns, "backend": spec.backend,
+                                            "consumer_ifname": spec.consumer_ifname})
+        try:
+            created = ports.create_port(spec, self.instance, self.protection.guard, self.program)
+        except BaseException:
+            self.state.remove_intent(spec.name)
+            raise
         record = dict(created.port.to_dict(), consumer_cgroup=cgroup, consumer_scope=scope, owner=owner,
                       created=time.time(), created_by=peer.uid, holder=None,
                       confined=self.protection.guard is not None)
@@ -197,8 +187,10 @@ class Helper:
             self.state.write(spec.name, record)
         except BaseException:
             created.close()
-            ports.delete_port(spec.name, self.instance)
+            ports.delete_port(spec.name, self.instance, record=record, program=self.program)
             raise
+        finally:
+            self.state.remove_intent(spec.name)
         self.ports[spec.name] = Entry(record, created.sockets, created.pending)
         log.info("created port %s (%s, %d queue(s), consumer uid %s) for %s",
                  spec.name, created.port.mode, spec.queues, consumer_uid, peer.describe())
@@ -213,7 +205,8 @@ class Helper:
             _close_sockets(entry)
             if entry.holder:
                 entry.holder.close()
-        found = ports.delete_port(name, self.instance)
+        found = ports.delete_port(name, self.instance, record=entry.record if entry else None,
+                                  program=self.program)
         found = self.state.remove(name) or found or entry is not None
         if not found and not missing_ok:
             raise NotFound(f"port {name} does not exist", fix="list ports with 'vmnet port list'")
@@ -285,7 +278,8 @@ class Helper:
                 raise InvalidInput(
                     f"port {record['name']}'s sockets were handed out, by an older helper, to a process "
                     "it did not record", fix="delete and re-create the port to start a new consumer")
-            entry.sockets, entry.pending = ports.new_sockets(record, self.instance, self.protection.guard)
+            entry.sockets, entry.pending = ports.new_sockets(record, self.instance, self.protection.guard,
+                                                             self.program)
         self.protection.check_record(record)
         holder = Holder.of_pid(holder_pid) if holder_pid is not None else Holder.of_peer(peer)
         entry.holder = holder
@@ -312,7 +306,7 @@ class Helper:
         _close_sockets(entry)
         try:
             entry.sockets, entry.pending = ports.new_sockets(entry.record, self.instance,
-                                                             self.protection.guard)
+                                                             self.protection.guard, self.program)
         except VmnetError as exc:
             log.warning("port %s: no fresh sockets (%s); the next consumer's request tries again",
                         name, exc.message)
@@ -326,8 +320,8 @@ class Helper:
             if not entry.pending:
                 continue
             try:
-                entry.pending = ports.store_pending(name, entry.record["map_keys"], entry.sockets,
-                                                    entry.pending, self.instance)
+                entry.pending = ports.store_pending(entry.record, entry.sockets, entry.pending,
+                                                    self.instance, self.program)
             except VmnetError as exc:
                 log.warning("port %s: %s", name, exc)
                 entry.pending = []
@@ -343,6 +337,9 @@ class Helper:
             out["waiting_for_rings"] = list(entry.pending)
         out["holder"] = (dict(entry.holder.to_dict(), alive=entry.holder.alive())
                          if entry.holder is not None else None)
+        out["queue_counters"] = ports.queue_stats(entry.record, self.instance, self.program)
+        out.update(backends.get(entry.record["backend"]).describe(entry.record)
+                   if entry.record.get("backend") in ("netkit-lease",) else {})
         guard = self.protection.guard
         if entry.sockets:
             out["sockets"] = []
@@ -419,6 +416,8 @@ class Helper:
                 entry.holder.close()
         if self.protection.guard is not None:
             self.protection.guard.close()
+        if self.program is not None:
+            self.program.close()
 
 
 def _close_sockets(entry: Entry):

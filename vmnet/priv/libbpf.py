@@ -57,6 +57,7 @@ def _declare(l):
         "bpf_map_update_elem": (i, [i, p, p, ctypes.c_uint64]),
         "bpf_map_delete_elem": (i, [i, p]),
         "bpf_map_lookup_elem": (i, [i, p, p]),
+        "bpf_map_get_next_key": (i, [i, p, p]),
         "bpf_obj_get_info_by_fd": (i, [i, p, ctypes.POINTER(u32)]),
         "bpf_prog_get_fd_by_id": (i, [u32]),
         "libbpf_num_possible_cpus": (i, []),
@@ -185,6 +186,33 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
             return None
         raise OSError(err, f"look up map: {os.strerror(err)}")
     return v.raw
+
+
+def map_keys(map_fd: int, key_size: int) -> list[bytes]:
+    """Every key of a hash map (a snapshot: entries added meanwhile may be missed)."""
+    keys, prev = [], None
+    while True:
+        nxt = ctypes.create_string_buffer(key_size)
+        ret = lib().bpf_map_get_next_key(map_fd, prev, nxt)
+        if ret < 0:
+            err = -ret if ret != -1 else ctypes.get_errno()
+            if err == errno.ENOENT:
+                return keys
+            raise OSError(err, f"iterate map: {os.strerror(err)}")
+        keys.append(nxt.raw)
+        prev = nxt
+
+
+def map_delete_key(map_fd: int, key: bytes) -> bool:
+    """Delete a raw key; False when it was not there."""
+    k = ctypes.create_string_buffer(key, len(key))
+    ret = lib().bpf_map_delete_elem(map_fd, k)
+    if ret < 0:
+        err = -ret if ret != -1 else ctypes.get_errno()
+        if err == errno.ENOENT:
+            return False
+        raise OSError(err, f"delete from map: {os.strerror(err)}")
+    return True
 
 
 def possible_cpus() -> int:

@@ -15,10 +15,13 @@ import errno
 import os
 
 from pyroute2 import IPRoute
-from pyroute2.ethtool import Ethtool
+from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from ..errors import AlreadyExists, KernelError, NotFound, from_oserror
+from ..errors import AlreadyExists, IfindexTaken, KernelError, NotFound, from_oserror
 from ..model import PortSpec
 from . import netns as _netns
 
@@ -37,29 +40,74 @@ def _netlink(ip: IPRoute | None):
     return contextlib.nullcontext(ip) if ip is not None else IPRoute()
 
 
-def create_veth(spec: PortSpec, ip: IPRoute | None = None) -> None:
+def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
+                 netns_fd: int | None = None, peer_index: int = 0, host_index: int = 0) -> ifinfmsg:
+    """RTM_NEWLINK for a veth pair: host end here, peer (the consumer end) in netns_fd.
+
+    Pure. peer_index, when given, is the ifindex the consumer end gets:
+    vmnet.priv.xskprog keys the shared program by ifindex. The kernel honours
+    a peer's ifi_index only when the request names the host end's too
+    (host_index).
+    """
+    peer = [("IFLA_IFNAME", peer_ifname), ("IFLA_ADDRESS", mac),
+            ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues)]
+    if netns_fd is not None:
+        peer.append(("IFLA_NET_NS_FD", netns_fd))
+    msg = ifinfmsg()
+    msg["family"] = 0
+    msg["index"] = host_index
+    msg["attrs"] = [
+        ("IFLA_IFNAME", host_ifname),
+        ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"),
+                                     ("IFLA_INFO_DATA", {"attrs": [
+                                         ("VETH_INFO_PEER", {"index": peer_index, "attrs": peer})]})]}),
+    ]
+    return msg
+
+
+def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
+                host_index: int = 0) -> None:
     """Create host end vmn-<port> here and consumer end vmc-<port> in spec.netns."""
-    peer = {"ifname": spec.consumer_ifname, "address": spec.mac,
-            "num_rx_queues": spec.start_queue + spec.queues,
-            "num_tx_queues": spec.start_queue + spec.queues}
     nsfd = _netns.open_netns(spec.netns) if spec.netns else None
-    if nsfd is not None:
-        peer["net_ns_fd"] = nsfd
+    queues = spec.start_queue + spec.queues
+    msg = veth_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, peer_index, host_index)
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:
         with _netlink(ip) as ip:
-            ip.link("add", ifname=spec.host_ifname, kind="veth", peer=peer,
-                    num_rx_queues=spec.start_queue + spec.queues,
-                    num_tx_queues=spec.start_queue + spec.queues)
+            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
+            ip.nlm_request_batch([msg])
     except NetlinkError as exc:
+        if exc.code == errno.EEXIST and host_index and index_taken(host_index, spec.host_ifname, ip):
+            # rtnetlink takes a request naming an existing ifindex for a change of that device,
+            # which NLM_F_EXCL refuses with EEXIST
+            raise IfindexTaken(f"ifindex {host_index}, which vmnet gives {spec.host_ifname}, is taken here",
+                               fix="delete the device that has it, or retry") from None
         if exc.code == errno.EEXIST:
             raise AlreadyExists(
                 f"port {spec.name} already exists (device {spec.host_ifname} or {spec.consumer_ifname} is present)",
                 fix=f"delete it with 'vmnet port del {spec.name}' or pick another port name") from None
+        if exc.code == errno.EBUSY and (peer_index or host_index):
+            raise IfindexTaken(
+                f"ifindex {host_index} or {peer_index}, which vmnet gives {spec.host_ifname} and "
+                f"{spec.consumer_ifname}, is taken in its netns",
+                fix="delete the device that has it, or retry (the next port gets another)") from None
         raise KernelError(f"cannot create veth pair {spec.host_ifname}/{spec.consumer_ifname}",
                           errno=exc.code) from None
     finally:
         if nsfd is not None:
             os.close(nsfd)
+
+
+def index_taken(ifindex: int, ifname: str, ip: IPRoute | None = None) -> bool:
+    """Whether a device other than `ifname` has this ifindex here."""
+    with _netlink(ip) as ip:
+        try:
+            msg = ip.link("get", index=ifindex)[0]
+        except NetlinkError:
+            return False
+    return msg.get("IFLA_IFNAME") != ifname
 
 
 def delete_link(ifname: str) -> bool:
@@ -132,25 +180,30 @@ def set_mtu_up(ifname: str, mtu: int, ip: IPRoute | None = None) -> None:
 
 
 def disable_offloads(ifname: str) -> list[str]:
-    """Turn off checksum/segmentation/VLAN offloads; return what is now off."""
+    """Turn off checksum/segmentation/VLAN offloads; return what is now off.
+
+    Straight through the SIOCETHTOOL feature calls (pyroute2's IoctlEthtool): the
+    ethtool object above them opens a generic-netlink socket per use, which cost
+    more than the rest of a port's creation.
+    """
+    eth = IoctlEthtool(ifname)
     try:
-        eth = Ethtool()
-        try:
-            feats = eth.get_features(ifname)
-            for name, feat in feats.features.items():
-                if _offload_feature(name) and feat.available:
-                    feat.enable = False
-            eth.set_features(ifname, feats)
-            after = eth.get_features(ifname).features
-        finally:
-            eth.close()
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot change offloads of {ifname}") from None
-    left = [n for n, f in after.items() if _offload_feature(n) and f.enable]
+        feats = eth.get_features()
+        for name, _value, available, _, _ in list(feats):
+            if _offload_feature(name) and available:
+                feats[name] = False
+        eth.set_features(feats)
+        after = eth.get_features()
+    except (OSError, NoSuchDevice, NotSupportedError) as exc:
+        raise KernelError(f"cannot change offloads of {ifname}: {exc}",
+                          errno=getattr(exc, "errno", None)) from None
+    finally:
+        eth.close()
+    left = [n for n, value, _, _, _ in after if _offload_feature(n) and value]
     if left:
         raise KernelError(f"offloads {', '.join(left)} stay enabled on {ifname}",
                           fix="AF_XDP cannot carry offloaded frames; this driver cannot be used")
-    return sorted(n for n in after if _offload_feature(n))
+    return sorted(n for n in after.keys() if _offload_feature(n))
 
 
 def add_address(ifname: str, address: str, prefixlen: int) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 
-from pyroute2.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, ctrlmsg, genlmsg, nla
+from pyroute2.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, ctrlmsg, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic import GenericNetlinkSocket
 
@@ -85,6 +85,81 @@ class queue_msg(genlmsg):
                 ("NETDEV_A_QUEUE_IFINDEX", "uint32"),
                 ("NETDEV_A_QUEUE_TYPE", "uint32"),
             )
+
+
+class dev_msg(genlmsg):
+    """The netdev family's "dev" attribute set (dev-get: a device's XDP features)."""
+
+    prefix = "NETDEV_A_DEV_"
+    nla_map = (
+        ("NETDEV_A_DEV_UNSPEC", "none"),
+        ("NETDEV_A_DEV_IFINDEX", "uint32"),
+        ("NETDEV_A_DEV_PAD", "none"),
+        ("NETDEV_A_DEV_XDP_FEATURES", "uint64"),
+        ("NETDEV_A_DEV_XDP_ZC_MAX_SEGS", "uint32"),
+        ("NETDEV_A_DEV_XDP_RX_METADATA_FEATURES", "uint64"),
+        ("NETDEV_A_DEV_XSK_FEATURES", "uint64"),
+    )
+
+
+NETDEV_CMD_DEV_GET = 1
+NETDEV_XDP_ACT_XSK_ZEROCOPY = 8
+
+
+def dev_get_request(ifindex: int) -> dev_msg:
+    msg = dev_msg()
+    msg["cmd"] = NETDEV_CMD_DEV_GET
+    msg["version"] = FAMILY_VERSION
+    msg["attrs"] = [("NETDEV_A_DEV_IFINDEX", ifindex)]
+    return msg
+
+
+def queue_get_request(ifindex: int) -> queue_msg:
+    """A queue-get dump of one device's queues."""
+    msg = queue_msg()
+    msg["cmd"] = NETDEV_CMD_QUEUE_GET
+    msg["version"] = FAMILY_VERSION
+    msg["attrs"] = [("NETDEV_A_QUEUE_IFINDEX", ifindex)]
+    return msg
+
+
+def _exchange(msg, cls, flags: int, what: str) -> list:
+    sock = GenericNetlinkSocket()
+    try:
+        sock.bind(FAMILY, cls)
+        msg["header"]["type"] = sock.prid
+        msg["header"]["flags"] = flags
+        try:
+            return list(sock.nlm_request_batch([msg]))
+        except NetlinkError as exc:
+            raise KernelError(f"{what} failed", errno=exc.code) from None
+    finally:
+        sock.close()
+
+
+def xdp_features(ifindex: int) -> int:
+    """The device's NETDEV_A_DEV_XDP_FEATURES (netdev_xdp_act bits)."""
+    for reply in _exchange(dev_get_request(ifindex), dev_msg, NLM_F_REQUEST, f"dev-get of device {ifindex}"):
+        value = reply.get_attr("NETDEV_A_DEV_XDP_FEATURES")
+        if value is not None:
+            return value
+    return 0
+
+
+def rx_queues(ifindex: int) -> dict[int, dict]:
+    """The device's RX queues: id -> {"leased": bool, "xsk": bool} (queue-get dump)."""
+    out = {}
+    for reply in _exchange(queue_get_request(ifindex), queue_msg, NLM_F_REQUEST | NLM_F_DUMP,
+                           f"queue-get of device {ifindex}"):
+        if reply.get_attr("NETDEV_A_QUEUE_ID") is None or \
+                reply.get_attr("NETDEV_A_QUEUE_TYPE") != NETDEV_QUEUE_TYPE_RX:
+            continue
+        if reply.get_attr("NETDEV_A_QUEUE_IFINDEX") not in (None, ifindex):
+            continue
+        out[reply.get_attr("NETDEV_A_QUEUE_ID")] = {
+            "leased": reply.get_attr("NETDEV_A_QUEUE_LEASE") is not None,
+            "xsk": reply.get_attr("NETDEV_A_QUEUE_XSK") is not None}
+    return out
 
 
 def queue_create_request(ifindex: int, lease_ifindex: int, lease_queue: int) -> queue_msg:

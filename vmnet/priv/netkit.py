@@ -40,7 +40,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, ifinfveth
 
-from ..errors import AlreadyExists, InvalidInput, KernelError, NotSupported
+from ..errors import AlreadyExists, IfindexTaken, InvalidInput, KernelError, NotSupported
 from ..model import PortSpec
 from . import libbpf, links
 from . import netns as _netns
@@ -115,11 +115,14 @@ def _linkinfo(data: list) -> tuple:
 
 
 def pair_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
-                 netns_fd: int | None = None, mode: str = "l2") -> ifinfmsg:
+                 netns_fd: int | None = None, mode: str = "l2", peer_index: int = 0,
+                 host_index: int = 0) -> ifinfmsg:
     """RTM_NEWLINK for a netkit pair: primary here, peer (the VM's side) in netns_fd.
 
     Both get `queues` RX and TX queues so the primary's TX queue choice
-    spreads flows over the peer's RX queues, as with veth.
+    spreads flows over the peer's RX queues, as with veth. peer_index and
+    host_index: the ifindexes both get (0: the kernel's choice); as for
+    veth, the kernel honours the peer's only when the primary's is given.
     """
     peer = [("IFLA_IFNAME", peer_ifname), ("IFLA_ADDRESS", mac),
             ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues)]
@@ -127,13 +130,14 @@ def pair_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
         peer.append(("IFLA_NET_NS_FD", netns_fd))
     msg = ifinfmsg()
     msg["family"] = 0
+    msg["index"] = host_index
     msg["attrs"] = [
         ("IFLA_IFNAME", host_ifname),
         ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues),
         _linkinfo([("IFLA_NETKIT_MODE", mode_value(mode)),
                    ("IFLA_NETKIT_POLICY", NETKIT_PASS),
                    ("IFLA_NETKIT_PEER_POLICY", NETKIT_PASS),
-                   ("IFLA_NETKIT_PEER_INFO", {"attrs": peer})]),
+                   ("IFLA_NETKIT_PEER_INFO", {"index": peer_index, "attrs": peer})]),
     ]
     return msg
 
@@ -164,7 +168,10 @@ class NetkitUnavailable(NotSupported):
         self.why = why          # one line for `--backend auto`'s reason
 
 
-def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1) -> None:
+def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1, peer_index: int = 0) -> None:
+    def host_taken() -> bool:       # EEXIST for an ifindex already used here (see links.create_veth)
+        return bool(msg["index"]) and links.index_taken(msg["index"], msg.get_attr("IFLA_IFNAME"))
+
     msg["header"]["type"] = RTM_NEWLINK
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:
@@ -172,6 +179,10 @@ def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1) -> None:
             # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
             ip.nlm_request_batch([msg])
     except NetlinkError as exc:
+        if peer_index and (exc.code == errno.EBUSY or exc.code == errno.EEXIST and host_taken()):
+            raise IfindexTaken(f"ifindex {peer_index}, which vmnet gives the consumer end of {what}, "
+                               "is taken in the consumer's netns",
+                               fix="delete the device that has it, or retry") from None
         if exc.code == errno.EEXIST:
             raise AlreadyExists(f"port {port} already exists ({what} is present)",
                                 fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None
@@ -195,13 +206,15 @@ def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1) -> None:
         raise KernelError(f"cannot create {what}", errno=exc.code) from None
 
 
-def create_pair(spec: PortSpec, mode: str = "l2") -> None:
-    """Primary vmn-<port> here, peer vmc-<port> (MAC, queues) in spec.netns."""
+def create_pair(spec: PortSpec, mode: str = "l2", peer_index: int = 0, host_index: int = 0) -> None:
+    """Primary vmn-<port> here, peer vmc-<port> (MAC, queues, ifindex) in spec.netns."""
     queues = spec.start_queue + spec.queues
     nsfd = _netns.open_netns(spec.netns) if spec.netns else None
     try:
-        msg = pair_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, mode)
-        _send_newlink(msg, f"netkit pair {spec.host_ifname}/{spec.consumer_ifname}", spec.name, queues)
+        msg = pair_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, mode, peer_index,
+                           host_index)
+        _send_newlink(msg, f"netkit pair {spec.host_ifname}/{spec.consumer_ifname}", spec.name, queues,
+                      peer_index or host_index)
     finally:
         if nsfd is not None:
             os.close(nsfd)

@@ -1,13 +1,19 @@
-"""One port's lifecycle: devices, program, pins and sockets, made or removed as a unit.
+"""One port's lifecycle: slots, devices, attachment and sockets, made or removed as a unit.
+
+The same steps for every backend (vmnet.priv.backends): claim one slot per
+queue in the helper instance's shared XSK program (vmnet.priv.xskprog),
+plug the devices (the consumer end gets the ifindex the first slot
+implies), attach the program where the backend says (a link of the port's
+own, pinned at <instance root>/<port>/link, or one shared by the ports
+leasing queues of one NIC, <instance root>/+nic-<ifindex>/link), let the
+backend configure its devices, point each (ifindex, queue) at its slot,
+and make one socket per queue inside the consumer's netns — confined by
+the bind guard when there is one — stored at its slot.
 
 create_port either returns a complete, working port or leaves nothing
 behind; delete_port removes whatever of a port exists and is idempotent.
-Every object a port owns is found from its name and its helper instance
-alone: devices vmn-<port>/vmc-<port> (the host end marked with the
-instance's alias), pins <instance root>/<port>/. With a bind guard every
-socket is confined to its own queue (vmnet.priv.bindguard). The backend
-(docs/backends.md) decides only how the two devices are made: a veth pair
-or a netkit pair; deleting the host end deletes either pair.
+Ports made before the shared program (layout 1: a program and map of
+their own, pins <port>/link and <port>/xsks) keep working until deleted.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import socket
 
 from pyroute2 import IPRoute
 
-from ..errors import AlreadyExists, InvalidInput, NotFound, NotSupported, VmnetError
-from ..model import MTU_FRAME_MAX, Port, PortSpec, validate_port_name
-from . import bpf, links, netdev_genl, netkit, netns, xsk
+from ..errors import AlreadyExists, IfindexTaken, NotFound, VmnetError
+from ..model import Port, PortSpec, validate_port_name
+from . import backends, bpf, links, netns, xsk, xskprog
 from .instance import DEFAULT, Instance
+
+LAYOUT = 2
 
 
 @dataclasses.dataclass
@@ -30,15 +38,14 @@ class CreatedPort:
     port: Port
     sockets: list[socket.socket]
     offloads_off: list[str]
-    pending: list[int] = dataclasses.field(default_factory=list)  # map keys waiting for rings
+    pending: list[int] = dataclasses.field(default_factory=list)  # slots waiting for rings
     instance: Instance = DEFAULT
 
     def store_pending(self) -> list[int]:
         """Store the sockets the kernel refused until their consumer set up its rings
-        (Linux 7.x); returns the keys still waiting."""
+        (Linux 7.x); returns the slots (or keys) still waiting."""
         if self.pending:
-            self.pending = store_pending(self.port.spec.name, self.port.spec.map_keys,
-                                         self.sockets, self.pending, self.instance)
+            self.pending = store_pending(self.port.to_dict(), self.sockets, self.pending, self.instance)
         return self.pending
 
     def close(self):
@@ -47,142 +54,281 @@ class CreatedPort:
         self.sockets = []
 
 
-def _choose_mtu(spec: PortSpec, host_max_mtu: int | None) -> int:
-    limit = min(MTU_FRAME_MAX, host_max_mtu or MTU_FRAME_MAX)
-    if spec.mtu is None:
-        return limit
-    if spec.mtu > limit:
-        raise InvalidInput(
-            f"MTU {spec.mtu} is larger than port {spec.name} can carry in this mode ({limit})",
-            fix=f"give --mtu {limit} or less, or leave it out to get the largest")
-    return spec.mtu
-
-
-def _create_devices(spec: PortSpec, ip) -> tuple[PortSpec, str]:
-    """Make the port's device pair; resolve backend "auto". Returns the spec
-    with the backend actually used, and why it was chosen."""
-    if spec.backend == "veth":
-        links.create_veth(spec, ip)
-        return spec, "asked for"
-    if spec.backend == "netkit":
-        netkit.create_pair(spec)
-        return spec, "asked for"
-    if spec.backend == "netkit-lease":
-        # Refuse before anything exists: no kernel this project can boot has it yet.
-        netdev_genl.require_queue_create()
-        raise NotSupported(
-            f"port {spec.name}: backend netkit-lease is not implemented past feature detection",
-            fix="use the netkit or veth backend (docs/backends.md says what is missing)")
-    # auto
-    if spec.mode == "native":
-        links.create_veth(dataclasses.replace(spec, backend="veth"), ip)
-        return (dataclasses.replace(spec, backend="veth"),
-                "auto: native XDP was asked for, and netkit has only generic (skb) XDP")
-    try:
-        netkit.create_pair(dataclasses.replace(spec, backend="netkit"))
-        return dataclasses.replace(spec, backend="netkit"), "auto: the kernel has netkit"
-    except netkit.NetkitUnavailable as exc:
-        links.create_veth(dataclasses.replace(spec, backend="veth"), ip)
-        return dataclasses.replace(spec, backend="veth"), f"auto: {exc.why}"
-
-
-def create_port(spec: PortSpec, instance: Instance = DEFAULT, guard=None) -> CreatedPort:
+def create_port(spec: PortSpec, instance: Instance = DEFAULT, guard=None,
+                program: xskprog.XskProgram | None = None) -> CreatedPort:
     bpf.require_bpffs()
     if bpf.pinned(spec.name, instance.pin_root):
         raise AlreadyExists(f"port {spec.name} already exists (pins in {bpf.pin_dir(spec.name, instance.pin_root)})",
                             fix=f"delete it with 'vmnet port del {spec.name}' or pick another name")
     if spec.netns:
         os.close(netns.open_netns(spec.netns))  # refuse a bad netns before creating anything
-    # One netlink socket per netns for the whole creation: each socket stays
-    # bound to the netns it was opened in, and opening one per request costs more
-    # than the requests themselves.
-    with contextlib.ExitStack() as stack:
-        host_ip = stack.enter_context(IPRoute())
-        with netns.entered(spec.netns):
-            cons_ip = stack.enter_context(IPRoute()) if spec.netns else host_ip
-        return _create(spec, host_ip, cons_ip, instance, guard)
-
-
-def _create(spec: PortSpec, host_ip, cons_ip, instance: Instance, guard) -> CreatedPort:
-    requested = spec.backend
-    spec, backend_reason = _create_devices(spec, host_ip)
-    attach_mode = "skb" if spec.backend == "netkit" and spec.mode == "auto" else spec.mode
-    attached = None
-    sockets: list[socket.socket] = []
+    own = program is None
+    program = program or xskprog.XskProgram.ensure(instance.pin_root)
     try:
-        if instance.alias:
-            links.set_alias(spec.host_ifname, instance.alias, host_ip)
-        offloads = links.disable_offloads(spec.host_ifname)
-        consumer = links.require_link(spec.consumer_ifname, cons_ip)
+        program.pin()
+        # One netlink socket per netns for the whole creation: each socket stays
+        # bound to the netns it was opened in, and opening one per request costs more
+        # than the requests themselves.
+        with contextlib.ExitStack() as stack:
+            host_ip = stack.enter_context(IPRoute())
+            with netns.entered(spec.netns):
+                cons_ip = stack.enter_context(IPRoute()) if spec.netns else host_ip
+            return _create(spec, host_ip, cons_ip, instance, guard, program)
+    finally:
+        if own:
+            program.close()
+
+
+IFINDEX_TRIES = 8
+
+
+def _plug(spec, ctx, program) -> tuple[list[int], backends.Plugged]:
+    """Claim slots and plug. When the consumer end's ifindex (implied by the first slot) is
+    taken in its netns by a device that is not vmnet's, take other slots; the unusable first
+    slots stay claimed until this is over, so they are not chosen again."""
+    held: list[int] = []
+    try:
+        for attempt in range(IFINDEX_TRIES):
+            slots = program.claim(spec.name, spec.queues)
+            ctx.ifindex = xskprog.consumer_ifindex(slots[0])
+            ctx.host_ifindex = xskprog.host_ifindex(slots[0])
+            try:
+                return slots, backends.get(spec.backend).plug(spec, ctx)
+            except IfindexTaken:
+                held.append(slots[0])
+                program.release(slots[1:])
+                if attempt == IFINDEX_TRIES - 1:
+                    raise
+            except BaseException:
+                program.release(slots)
+                raise
+        raise AssertionError("unreachable")
+    finally:
+        program.release(held)
+
+
+def _create(spec, host_ip, cons_ip, instance, guard, program) -> CreatedPort:
+    requested = spec.backend
+    ctx = backends.Context(instance=instance, host_ip=host_ip, cons_ip=cons_ip, ifindex=0)
+    sockets: list[socket.socket] = []
+    link_fd = -1
+    try:
+        # a backend that fails undoes its own half-made devices: a device of the same name
+        # that was there before (another port's) is not ours to delete
+        slots, plugged = _plug(spec, ctx, program)
+    except BaseException:
+        program.unpin_if_unused()
+        raise
+    try:
+        spec = plugged.spec
+        xdp = dict(plugged.xdp)
+        with netns.entered(xdp["netns"]):
+            if xdp["shared"]:
+                xdp["mode"], link_id = _shared_attachment(program, instance, xdp)
+            else:
+                link_fd, xdp["mode"] = program.attach(xdp["ifindex"], xdp["ifname"], xdp["mode"])
+                link_id = libbpf_link_id(link_fd)
+        configured = backends.get(spec.backend).configure(plugged, ctx)
+        if link_fd >= 0:
+            bpf.pin_link(spec.name, link_fd, instance.pin_root)
+        for slot, (ifindex, queue) in zip(slots, plugged.keys):
+            program.assign(slot, spec.name, ifindex, queue)
         with netns.entered(spec.netns):
-            attached = bpf.load_and_attach(consumer["ifindex"], spec.consumer_ifname,
-                                           spec.start_queue + spec.queues, attach_mode)
-        # veth lowers the host end's max MTU to what an XDP frame holds
-        host = links.require_link(spec.host_ifname, host_ip)
-        mtu = _choose_mtu(spec, host["max_mtu"])
-        links.set_mtu_up(spec.host_ifname, mtu, host_ip)
-        links.set_mtu_up(spec.consumer_ifname, mtu, cons_ip)
-        with netns.entered(spec.netns):
-            bpf.pin(spec.name, attached, instance.pin_root)
-            sockets, pending = xsk.create_xsk_sockets(
-                attached.map_fd, spec.map_keys, guard, [(consumer["ifindex"], q) for q in spec.map_keys])
-        ids = attached.ids
-        port = Port(spec=spec, mode=attached.mode, mtu=mtu, host_ifindex=host["ifindex"],
-                    consumer_ifindex=consumer["ifindex"], prog_id=ids["prog_id"],
-                    link_id=ids["link_id"], map_id=ids["map_id"],
-                    backend_requested=requested, backend_reason=backend_reason)
-        attached.close()
-        return CreatedPort(port=port, sockets=sockets, offloads_off=offloads, pending=pending,
-                           instance=instance)
+            sockets, pending = _sockets(program, slots, plugged.consumer_ifindex, plugged.bind_queues, guard)
+        port = Port(spec=spec, mode=xdp["mode"], mtu=configured.mtu, host_ifindex=configured.host_ifindex,
+                    consumer_ifindex=plugged.consumer_ifindex, prog_id=program.prog_id, link_id=link_id,
+                    map_id=0, backend_requested=requested, backend_reason=plugged.reason,
+                    layout=LAYOUT, slots=slots, bind_queues=plugged.bind_queues, xdp=xdp,
+                    extra=plugged.extra)
+        return CreatedPort(port=port, sockets=sockets, offloads_off=configured.offloads_off,
+                           pending=pending, instance=instance)
     except BaseException:
         for s in sockets:
             s.close()
-        if attached is not None:
-            attached.close()
-        _remove(spec.name, instance)
+        _remove(spec.name, instance, {"name": spec.name, "layout": LAYOUT, "slots": slots,
+                                      "netns": spec.netns, "backend": plugged.spec.backend,
+                                      "consumer_ifname": spec.consumer_ifname,
+                                      "xdp": plugged.xdp, "extra": plugged.extra}, program, slots)
+        raise
+    finally:
+        if link_fd >= 0:
+            os.close(link_fd)
+
+
+def libbpf_link_id(link_fd: int) -> int:
+    from . import libbpf
+    return libbpf.link_info(link_fd).id
+
+
+def _shared_attachment(program, instance: Instance, xdp: dict) -> tuple[str, int]:
+    """The link all ports on one device share (a NIC whose queues are leased): made by the
+    first of them, kept while any has a slot on that device. (mode, link id)."""
+    name = xdp["shared"]
+    ifindex = bpf.link_ifindex(name, instance.pin_root)
+    if ifindex:
+        from . import libbpf
+        fd = libbpf.obj_get(os.path.join(bpf.pin_dir(name, instance.pin_root), "link"))
+        try:
+            mode = (links.link_state(xdp["ifname"]) or {}).get("xdp_mode") or xdp["mode"]
+            return mode, libbpf.link_info(fd).id
+        finally:
+            os.close(fd)
+    if ifindex == 0:                        # its device went: a stale pin
+        bpf.unpin(name, instance.pin_root)
+    fd, mode = program.attach(xdp["ifindex"], xdp["ifname"], xdp["mode"])
+    try:
+        bpf.pin_link(name, fd, instance.pin_root)
+        return mode, libbpf_link_id(fd)
+    finally:
+        os.close(fd)
+
+
+def _sockets(program, slots, ifindex, queues, guard) -> tuple[list, list]:
+    """One socket per queue, in the current (consumer's) netns, confined, stored at its slot."""
+    socks: list[socket.socket] = []
+    pending: list[int] = []
+    try:
+        for slot, queue in zip(slots, queues):
+            s = xsk.new_socket()
+            socks.append(s)
+            if guard is not None:
+                guard.confine(s, ifindex, queue)
+            if not program.store(slot, s):
+                pending.append(slot)
+        return socks, pending
+    except BaseException:
+        for s in socks:
+            s.close()
         raise
 
 
-def new_sockets(record: dict, instance: Instance = DEFAULT, guard=None) -> tuple[list, list]:
+def new_sockets(record: dict, instance: Instance = DEFAULT, guard=None, program=None) -> tuple[list, list]:
     """Fresh, unbound sockets for an existing port, in its map (for its next consumer)."""
-    attached = bpf.open_pinned(record["name"], instance.pin_root)
-    if attached is None:
-        raise NotFound(f"port {record['name']} lost its pins", fix="delete and re-create the port")
-    try:
+    port = Port.from_dict(record)
+    if port.layout == 1:
+        attached = bpf.open_pinned(record["name"], instance.pin_root)
+        if attached is None:
+            raise NotFound(f"port {record['name']} lost its pins", fix="delete and re-create the port")
+        try:
+            with netns.entered(record.get("netns")):
+                return xsk.create_xsk_sockets(attached.map_fd, port.queue_ids, guard,
+                                              [(port.consumer_ifindex, q) for q in port.queue_ids])
+        finally:
+            attached.close()
+    with _program(instance, program) as prog:
         with netns.entered(record.get("netns")):
-            return xsk.create_xsk_sockets(attached.map_fd, record["map_keys"], guard,
-                                          [(record["consumer_ifindex"], q) for q in record["map_keys"]])
-    finally:
-        attached.close()
+            return _sockets(prog, port.slots, port.consumer_ifindex, port.queue_ids, guard)
 
 
-def store_pending(name: str, keys: list[int], sockets: list, pending: list[int],
-                  instance: Instance = DEFAULT) -> list[int]:
-    """Retry the pending map keys of port `name` through its pinned map."""
-    attached = bpf.open_pinned(name, instance.pin_root)
-    if attached is None:
-        return pending
-    by_key = dict(zip(keys, sockets))
+@contextlib.contextmanager
+def _program(instance: Instance, program=None):
+    if program is not None:
+        yield program
+        return
+    found = xskprog.opened(instance.pin_root)
+    if found is None:
+        raise NotFound(f"the shared XSK program of instance {instance.describe()} is not pinned",
+                       fix="delete and re-create the port")
     try:
-        return [key for key in pending if not xsk.store(attached.map_fd, key, by_key[key])]
+        yield found
     finally:
-        attached.close()
+        found.close()
 
 
-def _remove(name: str, instance: Instance) -> bool:
-    found = bpf.unpin(name, instance.pin_root)
-    return links.delete_link("vmn-" + name) or found
+def store_pending(record: dict, sockets: list, pending: list[int], instance: Instance = DEFAULT,
+                  program=None) -> list[int]:
+    """Retry storing the sockets of the pending slots (layout 1: map keys) of a port."""
+    port = Port.from_dict(record)
+    if port.layout == 1:
+        attached = bpf.open_pinned(record["name"], instance.pin_root)
+        if attached is None:
+            return pending
+        by_key = dict(zip(port.queue_ids, sockets))
+        try:
+            return [key for key in pending if not xsk.store(attached.map_fd, key, by_key[key])]
+        finally:
+            attached.close()
+    by_slot = dict(zip(port.slots, sockets))
+    with _program(instance, program) as prog:
+        return [slot for slot in pending if not prog.store(slot, by_slot[slot])]
 
 
-def delete_port(name: str, instance: Instance = DEFAULT) -> bool:
+def queue_stats(record: dict, instance: Instance = DEFAULT, program=None) -> list[dict] | None:
+    """The program's per-queue counters of a port (layout 2), or None."""
+    port = Port.from_dict(record)
+    if port.layout == 1:
+        return None
+    with _program(instance, program) as prog:
+        return [dict(prog.stats(slot), queue=q, slot=slot) for slot, q in zip(port.slots, port.queue_ids)]
+
+
+def _remove(name: str, instance: Instance, record: dict | None, program=None, slots=None) -> bool:
+    """Remove what exists of a port: slots, attachment, devices, pins. Idempotent."""
+    found = False
+    layout = (record or {}).get("layout", LAYOUT if record else None)
+    if layout != 1:
+        with contextlib.suppress(NotFound):
+            with _program(instance, program) as prog:
+                mine = slots if slots is not None else [
+                    s for s, (port, _, _) in prog.claims().items() if port == name]
+                if mine:
+                    prog.release(mine)
+                    found = True
+                xdp = (record or {}).get("xdp") or {}
+                if xdp.get("shared") and not any(ifindex == xdp["ifindex"] for _, ifindex, _ in
+                                                 prog.claims().values()):
+                    bpf.unpin(xdp["shared"], instance.pin_root)     # the last port on that device
+                prog.unpin_if_unused()
+    found = bpf.unpin(name, instance.pin_root) or found
+    kind = (record or {}).get("backend") or "veth"          # a pair is found by its host end
+    return backends.get("veth" if kind == "auto" else kind).unplug(name, record, instance) or found
+
+
+def delete_port(name: str, instance: Instance = DEFAULT, record: dict | None = None,
+                program=None) -> bool:
     """Remove everything port `name` owns; False when nothing was there."""
     validate_port_name(name)
-    return _remove(name, instance)
+    return _remove(name, instance, record, program)
 
 
 def port_exists(name: str, instance: Instance = DEFAULT) -> bool:
     validate_port_name(name)
-    return bpf.pinned(name, instance.pin_root) or links.link_state("vmn-" + name) is not None
+    if bpf.pinned(name, instance.pin_root) or links.link_state("vmn-" + name) is not None:
+        return True
+    prog = xskprog.opened(instance.pin_root)
+    if prog is None:
+        return False
+    try:
+        return any(port == name for port, _, _ in prog.claims().values())
+    finally:
+        prog.close()
 
 
-__all__ = ["CreatedPort", "create_port", "delete_port", "port_exists", "VmnetError"]
+def why_broken(record: dict, instance: Instance) -> str | None:
+    """Why a recorded port no longer works, or None when it does."""
+    name = record["name"]
+    if record.get("layout", 1) == 1:
+        attached = bpf.open_pinned(name, instance.pin_root)
+        if attached is None:
+            return "its pins are gone"
+        try:
+            if attached.ids["ifindex"] == 0:
+                return "its program lost its device"
+        finally:
+            attached.close()
+        return None if links.link_state("vmn-" + name) is not None else "its host device is gone"
+    return backends.get(record["backend"]).why_broken(name, record, instance)
+
+
+def claimed_ports(instance: Instance) -> set[str]:
+    """Port names holding slots in the instance's program (for the helper's recovery)."""
+    prog = xskprog.opened(instance.pin_root)
+    if prog is None:
+        return set()
+    try:
+        return {port for port, _, _ in prog.claims().values()}
+    finally:
+        prog.close()
+
+
+__all__ = ["CreatedPort", "create_port", "delete_port", "port_exists", "PortSpec", "VmnetError"]

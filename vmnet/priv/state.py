@@ -53,6 +53,36 @@ class StateDir:
         except FileNotFoundError:
             return False
 
+    # An intent is what a port-create will make, written before it starts and removed once
+    # the port's record is written: what a helper that stopped in between must remove.
+    def write_intent(self, name: str, intent: dict):
+        self.ensure()
+        path = self._file(name)[:-5] + ".intent"
+        with open(path + ".tmp", "w") as f:
+            json.dump(intent, f)
+        os.replace(path + ".tmp", path)
+
+    def remove_intent(self, name: str):
+        try:
+            os.unlink(self._file(name)[:-5] + ".intent")
+        except FileNotFoundError:
+            pass
+
+    def intents(self) -> dict[str, dict]:
+        out = {}
+        try:
+            entries = os.listdir(self.path)
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if entry.endswith(".intent"):
+                try:
+                    with open(os.path.join(self.path, entry)) as f:
+                        out[entry[:-7]] = json.load(f)
+                except (OSError, ValueError):
+                    out[entry[:-7]] = {"name": entry[:-7]}
+        return out
+
     def names(self) -> list[str]:
         try:
             entries = os.listdir(self.path)

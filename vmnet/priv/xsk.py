@@ -2,7 +2,9 @@
 
 The helper's half of the AF_XDP split: socket(AF_XDP) needs CAP_NET_RAW and
 an XSKMAP update needs the map, so the helper creates one socket per queue
-inside the consumer's netns and stores it at key start_queue + i. The
+inside the consumer's netns and stores it in the map (at its slot in the
+shared program, vmnet.priv.xskprog; at key start_queue + i for ports made
+with a program of their own, create_xsk_sockets). The
 consumer registers its UMEM on the fd, sets up the rings and binds.
 XDP_STATISTICS can be read from the helper's copy of each socket.
 """
@@ -30,6 +32,15 @@ def store(map_fd: int, key: int, sock: socket.socket) -> bool:
         raise from_oserror(exc, f"cannot store the AF_XDP socket at key {key} of the XSK map") from None
 
 
+def new_socket() -> socket.socket:
+    """One AF_XDP socket in the current netns (where it will be bound)."""
+    try:
+        return socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+    except OSError as exc:
+        raise from_oserror(exc, "cannot create an AF_XDP socket",
+                           fix="AF_XDP needs CONFIG_XDP_SOCKETS and CAP_NET_RAW") from None
+
+
 def create_xsk_sockets(map_fd: int, keys: list[int], guard=None,
                        binds: list[tuple[int, int]] | None = None) -> tuple[list[socket.socket], list[int]]:
     """One unbound AF_XDP socket per key, stored in the XSK map at that key.
@@ -47,11 +58,7 @@ def create_xsk_sockets(map_fd: int, keys: list[int], guard=None,
     pending: list[int] = []
     try:
         for key in keys:
-            try:
-                s = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
-            except OSError as exc:
-                raise from_oserror(exc, "cannot create an AF_XDP socket",
-                                   fix="AF_XDP needs CONFIG_XDP_SOCKETS and CAP_NET_RAW") from None
+            s = new_socket()
             socks.append(s)
             if guard is not None:
                 guard.confine(s, *binds[len(socks) - 1])

@@ -1,0 +1,191 @@
+"""The netkit-lease backend: queues of a physical NIC, leased into a netkit device in the VM's netns.
+
+A netkit device in `single` mode (L2, one TX queue, room for the leases)
+is made in the helper's netns; one netdev `queue-create` per queue leases
+a NIC RX queue to it (Linux >= 7.1; before the move, so no netns id is
+needed), and it is moved into the consumer's netns. QEMU there binds its
+sockets to the netkit's leased queue ids (1, 2, ...): the kernel proxies
+the AF_XDP pool to the NIC's queue, zero-copy when the NIC can. netkit
+refuses XDP programs, so the shared XSK program runs on the NIC itself,
+keyed by the NIC's (ifindex, queue), and every port leasing from that NIC
+shares one attachment (ports.py keeps it while any has a slot there).
+
+Refusals, before anything exists where possible: a kernel without
+queue-create, a NIC that is not there, already carries an XDP program that
+is not this helper's, has fewer queues than asked for, or whose asked-for
+queues are leased or in use; a NIC without queue-management ops answers
+the first queue-create (EOPNOTSUPP) and what was made is removed. Without
+XSK zero-copy on the NIC a leased queue receives but cannot send — copy-mode
+TX from a leased queue never leaves the device (the kernel's generic xmit
+skips queue ids past netkit's single TX queue) — so such a port is made
+only when the operator asks for a receive-only port.
+
+Steering (an RSS context over the leased queues and an ntuple rule for the
+VM's MAC) follows vmnet.priv.steering; where the NIC has no RSS contexts,
+the port says so and is made without it.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ...errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
+from ...model import MTU_FRAME_MAX, parse_lease_from
+from .. import bpf, links, netdev_genl, netkit, netns, steering
+from . import Backend, Configured, Plugged
+
+RESERVED_QUEUES = 1          # queue 0 stays with the host unless the configuration says otherwise
+ZC_FIX = ("use a NIC with AF_XDP zero-copy on leased queues (mlx5, bnxt_en; `vmnet doctor` "
+          "and the NIC's xdp-features tell), or, where the consumer only receives (not QEMU), "
+          "ask for --receive-only")
+
+
+def _leased_free(queues: dict[int, dict], reserved: int, count: int, nic: str) -> list[int]:
+    free = [q for q in sorted(queues) if q >= reserved and not queues[q]["leased"] and not queues[q]["xsk"]]
+    if len(free) < count:
+        raise NotSupported(
+            f"{nic} has {len(free)} free queue(s) above the {reserved} the host keeps, "
+            f"and the port needs {count}",
+            fix=f"use fewer queues, free some (delete ports leasing from {nic}), or lower "
+                "lease_reserved_queues in vmnet.toml")
+    return free[:count]
+
+
+def choose_queues(queues: dict[int, dict], asked: list[int] | None, reserved: int, count: int,
+                  nic: str) -> list[int]:
+    """Pure: the NIC queues a port leases (explicit, or the next free above the host's)."""
+    if asked is None:
+        return _leased_free(queues, reserved, count, nic)
+    for q in asked:
+        if q not in queues:
+            raise InvalidInput(f"{nic} has no RX queue {q} (it has {len(queues)})",
+                               fix=f"name queues from 0 to {len(queues) - 1}")
+        if queues[q]["leased"]:
+            raise AlreadyExists(f"queue {q} of {nic} is already leased",
+                                fix="pick another queue, or delete the port that leases it")
+        if queues[q]["xsk"]:
+            raise AlreadyExists(f"queue {q} of {nic} has an AF_XDP socket bound",
+                                fix="pick another queue, or stop what uses it")
+    return asked
+
+
+class NetkitLease(Backend):
+    name = "netkit-lease"
+
+    def plug(self, spec, ctx):
+        netdev_genl.require_queue_create()
+        nic, asked = parse_lease_from(spec.lease_from, spec.queues)
+        state = links.link_state(nic, ctx.host_ip)
+        if state is None:
+            raise NotFound(f"NIC {nic}, whose queues the port would lease, does not exist here",
+                           fix="name a NIC of the helper's netns with --lease-from")
+        nic_ifindex = state["ifindex"]
+        self._require_our_program_or_none(nic, state, ctx)
+        queues = netdev_genl.rx_queues(nic_ifindex)
+        if not queues:
+            raise NotSupported(f"{nic} reports no RX queues through netdev queue-get",
+                               fix=netdev_genl.NIC_REQUIREMENT)
+        reserved = getattr(ctx.config, "lease_reserved_queues", RESERVED_QUEUES) if ctx.config else RESERVED_QUEUES
+        nic_queues = choose_queues(queues, asked, reserved, spec.queues, nic)
+        zero_copy = bool(netdev_genl.xdp_features(nic_ifindex) & netdev_genl.NETDEV_XDP_ACT_XSK_ZEROCOPY)
+        if not zero_copy and not spec.receive_only:
+            raise NotSupported(
+                f"{nic} has no AF_XDP zero-copy: a queue leased from it receives, but nothing the "
+                "consumer sends there ever leaves (copy-mode transmit on a leased queue is dropped), "
+                "so a VM behind it could not send", fix=ZC_FIX)
+        netkit.create_single(spec)
+        try:
+            device = links.require_link(spec.consumer_ifname, ctx.host_ip)
+            bind = [self._lease(device["ifindex"], nic_ifindex, q, nic) for q in nic_queues]
+            if spec.netns:
+                netkit.move_to_netns(spec.consumer_ifname, spec.netns)
+            consumer = links.require_link(spec.consumer_ifname, ctx.cons_ip)
+        except BaseException:
+            self.unplug(spec.name, {"netns": spec.netns, "consumer_ifname": spec.consumer_ifname}, ctx.instance)
+            raise
+        return Plugged(
+            spec=spec, reason="asked for", consumer_ifindex=consumer["ifindex"], bind_queues=bind,
+            keys=[(nic_ifindex, q) for q in nic_queues],
+            xdp={"ifindex": nic_ifindex, "ifname": nic, "netns": None, "mode": "native",
+                 "shared": f"+nic-{nic_ifindex}"},
+            extra={"nic": nic, "nic_ifindex": nic_ifindex, "nic_queues": nic_queues, "zero_copy": zero_copy,
+                   "receive_only": spec.receive_only})
+
+    @staticmethod
+    def _require_our_program_or_none(nic: str, state: dict, ctx) -> None:
+        prog_id = state["xdp_prog_id"] or state["xdp_drv_prog_id"] or state["xdp_skb_prog_id"]
+        if not prog_id:
+            return
+        if bpf.link_ifindex(f"+nic-{state['ifindex']}", ctx.instance.pin_root) == state["ifindex"]:
+            return          # this instance's shared program, put there for another port
+        raise AlreadyExists(
+            f"{nic} already carries an XDP program (id {prog_id}) that is not this vmnet helper's",
+            fix=f"detach it ('ip link set dev {nic} xdp off') or lease from another NIC")
+
+    @staticmethod
+    def _lease(netkit_ifindex: int, nic_ifindex: int, queue: int, nic: str) -> int:
+        try:
+            return netdev_genl.lease_queue(netkit_ifindex, nic_ifindex, queue)
+        except KernelError as exc:
+            why = {errno.EBUSY: "it is already leased, or has an AF_XDP socket or memory provider",
+                   errno.ERANGE: f"{nic} has no such queue",
+                   errno.EINVAL: f"{nic} refused the lease (is it a physical NIC?)"}.get(exc.errno)
+            if why:
+                raise KernelError(f"cannot lease queue {queue} of {nic}: {why}", errno=exc.errno,
+                                  fix="pick other queues, or check 'vmnet doctor'") from None
+            raise
+        except NotSupported as exc:
+            raise NotSupported(f"{nic} cannot lend queue {queue}: its driver has no queue-management "
+                               "ops", errno=exc.errno, fix=netdev_genl.NIC_REQUIREMENT) from None
+
+    def configure(self, plugged, ctx):
+        spec, extra = plugged.spec, plugged.extra
+        nic = links.require_link(extra["nic"], ctx.host_ip)
+        mtu = min(spec.mtu or MTU_FRAME_MAX, MTU_FRAME_MAX, nic["mtu"] or MTU_FRAME_MAX)
+        links.set_mtu_up(spec.consumer_ifname, mtu, ctx.cons_ip)
+        extra["steering"] = self._steer(spec, extra)
+        return Configured(mtu=mtu, host_ifindex=nic["ifindex"])
+
+    @staticmethod
+    def _steer(spec, extra) -> dict:
+        try:
+            made = steering.create_steering(extra["nic"], extra["nic_queues"], steering.Match(dst_mac=spec.mac))
+        except NotSupported as exc:
+            return {"active": False, "why": exc.message}
+        return {"active": True, "context": made.context, "rule": made.location}
+
+    def unplug(self, name, record, instance):
+        record = record or {}
+        found = False
+        rule = (record.get("extra") or {}).get("steering") or {}
+        if rule.get("active"):
+            try:
+                found = steering.remove_steering(steering.Steering(
+                    record["extra"]["nic"], rule["context"], rule["rule"])) or found
+            except VmnetError:
+                pass
+        ifname = record.get("consumer_ifname") or "vmc-" + name
+        for where in (record.get("netns"), None):
+            try:
+                with netns.entered(where):
+                    found = links.delete_link(ifname) or found     # deleting netkit ends its leases
+            except VmnetError:
+                continue                # its netns is gone, and took the device along
+        return found
+
+    def why_broken(self, name, record, instance):
+        try:
+            with netns.entered(record.get("netns")):
+                if links.link_state(record["consumer_ifname"]) is None:
+                    return "its netkit device is gone"
+        except VmnetError:
+            return "its netns is gone"
+        if not bpf.link_ifindex(record["xdp"]["shared"], instance.pin_root):
+            return f"the program on {record['extra']['nic']} is gone"
+        return None
+
+    def describe(self, record):
+        extra = record.get("extra") or {}
+        return {"nic": extra.get("nic"), "nic_queues": extra.get("nic_queues"),
+                "zero_copy": extra.get("zero_copy"), "steering": extra.get("steering")}
+
