@@ -121,7 +121,11 @@ def doctor(ctx, qemu):
               help="UDP port echoed back.")
 @click.option("--allow-privileged", is_flag=True,
               help="Run even with capabilities (debugging by hand only).")
-def respond(netdev, device, ip, udp_port, allow_privileged):
+@click.option("--program-check/--no-program-check", default=True, show_default=True,
+              help="Refuse a port whose XSK program is not on ifname in mode=, as QEMU <= 10.0 "
+                   "does; QEMU 10.1 and later do not check (and a netkit-lease port's program "
+                   "is on the NIC).")
+def respond(netdev, device, ip, udp_port, allow_privileged, program_check):
     """Play QEMU's part: bind inherited AF_XDP sockets and answer ARP/ICMP/UDP/TCP.
 
     Started by vmnet (selftest, exec) with the socket fds inherited, exactly
@@ -129,7 +133,7 @@ def respond(netdev, device, ip, udp_port, allow_privileged):
     'ready' with its credentials, 'stats' on SIGUSR1 and when stopped.
     """
     from .consumer import responder
-    responder.run(netdev, device, ip, udp_port, allow_privileged)
+    responder.run(netdev, device, ip, udp_port, allow_privileged, program_check)
 
 
 # ---- the helper and its clients -------------------------------------------

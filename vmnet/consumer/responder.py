@@ -3,7 +3,7 @@
 It takes the same -netdev af-xdp and -device strings vmnet generates for
 QEMU, inherits the socket fds the same way, resolves ifname= in its own
 netns, refuses a port whose program is not attached in mode= (as QEMU <=
-10.0 does), binds every queue like QEMU, and answers ARP, ICMP echo, a UDP
+10.0 does; --no-program-check as 10.1 and later), binds every queue like QEMU, and answers ARP, ICMP echo, a UDP
 echo port and TCP SYNs (with RST) for one MAC/IP. It counts per queue what
 it received, bad checksums and oversized frames, and prints JSON lines:
 "ready" once bound (with its credentials), "stats" on SIGUSR1 and at exit.
@@ -61,7 +61,8 @@ class Counters(dict):
                          bad_checksum=0, oversized=0)
 
 
-def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: bool = False) -> int:
+def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: bool = False,
+        program_check: bool = True) -> int:
     creds = check_unprivileged(allow_privileged)
     nd = parse_af_xdp_netdev(netdev)
     _, dev = parse_opts(device)
@@ -77,7 +78,8 @@ def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: 
     queues = []
     for i, fd in enumerate(int(fd) for fd in nd["sock_fds"]):
         queues.append(XskQueue(fd, ifindex, nd["start_queue"] + i, nd["force_copy"]))
-    check_program_mode(nd["ifname"], nd["mode"])
+    if program_check:       # QEMU <= 10.0 with inhibit=on; 10.1 and later skip it
+        check_program_mode(nd["ifname"], nd["mode"])
     responder = Responder(mac, ip, udp_port)
     counters = [Counters(q.queue_id) for q in queues]
 

@@ -269,15 +269,18 @@ def _remove(name: str, instance: Instance, record: dict | None, program=None, sl
     if layout != 1:
         with contextlib.suppress(NotFound):
             with _program(instance, program) as prog:
-                mine = slots if slots is not None else [
-                    s for s, (port, _, _) in prog.claims().items() if port == name]
+                claims = prog.claims()
+                mine = slots if slots is not None else [s for s, (port, _, _) in claims.items() if port == name]
+                devices = {claims[s][1] for s in mine if s in claims}
+                xdp = (record or {}).get("xdp") or {}
+                if xdp.get("ifindex"):
+                    devices.add(xdp["ifindex"])
                 if mine:
                     prog.release(mine)
                     found = True
-                xdp = (record or {}).get("xdp") or {}
-                if xdp.get("shared") and not any(ifindex == xdp["ifindex"] for _, ifindex, _ in
-                                                 prog.claims().values()):
-                    bpf.unpin(xdp["shared"], instance.pin_root)     # the last port on that device
+                left = {ifindex for _, ifindex, _ in prog.claims().values()}
+                for ifindex in devices - left:          # the last port on a shared device (a NIC)
+                    found = bpf.unpin(f"+nic-{ifindex}", instance.pin_root) or found
                 prog.unpin_if_unused()
     found = bpf.unpin(name, instance.pin_root) or found
     kind = (record or {}).get("backend") or "veth"          # a pair is found by its host end
