@@ -28,6 +28,10 @@ apt-get install -y -q --no-install-recommends -t bookworm-backports \
 # Installing a kernel package only adds it to /boot and /lib/modules.
 apt-get install -y -q --no-install-recommends -t bookworm-backports linux-image-amd64
 apt-get install -y -q --no-install-recommends busybox-static
+# The kernel matrix's 7.3-netdevsim entry: scripts/fetch-kernel unpacks Debian's 7.3 kernel
+# (no install) and builds netdevsim from its linux-source against these tools.
+apt-get install -y -q --no-install-recommends \
+    kmod xz-utils flex bison bc binutils pkgconf libelf-dev libssl-dev
 
 # The XSK object is committed; fail early when it no longer matches its source.
 make -s -C bpf check

@@ -222,13 +222,17 @@ class FakeGenl:
     (None, "missing"),
 ])
 def test_queue_lease_looks_for_the_queue_create_op_in_the_netdev_family(monkeypatch, ops, status):
-    import pyroute2.netlink.generic
+    from vmnet.priv import netdev_genl
     monkeypatch.setattr(FakeGenl, "ops", ops)
-    monkeypatch.setattr(pyroute2.netlink.generic, "GenericNetlinkSocket", FakeGenl)
+    monkeypatch.setattr(netdev_genl, "GenericNetlinkSocket", FakeGenl)
+    monkeypatch.setattr(netdev_genl, "zero_copy_devices", lambda: {})
+    monkeypatch.setattr(netdev_genl, "_supported", None)        # asked once per process otherwise
     check = doctor.check_queue_lease()
     assert check.status == status
     if status == "missing":
         assert "veth" in check.fix
+    else:
+        assert "netkit-lease" in check.detail and "could only receive" in check.detail
 
 
 @unit

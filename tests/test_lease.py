@@ -145,6 +145,7 @@ def test_a_leased_port_receives_on_its_nic_queues_and_the_rest_reach_the_host(ni
         assert counters == {1: 5, 2: 5}
         assert shown["zero_copy"] is False and shown["nic_queues"] == [1, 2]
         assert shown["steering"]["active"] is False and "RSS" in shown["steering"]["why"]
+        assert shown["steering"]["host_table"].startswith("not kept off the leased queues")
         text = h.vmnet("status").stdout
         assert "zero-copy no" in text and "steering: none" in text
     finally:

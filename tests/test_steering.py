@@ -64,6 +64,15 @@ def test_rss_context_request_allocates_a_context_spread_over_the_ports_queues_on
 
 
 @pytest.mark.unit
+def test_the_hosts_default_table_spreads_over_the_queues_not_leased_and_resets_when_none_is():
+    buf = steering.default_table_request(8, [0, 3])
+    cmd, ctx, indir, *_ = steering.RXFH.unpack_from(buf)
+    assert (cmd, ctx, indir) == (0x47, 0, 8)           # ETHTOOL_SRSSH on the device's own context
+    assert list(struct.unpack_from("=8I", buf, 24)) == [0, 3, 0, 3, 0, 3, 0, 3]
+    assert bytes(steering.default_table_request(8, [])) == struct.pack("=IIIIBB2xI", 0x47, 0, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.unit
 def test_rss_context_delete_is_an_empty_table_on_that_context():
     buf = steering.rss_context_delete_request(3)
     assert bytes(buf) == struct.pack("=IIIIBB2xI", 0x47, 3, 0, 0, 0, 0, 0)

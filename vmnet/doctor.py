@@ -26,11 +26,6 @@ OK, MISSING, WARN = "ok", "missing", "warn"
 CHECK_NAMES = ("kernel", "af-xdp", "btf", "bpf-link", "netkit", "queue-lease", "bpffs",
                "bind-guard", "memlock", "qemu", "libvirt", "privileges")
 AF_XDP = 44
-# The torvalds/linux netdev.h copies at hand predate it; "[PATCH net-next v7
-# 01/16] net: Add queue-create operation" (D. Borkmann, Jan 2026) appends it
-# to enum netdev_cmd in include/uapi/linux/netdev.h right after
-# NETDEV_CMD_BIND_TX = 15. A 6.18 kernel lists ops 1, 5, 10-15.
-NETDEV_CMD_QUEUE_CREATE = 16
 # netkit_new_link/netkit_xmit exist only in drivers/net/netkit.c; names such
 # as netkit_peer_dev also show up without netkit (inline stubs in
 # include/net/netkit.h that the compiler kept out of line).
@@ -147,31 +142,19 @@ def check_netkit(release: str) -> Check:
 
 
 def check_queue_lease() -> Check:
-    from pyroute2.netlink import ctrlmsg
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.generic import GenericNetlinkSocket
-
-    fix = ("use the veth or netkit backend; netkit-lease needs a kernel with netdev "
-           "queue-create (queue leasing, merged in 2026)")
-    sock = GenericNetlinkSocket()
-    try:
-        sock.asyncore.module_err_level = "debug"   # a missing family is an answer, not an error
-        sock.bind("nlctrl", ctrlmsg)
-        try:
-            family = sock.discovery("netdev")
-        except NetlinkError as exc:
-            if exc.code == errno.ENOENT:
-                return Check("queue-lease", MISSING,
-                             "no 'netdev' generic-netlink family (added in 6.3)", fix)
-            raise
-        ops = {op.get_attr("CTRL_ATTR_OP_ID") for op in family.get_attr("CTRL_ATTR_OPS", [])}
-    finally:
-        sock.close()
-    if NETDEV_CMD_QUEUE_CREATE in ops:
-        return Check("queue-lease", OK, "netdev family has queue-create "
-                     f"(op {NETDEV_CMD_QUEUE_CREATE}); leasing also needs netkit")
-    return Check("queue-lease", MISSING, "netdev family has no queue-create op "
-                 f"(ops {', '.join(map(str, sorted(ops)))})", fix)
+    """queue-create (the netkit-lease backend) and which NICs here could lend zero-copy queues."""
+    from .priv import netdev_genl
+    fix = ("use the veth or netkit backend; netkit-lease needs " + netdev_genl.REQUIREMENT
+           + " and " + netdev_genl.NIC_REQUIREMENT)
+    ok, why = netdev_genl.queue_create_supported()
+    if not ok:
+        return Check("queue-lease", MISSING, why, fix)
+    import socket
+    zero_copy = sorted(socket.if_indextoname(i) for i, zc in netdev_genl.zero_copy_devices().items() if zc)
+    nics = (f"devices here with AF_XDP zero-copy: {', '.join(zero_copy)}" if zero_copy else
+            "no device here has AF_XDP zero-copy, so a leased queue could only receive")
+    return Check("queue-lease", OK, f"{why}: --backend netkit-lease works with a NIC whose driver can "
+                 f"lend queues (mlx5, bnxt_en, gve, fbnic; netdevsim); {nics}")
 
 
 def bpffs_mounted(mounts: str, root: str = "/sys/fs/bpf") -> bool:

@@ -33,9 +33,13 @@ __all__ = ["bench", "run", "Plan"]
               help="Hook to measure (default: the one `vmnet libvirt install-hook` installs).")
 @click.option("--profile", "profile_dir", metavar="DIR",
               help="Run the helper under cProfile; write DIR/helper.prof and DIR/helper-top.txt.")
+@click.option("--lease-from", metavar="NIC",
+              help="Also measure netkit-lease ports leasing from NIC (in this netns), against their "
+                   "floor; needs queue-create (Linux >= 7.1) and a NIC that lends queues.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a goal is missed.")
 @click.pass_context
-def bench(click_ctx, quick, as_json, iterations, ports, queue_counts, skip, hook_path, profile_dir, strict):
+def bench(click_ctx, quick, as_json, iterations, ports, queue_counts, skip, hook_path, profile_dir, lease_from,
+          strict):
     """Benchmark port setup, scale, the libvirt hook and the data path (root).
 
     Everything runs against a throwaway helper in a throwaway network
@@ -49,7 +53,7 @@ def bench(click_ctx, quick, as_json, iterations, ports, queue_counts, skip, hook
     as_json = as_json or bool(getattr(parent, "json", False))
     plan = Plan.make(quick, iterations=iterations, ports=ports,
                      queue_counts=tuple(queue_counts) or None, skip=tuple(skip),
-                     hook_path=hook_path, profile_dir=profile_dir)
+                     hook_path=hook_path, profile_dir=profile_dir, lease_from=lease_from)
     progress = progress_to_terminal if sys.stderr.isatty() else (lambda *_: None)
     result = run(plan, progress)
     if progress is progress_to_terminal:

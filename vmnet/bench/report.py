@@ -62,6 +62,19 @@ def _div(a, b):
     return None if a is None or not b else a / b
 
 
+def _lease_lines(r: dict) -> list[str]:
+    le = r.get("lease") or {}
+    if _problem(le):
+        return ["5. netkit-lease", f"   {_problem(le)}"]
+    return ["5. netkit-lease: one-queue ports leasing from " + le["nic"]
+            + f" (zero-copy {'yes' if le['zero_copy'] else 'no'}), {le['iterations']} iterations, ms",
+            f"   create p50 {_ms(le['create']['p50'])}, p99 {_ms(le['create']['p99'])}; floor p50 "
+            f"{_ms(le['floor_create']['p50'])} ({_x(le['create_p50_ratio_to_floor'])}); delete p50 "
+            f"{_ms(le['delete']['p50'])}, floor {_ms(le['floor_delete']['p50'])}",
+            "   library with a held shared program; floor: netkit single + queue-create + move + one "
+            "socket in the map, the program already on the NIC"]
+
+
 def format_result(r: dict) -> str:
     out = [f"vmnet bench{' --quick' if r.get('quick') else ''}: kernel {r['machine']['kernel']}, "
            f"{r['machine']['cpus']} CPUs, load {r['machine']['loadavg_start']} -> {r['machine'].get('loadavg_end')}, "
@@ -141,6 +154,8 @@ def format_result(r: dict) -> str:
                    f"{dp['ping']} answered, rtt avg {rtt} ms"
                    + ("" if dp["ok"] else f" (problems: {'; '.join(dp['problems'])})"))
         out += _guests(dp.get("guest") or {})
+    if not (r.get("lease") or {}).get("skipped"):
+        out += [""] + _lease_lines(r)
     out += ["", "goals"]
     out += ["   " + line for line in _table(
         ("goal", "limit", "measured", "verdict"),

@@ -25,7 +25,7 @@ from . import datapath, hook, latency, scale
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
 
-PARTS = ("latency", "scale", "hook", "datapath")
+PARTS = ("latency", "scale", "hook", "datapath", "lease")
 CONSUMER_UID = 65534        # nobody: ports are never handed out here
 
 
@@ -45,6 +45,7 @@ class Plan:
     skip: tuple = ()
     hook_path: str | None = None
     profile_dir: str | None = None
+    lease_from: str | None = None       # the lease part runs only with a NIC to lease from
 
     @classmethod
     def make(cls, quick: bool, **overrides) -> "Plan":
@@ -124,6 +125,11 @@ def _run(plan: Plan, progress) -> dict:
             sweep_pins(DEFAULT, "st" + tag)
             for ns in (f"vmnet-st{tag}h", f"vmnet-st{tag}c"):
                 netns.remove_named(ns)
+    if plan.lease_from:
+        from . import lease
+        _part(result, "lease", plan, lambda: lease.measure(plan.lease_from, plan.iterations, progress))
+    else:
+        result["lease"] = {"skipped": "no --lease-from NIC"}
     if profile and os.path.exists(profile):
         result["profile"] = _summarise_profile(profile, os.path.join(plan.profile_dir, "helper-top.txt"))
     result["machine"]["loadavg_end"] = _loadavg()

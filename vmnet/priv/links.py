@@ -35,9 +35,12 @@ def _offload_feature(name: str) -> bool:
             or name in ("tx-gso-list", "tx-vlan-hw-insert", "tx-vlan-stag-hw-insert"))
 
 
-def _netlink(ip: IPRoute | None):
+def netlink(ip: IPRoute | None):
     """The caller's open socket (bound to the netns it was opened in), or a new one."""
     return contextlib.nullcontext(ip) if ip is not None else IPRoute()
+
+
+_netlink = netlink
 
 
 def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,

@@ -123,34 +123,85 @@ def queue_get_request(ifindex: int) -> queue_msg:
     return msg
 
 
-def _exchange(msg, cls, flags: int, what: str) -> list:
-    sock = GenericNetlinkSocket()
-    try:
-        sock.bind(FAMILY, cls)
+class Session:
+    """The netdev-family sockets of one piece of work (a port's creation), each bound once.
+
+    Binding resolves the family by name (a request to nlctrl), which cost more than the
+    requests a lease makes (10-20 ms each under TCG); a socket stays bound to the netns it
+    was opened in, so a session lives inside one."""
+
+    def __init__(self):
+        self._socks: dict = {}
+
+    def sock(self, cls) -> GenericNetlinkSocket:
+        sock = self._socks.get(cls)
+        if sock is None:
+            sock = GenericNetlinkSocket()
+            try:
+                sock.bind(FAMILY, cls)
+            except BaseException:
+                sock.close()
+                raise
+            self._socks[cls] = sock
+        return sock
+
+    def close(self):
+        for sock in self._socks.values():
+            sock.close()
+        self._socks = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _session(session: Session | None):
+    import contextlib
+    return contextlib.nullcontext(session) if session is not None else Session()
+
+
+def _exchange(msg, cls, flags: int, what: str, session: Session | None = None) -> list:
+    with _session(session) as ses:
+        sock = ses.sock(cls)
         msg["header"]["type"] = sock.prid
         msg["header"]["flags"] = flags
         try:
+            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
             return list(sock.nlm_request_batch([msg]))
         except NetlinkError as exc:
             raise KernelError(f"{what} failed", errno=exc.code) from None
-    finally:
-        sock.close()
 
 
-def xdp_features(ifindex: int) -> int:
+def xdp_features(ifindex: int, session: Session | None = None) -> int:
     """The device's NETDEV_A_DEV_XDP_FEATURES (netdev_xdp_act bits)."""
-    for reply in _exchange(dev_get_request(ifindex), dev_msg, NLM_F_REQUEST, f"dev-get of device {ifindex}"):
+    for reply in _exchange(dev_get_request(ifindex), dev_msg, NLM_F_REQUEST, f"dev-get of device {ifindex}",
+                           session):
         value = reply.get_attr("NETDEV_A_DEV_XDP_FEATURES")
         if value is not None:
             return value
     return 0
 
 
-def rx_queues(ifindex: int) -> dict[int, dict]:
+def zero_copy_devices() -> dict[int, bool]:
+    """ifindex -> whether it has AF_XDP zero-copy, for every device of this netns (dev-get dump)."""
+    msg = dev_msg()
+    msg["cmd"] = NETDEV_CMD_DEV_GET
+    msg["version"] = FAMILY_VERSION
+    out = {}
+    for reply in _exchange(msg, dev_msg, NLM_F_REQUEST | NLM_F_DUMP, "dev-get dump"):
+        ifindex = reply.get_attr("NETDEV_A_DEV_IFINDEX")
+        if ifindex is not None:
+            out[ifindex] = bool((reply.get_attr("NETDEV_A_DEV_XDP_FEATURES") or 0) & NETDEV_XDP_ACT_XSK_ZEROCOPY)
+    return out
+
+
+def rx_queues(ifindex: int, session: Session | None = None) -> dict[int, dict]:
     """The device's RX queues: id -> {"leased": bool, "xsk": bool} (queue-get dump)."""
     out = {}
     for reply in _exchange(queue_get_request(ifindex), queue_msg, NLM_F_REQUEST | NLM_F_DUMP,
-                           f"queue-get of device {ifindex}"):
+                           f"queue-get of device {ifindex}", session):
         if reply.get_attr("NETDEV_A_QUEUE_ID") is None or \
                 reply.get_attr("NETDEV_A_QUEUE_TYPE") != NETDEV_QUEUE_TYPE_RX:
             continue
@@ -207,8 +258,19 @@ def family_ops() -> set[int] | None:
         sock.close()
 
 
+_supported: tuple[bool, str] | None = None
+
+
 def queue_create_supported() -> tuple[bool, str]:
-    """(supported, why) from the running kernel's netdev family."""
+    """(supported, why) from the running kernel's netdev family (asked once per process:
+    the kernel does not change under it)."""
+    global _supported
+    if _supported is None:
+        _supported = _queue_create_supported()
+    return _supported
+
+
+def _queue_create_supported() -> tuple[bool, str]:
     ops = family_ops()
     if ops is None:
         return False, "the kernel has no netdev generic-netlink family (Linux < 6.3)"
@@ -225,26 +287,22 @@ def require_queue_create() -> None:
                            fix=f"use the netkit or veth backend; netkit-lease needs {REQUIREMENT}")
 
 
-def lease_queue(ifindex: int, lease_ifindex: int, lease_queue_id: int) -> int:
+def lease_queue(ifindex: int, lease_ifindex: int, lease_queue_id: int, session: Session | None = None) -> int:
     """Send queue-create; return the new queue's id on the netkit device."""
     msg = queue_create_request(ifindex, lease_ifindex, lease_queue_id)
-    sock = GenericNetlinkSocket()
     try:
-        sock.bind(FAMILY, queue_msg)
-        msg["header"]["type"] = sock.prid
-        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
-        try:
-            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
-            replies = sock.nlm_request_batch([msg])
-        except NetlinkError as exc:
-            if exc.code == errno.EOPNOTSUPP:
-                raise NotSupported(f"device {ifindex} cannot lease queue {lease_queue_id} of "
-                                   f"device {lease_ifindex}", errno=exc.code,
-                                   fix=f"leasing needs {REQUIREMENT}, and {NIC_REQUIREMENT}") from None
-            raise KernelError(f"queue-create on device {ifindex} (lease of queue {lease_queue_id} "
-                              f"of device {lease_ifindex}) failed", errno=exc.code) from None
-    finally:
-        sock.close()
+        with _session(session) as ses:
+            sock = ses.sock(queue_msg)
+            msg["header"]["type"] = sock.prid
+            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+            replies = list(sock.nlm_request_batch([msg]))
+    except NetlinkError as exc:
+        if exc.code == errno.EOPNOTSUPP:
+            raise NotSupported(f"device {ifindex} cannot lease queue {lease_queue_id} of "
+                               f"device {lease_ifindex}", errno=exc.code,
+                               fix=f"leasing needs {REQUIREMENT}, and {NIC_REQUIREMENT}") from None
+        raise KernelError(f"queue-create on device {ifindex} (lease of queue {lease_queue_id} "
+                          f"of device {lease_ifindex}) failed", errno=exc.code) from None
     for reply in replies:
         if reply.get_attr("NETDEV_A_QUEUE_ID") is not None:
             return queue_create_reply_id(reply)

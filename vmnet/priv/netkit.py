@@ -142,15 +142,17 @@ def pair_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
     return msg
 
 
-def single_request(ifname: str, mac: str, leased_queues: int) -> ifinfmsg:
+def single_request(ifname: str, mac: str, leased_queues: int, index: int = 0) -> ifinfmsg:
     """RTM_NEWLINK for a single netkit device with room for leased RX queues.
 
     netkit starts a device with one real RX queue (its own, id 0); each
     queue-create adds the next one, up to IFLA_NUM_RX_QUEUES. The kernel
     refuses peer attributes and a policy other than forward in this mode.
+    index: the ifindex it gets (0: the kernel's choice).
     """
     msg = ifinfmsg()
     msg["family"] = 0
+    msg["index"] = index
     msg["attrs"] = [
         ("IFLA_IFNAME", ifname), ("IFLA_ADDRESS", mac),
         ("IFLA_NUM_TX_QUEUES", 1), ("IFLA_NUM_RX_QUEUES", 1 + leased_queues),
@@ -168,16 +170,17 @@ class NetkitUnavailable(NotSupported):
         self.why = why          # one line for `--backend auto`'s reason
 
 
-def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1, peer_index: int = 0) -> None:
+def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1, peer_index: int = 0,
+                  ip: IPRoute | None = None) -> None:
     def host_taken() -> bool:       # EEXIST for an ifindex already used here (see links.create_veth)
-        return bool(msg["index"]) and links.index_taken(msg["index"], msg.get_attr("IFLA_IFNAME"))
+        return bool(msg["index"]) and links.index_taken(msg["index"], msg.get_attr("IFLA_IFNAME"), ip)
 
     msg["header"]["type"] = RTM_NEWLINK
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:
-        with IPRoute() as ip:
+        with links.netlink(ip) as sock:
             # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
-            ip.nlm_request_batch([msg])
+            sock.nlm_request_batch([msg])
     except NetlinkError as exc:
         if peer_index and (exc.code == errno.EBUSY or exc.code == errno.EEXIST and host_taken()):
             raise IfindexTaken(f"ifindex {peer_index}, which vmnet gives the consumer end of {what}, "
@@ -283,18 +286,19 @@ def fixup_attached(ifname: str) -> bool:
     return False
 
 
-def create_single(spec: PortSpec) -> None:
+def create_single(spec: PortSpec, ip: IPRoute | None = None, index: int = 0) -> None:
     """The netkit-lease device vmc-<port>, here (it moves after its queues are leased)."""
-    msg = single_request(spec.consumer_ifname, spec.mac, spec.queues)
-    _send_newlink(msg, f"netkit device {spec.consumer_ifname}", spec.name)
+    msg = single_request(spec.consumer_ifname, spec.mac, spec.queues, index)
+    _send_newlink(msg, f"netkit device {spec.consumer_ifname}", spec.name, peer_index=index, ip=ip)
 
 
-def move_to_netns(ifname: str, netns_ref: str) -> None:
-    """Move a device into the consumer's netns (leases stay with it)."""
+def move_to_netns(ifname: str, netns_ref: str, ip: IPRoute | None = None) -> None:
+    """Move a device into the consumer's netns (leases stay with it; its ifindex too, unless
+    that one is taken there)."""
     nsfd = _netns.open_netns(netns_ref)
     try:
-        with IPRoute() as ip:
-            ip.link("set", ifname=ifname, net_ns_fd=nsfd)
+        with links.netlink(ip) as sock:
+            sock.link("set", ifname=ifname, net_ns_fd=nsfd)
     except NetlinkError as exc:
         raise KernelError(f"cannot move {ifname} into netns {netns_ref}", errno=exc.code) from None
     finally:

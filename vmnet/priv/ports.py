@@ -169,8 +169,7 @@ def _shared_attachment(program, instance: Instance, xdp: dict) -> tuple[str, int
         from . import libbpf
         fd = libbpf.obj_get(os.path.join(bpf.pin_dir(name, instance.pin_root), "link"))
         try:
-            mode = (links.link_state(xdp["ifname"]) or {}).get("xdp_mode") or xdp["mode"]
-            return mode, libbpf.link_info(fd).id
+            return xdp["mode"], libbpf.link_info(fd).id      # the backend read the mode it runs in
         finally:
             os.close(fd)
     if ifindex == 0:                        # its device went: a stale pin

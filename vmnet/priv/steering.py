@@ -112,6 +112,19 @@ def rss_context_create_request(indir_size: int, queues) -> bytearray:
                      + struct.pack(f"={indir_size}I", *table))
 
 
+def default_table_request(indir_size: int, host_queues) -> bytearray:
+    """ETHTOOL_SRSSH on the default context (0): spread over `host_queues` only, so the
+    host's own traffic stays off the queues leased to VMs. With no host_queues given,
+    indir_size 0: back to the device's default table."""
+    if not host_queues:
+        return bytearray(RXFH.pack(ETHTOOL_SRSSH, 0, 0, 0, 0, 0, 0))
+    queues = _queue_list(host_queues)
+    if not isinstance(indir_size, int) or not 0 < indir_size <= 65536:
+        raise InvalidInput(f"RSS indirection table size {indir_size!r} is not usable")
+    table = [queues[i % len(queues)] for i in range(indir_size)]
+    return bytearray(RXFH.pack(ETHTOOL_SRSSH, 0, indir_size, 0, 0, 0, 0) + struct.pack(f"={indir_size}I", *table))
+
+
 def parse_rss_context(buf: bytes) -> int:
     """The context id the kernel wrote back into rss_context."""
     return RXFH.unpack_from(buf)[1]
@@ -219,3 +232,20 @@ def remove_steering(steering: Steering) -> bool:
             if exc.errno not in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
     return found
+
+
+def keep_host_off(ifname: str, queue_count: int, leased) -> str:
+    """Make the NIC's default RSS table spread the host's traffic over the queues not leased
+    (all of them again once none is). What was done, for status."""
+    leased = set(leased)
+    host = [q for q in range(queue_count) if q not in leased]
+    sizes = _ioctl(ifname, rss_sizes_request(), "report its RSS indirection table size")
+    indir_size, _ = parse_rss_sizes(sizes)
+    if indir_size == 0:
+        raise NotSupported(f"device {ifname} has no RSS indirection table", fix=NIC_FIX)
+    if not host:
+        raise InvalidInput(f"every queue of {ifname} would be leased: the host keeps none",
+                           fix="keep at least one queue for the host (lease_reserved_queues)")
+    _ioctl(ifname, default_table_request(indir_size, host if leased else []),
+           "set its default RSS table")
+    return f"the host's RSS table spreads over queues {host}" if leased else "the host's RSS table is the default"

@@ -69,10 +69,22 @@ def choose_queues(queues: dict[int, dict], asked: list[int] | None, reserved: in
     return asked
 
 
+def _host_table(nic: str, queue_count: int, leased: list[int]) -> str:
+    """Keep the NIC's default RSS table off every queue leased now; say what happened."""
+    try:
+        return steering.keep_host_off(nic, queue_count, leased)
+    except VmnetError as exc:
+        return f"not kept off the leased queues: {exc.message}"
+
+
 class NetkitLease(Backend):
     name = "netkit-lease"
 
     def plug(self, spec, ctx):
+        with netdev_genl.Session() as nd:
+            return self._plug(spec, ctx, nd)
+
+    def _plug(self, spec, ctx, nd):
         netdev_genl.require_queue_create()
         nic, asked = parse_lease_from(spec.lease_from, spec.queues)
         state = links.link_state(nic, ctx.host_ip)
@@ -81,35 +93,40 @@ class NetkitLease(Backend):
                            fix="name a NIC of the helper's netns with --lease-from")
         nic_ifindex = state["ifindex"]
         self._require_our_program_or_none(nic, state, ctx)
-        queues = netdev_genl.rx_queues(nic_ifindex)
+        queues = netdev_genl.rx_queues(nic_ifindex, nd)
         if not queues:
             raise NotSupported(f"{nic} reports no RX queues through netdev queue-get",
                                fix=netdev_genl.NIC_REQUIREMENT)
         reserved = getattr(ctx.config, "lease_reserved_queues", RESERVED_QUEUES) if ctx.config else RESERVED_QUEUES
         nic_queues = choose_queues(queues, asked, reserved, spec.queues, nic)
-        zero_copy = bool(netdev_genl.xdp_features(nic_ifindex) & netdev_genl.NETDEV_XDP_ACT_XSK_ZEROCOPY)
+        zero_copy = bool(netdev_genl.xdp_features(nic_ifindex, nd) & netdev_genl.NETDEV_XDP_ACT_XSK_ZEROCOPY)
         if not zero_copy and not spec.receive_only:
             raise NotSupported(
                 f"{nic} has no AF_XDP zero-copy: a queue leased from it receives, but nothing the "
                 "consumer sends there ever leaves (copy-mode transmit on a leased queue is dropped), "
                 "so a VM behind it could not send", fix=ZC_FIX)
-        netkit.create_single(spec)
+        # the netkit device gets the ifindex vmnet chose: no lookup to learn it, and a move
+        # keeps it unless the consumer's netns has a device with it (checked after the move)
+        netkit.create_single(spec, ctx.host_ip, index=ctx.ifindex)
         try:
-            device = links.require_link(spec.consumer_ifname, ctx.host_ip)
-            bind = [self._lease(device["ifindex"], nic_ifindex, q, nic) for q in nic_queues]
+            bind = [self._lease(ctx.ifindex, nic_ifindex, q, nic, nd) for q in nic_queues]
             if spec.netns:
-                netkit.move_to_netns(spec.consumer_ifname, spec.netns)
-            consumer = links.require_link(spec.consumer_ifname, ctx.cons_ip)
+                netkit.move_to_netns(spec.consumer_ifname, spec.netns, ctx.host_ip)
+                consumer = links.require_link(spec.consumer_ifname, ctx.cons_ip)["ifindex"]
+            else:
+                consumer = ctx.ifindex
         except BaseException:
             self.unplug(spec.name, {"netns": spec.netns, "consumer_ifname": spec.consumer_ifname}, ctx.instance)
             raise
+        leased_now = sorted({q for q, v in queues.items() if v["leased"]} | set(nic_queues))
         return Plugged(
-            spec=spec, reason="asked for", consumer_ifindex=consumer["ifindex"], bind_queues=bind,
+            spec=spec, reason="asked for", consumer_ifindex=consumer, bind_queues=bind,
             keys=[(nic_ifindex, q) for q in nic_queues],
-            xdp={"ifindex": nic_ifindex, "ifname": nic, "netns": None, "mode": "native",
+            xdp={"ifindex": nic_ifindex, "ifname": nic, "netns": None, "mode": state["xdp_mode"] or "native",
                  "shared": f"+nic-{nic_ifindex}"},
             extra={"nic": nic, "nic_ifindex": nic_ifindex, "nic_queues": nic_queues, "zero_copy": zero_copy,
-                   "receive_only": spec.receive_only})
+                   "receive_only": spec.receive_only, "_nic_mtu": state["mtu"],
+                   "_queue_count": len(queues), "_leased_now": leased_now})
 
     @staticmethod
     def _require_our_program_or_none(nic: str, state: dict, ctx) -> None:
@@ -123,9 +140,9 @@ class NetkitLease(Backend):
             fix=f"detach it ('ip link set dev {nic} xdp off') or lease from another NIC")
 
     @staticmethod
-    def _lease(netkit_ifindex: int, nic_ifindex: int, queue: int, nic: str) -> int:
+    def _lease(netkit_ifindex: int, nic_ifindex: int, queue: int, nic: str, nd) -> int:
         try:
-            return netdev_genl.lease_queue(netkit_ifindex, nic_ifindex, queue)
+            return netdev_genl.lease_queue(netkit_ifindex, nic_ifindex, queue, nd)
         except KernelError as exc:
             why = {errno.EBUSY: "it is already leased, or has an AF_XDP socket or memory provider",
                    errno.ERANGE: f"{nic} has no such queue",
@@ -140,19 +157,21 @@ class NetkitLease(Backend):
 
     def configure(self, plugged, ctx):
         spec, extra = plugged.spec, plugged.extra
-        nic = links.require_link(extra["nic"], ctx.host_ip)
-        mtu = min(spec.mtu or MTU_FRAME_MAX, MTU_FRAME_MAX, nic["mtu"] or MTU_FRAME_MAX)
+        nic_mtu = extra.pop("_nic_mtu") or MTU_FRAME_MAX
+        mtu = min(spec.mtu or MTU_FRAME_MAX, MTU_FRAME_MAX, nic_mtu)
         links.set_mtu_up(spec.consumer_ifname, mtu, ctx.cons_ip)
-        extra["steering"] = self._steer(spec, extra)
-        return Configured(mtu=mtu, host_ifindex=nic["ifindex"])
+        extra["steering"] = self._steer(spec, extra, extra.pop("_queue_count"), extra.pop("_leased_now"))
+        return Configured(mtu=mtu, host_ifindex=extra["nic_ifindex"])
 
     @staticmethod
-    def _steer(spec, extra) -> dict:
+    def _steer(spec, extra, queue_count: int, leased: list[int]) -> dict:
+        """The VM's MAC to an RSS context over its queues, and the host's table off them."""
+        out = {"host_table": _host_table(extra["nic"], queue_count, leased)}
         try:
             made = steering.create_steering(extra["nic"], extra["nic_queues"], steering.Match(dst_mac=spec.mac))
         except NotSupported as exc:
-            return {"active": False, "why": exc.message}
-        return {"active": True, "context": made.context, "rule": made.location}
+            return dict(out, active=False, why=exc.message)
+        return dict(out, active=True, context=made.context, rule=made.location)
 
     def unplug(self, name, record, instance):
         record = record or {}
@@ -165,12 +184,22 @@ class NetkitLease(Backend):
             except VmnetError:
                 pass
         ifname = record.get("consumer_ifname") or "vmc-" + name
-        for where in (record.get("netns"), None):
+        # in the consumer's netns, or still here when the move never happened
+        for where in dict.fromkeys((record.get("netns"), None)):
             try:
                 with netns.entered(where):
-                    found = links.delete_link(ifname) or found     # deleting netkit ends its leases
+                    if links.delete_link(ifname):        # deleting netkit ends its leases
+                        found = True
+                        break
             except VmnetError:
                 continue                # its netns is gone, and took the device along
+        extra = record.get("extra") or {}
+        if extra.get("nic") and found:                          # the queues it leased go back
+            try:
+                queues = netdev_genl.rx_queues(extra["nic_ifindex"])
+                _host_table(extra["nic"], len(queues), [q for q, v in queues.items() if v["leased"]])
+            except VmnetError:
+                pass
         return found
 
     def why_broken(self, name, record, instance):
