@@ -32,6 +32,8 @@ apt-get install -y -q --no-install-recommends busybox-static
 # (no install) and builds netdevsim from its linux-source against these tools.
 apt-get install -y -q --no-install-recommends \
     kmod xz-utils flex bison bc binutils pkgconf libelf-dev libssl-dev
+# The VM tests' guest enables every queue of a multi-queue NIC with ethtool.
+apt-get install -y -q --no-install-recommends ethtool
 
 # The XSK object is committed; fail early when it no longer matches its source.
 make -s -C bpf check

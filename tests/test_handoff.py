@@ -208,3 +208,43 @@ def test_killing_the_helper_during_traffic_loses_nothing(helper, consumer_netns,
         assert probe.ping(CONSUMER_IP, count=2)["received"] == 2
     finally:
         stop(proc)
+
+
+FAKE_QEMU = """#!/bin/sh
+# a stand-in for QEMU: answers -version like one, records any other argv
+if [ "$1" = "-version" ]; then echo "QEMU emulator version {version} (Debian)"; exit 0; fi
+echo "$@" > {record}
+"""
+
+
+@pytest.mark.parametrize("version, queues, refused", [
+    ("10.0.13", 2, "reads only one queue of an af-xdp netdev (the first"),
+    ("10.2.2", 4, "reads only one queue of an af-xdp netdev (the last"),
+    ("10.2.2", 1, None),
+])
+def test_the_wrapper_refuses_a_multiqueue_port_to_a_qemu_that_reads_one_queue(
+        test_netns, consumer_netns, port_name, version, queues, refused):
+    h = HelperProcess('allow_ipc_lock = true\n').start()
+    try:
+        h.vmnet_json("port", "add", port_name, "--queues", str(queues), "--netns", consumer_netns,
+                     "--consumer-user", str(NOBODY))
+        qemu = os.path.join(h.dir, "qemu-system-x86_64")          # named like QEMU: its rules apply
+        record = os.path.join(h.dir, "argv")
+        with open(qemu, "w") as f:
+            f.write(FAKE_QEMU.format(version=version, record=record))
+        os.chmod(qemu, 0o755)
+        os.chmod(h.dir, 0o777)            # the fake QEMU, run as nobody, writes its record here
+        out = subprocess.run([WRAPPER] + responder_args(port_name)[4:], capture_output=True, text=True,
+                             timeout=60, cwd="/", stdin=subprocess.DEVNULL,
+                             env=dict(h.env, VMNET_QEMU=qemu, HOME=h.dir),
+                             preexec_fn=in_netns(consumer_netns, as_identity(NOBODY, NOBODY, keep_ipc_lock=True)))
+        if refused:
+            assert out.returncode == 5, out.stderr
+            assert f"QEMU {version}" in out.stderr and refused in out.stderr and "net_init_af_xdp" in out.stderr
+            assert "fix: give the port 1 queue" in out.stderr
+            assert not os.path.exists(record)
+            assert h.vmnet_json("port", "show", port_name)["holder"] is None    # no socket was taken
+        else:
+            assert os.path.exists(record), out.stderr
+    finally:
+        h.cleanup()

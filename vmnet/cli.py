@@ -375,7 +375,8 @@ def exec_(ports, user, group, allow_ipc_lock, keep_fds, command):
     if uid is not None:
         new_session()       # before the fds: the process that holds them is the one that execs
     prepared = prepare(list(command), cfg.socket, extra_ports=ports,
-                       allow_ipc_lock=allow_ipc_lock or cfg.allow_ipc_lock)
+                       allow_ipc_lock=allow_ipc_lock or cfg.allow_ipc_lock,
+                       qemu_multiqueue_fixed=cfg.qemu_multiqueue_fixed)
     if prepared.keep_ipc_lock:
         click.echo("vmnet exec: memlock could not be raised; the command keeps CAP_IPC_LOCK (allowed)", err=True)
     exec_prepared(prepared, uid=uid, gid=gid, close_inherited=not keep_fds)
@@ -467,15 +468,19 @@ def libvirt_uninstall_hook(path):
 @click.option("--uri", default="qemu:///system", show_default=True)
 @click.pass_obj
 def libvirt_attach_cmd(ctx, domain, spec, uri):
-    """Create a port and hot-plug it into running DOMAIN (stock emulator).
+    """Hot-plug a port into running DOMAIN (stock emulator).
 
-    PORT_SPEC is NAME[,queues=N][,mode=...][,mac=...]. The port's consumer is
-    the uid the domain's QEMU runs as; its sockets reach QEMU through
-    getfd + netdev_add af-xdp + device_add.
+    PORT_SPEC is NAME[,queues=N][,mode=...][,mac=...]. A port the domain
+    declares in its metadata (made by the hook at start) is plugged as it
+    is; otherwise a port is created, owned by the domain, for the uid the
+    domain's QEMU runs as. The sockets reach QEMU through getfd +
+    netdev_add af-xdp + device_add; the helper plans memlock from QEMU's
+    own limits and capabilities.
     """
     from .libvirt.attach import attach
     from .libvirt.domain_xml import port_option
-    record = attach(_config().socket, uri, domain, port_option(spec))
+    cfg = _config()
+    record = attach(cfg.socket, uri, domain, port_option(spec), cfg.qemu_multiqueue_fixed)
     _emit(ctx, record, f"attached port {record['name']} to {domain}")
 
 

@@ -31,6 +31,10 @@ SETTINGS = {
     # without the kernel's bind guard (bpf LSM), allow ports whose consumer netns holds other
     # devices a consumer could bind its sockets to (docs/helper.md, "Security model")
     "allow_unconfined": (bool, False),
+    # the QEMU this host runs reads every queue of a multi-queue af-xdp netdev (released QEMUs
+    # read one: vmnet refuses multi-queue ports to them; docs/datapath.md)
+    "qemu_multiqueue_fixed": (bool, False),
+    "lease_reserved_queues": (int, 1),  # netkit-lease: NIC queues 0..N-1 stay with the host
 }
 
 

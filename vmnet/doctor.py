@@ -211,7 +211,14 @@ def check_qemu(qemu: str | None = None) -> Check:
         return Check("qemu", MISSING, f"cannot run {path}: {exc.strerror}",
                      "apt-get install qemu-system-x86, or point VMNET_QEMU at an existing QEMU")
     if "af-xdp" in backends:
-        return Check("qemu", OK, f"{path}: {version}, with af-xdp")
+        from . import qemu_compat
+        parsed = qemu_compat.parse_version(version)
+        limits = ["ports of 1 queue only: it reads one queue of a multi-queue af-xdp netdev "
+                  "(net/af-xdp.c net_init_af_xdp; docs/datapath.md; qemu_multiqueue_fixed = true for a "
+                  "QEMU with the fix)"]
+        if parsed is not None and parsed < (10, 1, 0):
+            limits.append("no netkit-lease ports (it wants the program on ifname; 10.1 and later do not)")
+        return Check("qemu", OK, f"{path}: {version}, with af-xdp; " + "; ".join(limits))
     return Check("qemu", MISSING, f"{path} ({version}) has no af-xdp netdev backend",
                  "use a QEMU built with libxdp (--enable-af-xdp); Debian's QEMU is built without it")
 

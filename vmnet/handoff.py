@@ -22,8 +22,10 @@ import dataclasses
 import os
 
 from . import argv as argvmod
+from . import qemu_compat
 from .client import Client
 from .errors import InvalidInput, MemlockError, NotFound, PermissionDenied
+from .memlock import mib
 from .model import Port
 from .qemu_args import qemu_argv
 
@@ -37,8 +39,11 @@ class Prepared:
 
 
 def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: bool = False,
-            on_fds=None) -> Prepared:
-    """Fetch fds, fill the argv, get memlock; on_fds(argv, fds) sees the argv before memlock."""
+            on_fds=None, qemu_multiqueue_fixed: bool = False) -> Prepared:
+    """Fetch fds, fill the argv, get memlock; on_fds(argv, fds) sees the argv before memlock.
+
+    When the command is QEMU, each port is first checked against what that QEMU's af-xdp
+    can do (vmnet.qemu_compat), before any socket is taken."""
     names = argvmod.ports_in(argv)
     appended = [p for p in extra_ports if p not in names]
     if not names and not appended:
@@ -46,6 +51,13 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
                            fix="use key=vmnet:PORT placeholders (e.g. sock-fds=vmnet:vm1) or --port PORT")
     values, all_fds, extra_args = {}, [], []
     with Client(socket_path) as c:
+        if qemu_compat.is_qemu(argv[0]):
+            import shutil
+            version = qemu_compat.version_of(shutil.which(argv[0]) or argv[0])
+            for name in names + appended:
+                refused = qemu_compat.refusal(version, c.call("port-show", name=name)[0], qemu_multiqueue_fixed)
+                if refused is not None:
+                    raise refused
         try:
             for name in names + appended:
                 record, fds = c.call("fds-for-consumer", name=name)
@@ -58,7 +70,14 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
                 on_fds(final_argv, all_fds)
             try:
                 memlock, _ = c.call("raise-memlock-for-peer", ports=names + appended)
-                keep = False
+                keep = memlock.get("action") == "ipc-lock"      # it holds CAP_IPC_LOCK already
+                if keep and not allow_ipc_lock:
+                    raise MemlockError(
+                        f"the consumer needs to lock {mib(memlock['need'])} more than its memlock limit "
+                        "allows; it holds CAP_IPC_LOCK, but "
+                        "vmnet drops every capability before it execs and may keep that one only when "
+                        "allowed", fix="set allow_ipc_lock = true (or --allow-ipc-lock), or let the helper "
+                                       "raise the memlock limit (CAP_SYS_RESOURCE)")
             except MemlockError:
                 # CAP_IPC_LOCK can only be kept by a caller that has it (root,
                 # or a launcher that granted it) and only when allowed

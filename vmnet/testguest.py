@@ -76,13 +76,50 @@ def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24) -> str:
+def _with_libraries(binary: str) -> list[tuple[str, bytes]]:
+    """A dynamically linked binary and every library it loads, by their paths (ldd)."""
+    import subprocess
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    paths = [binary]
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) > parts.index("=>") + 1 and parts[parts.index("=>") + 1].startswith("/"):
+            paths.append(parts[parts.index("=>") + 1])
+        elif parts and parts[0].startswith("/"):
+            paths.append(parts[0])              # the dynamic loader
+    files = []
+    for p in paths:
+        with open(p, "rb") as f:
+            files.append((p, f.read()))
+    return files
+
+
+WAITING = "VMNET-GUEST-WAITING-FOR-ITS-NIC"
+
+
+def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24, queues: int = 1,
+                    wait_for_nic: bool = False) -> str:
+    """queues > 1: the guest enables that many queue pairs (ethtool -L combined, Debian's ethtool
+    and its libraries in the initramfs): Linux enables only as many as it has CPUs."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     with open(busybox, "rb") as f:
         bb = f.read()
     d, f_, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755
     entries = [(n, d, b"") for n in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
+    base_dirs = len(entries)
     entries.append(("bin/busybox", x, bb))
+    if queues > 1:
+        ethtool = shutil.which("ethtool") or "/usr/sbin/ethtool"
+        dirs = set()
+        for p, data in _with_libraries(ethtool):
+            parent = os.path.dirname(p.lstrip("/"))
+            while parent and parent not in dirs:
+                dirs.add(parent)
+                parent = os.path.dirname(parent)
+            entries.append((p.lstrip("/"), x, data))
+        # parents before children, after the base directories and before any file
+        entries[base_dirs:base_dirs] = [(n, d, b"") for n in sorted(dirs, key=lambda n: (n.count("/"), n))
+                                        if n not in ("bin", "lib")]
     inserts = []
     for name in MODULES:
         for rel in _deps(moddir, name):
@@ -95,20 +132,27 @@ def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24) -> s
             base = os.path.basename(rel).split(".ko")[0] + ".ko"
             entries.append((f"lib/modules/{base}", f_, data))
             inserts.append(f"/bin/busybox insmod /lib/modules/{base}")
-    entries.append(("init", x, init_script(inserts, address, prefix).encode()))
+    entries.append(("init", x, init_script(inserts, address, prefix, queues, wait_for_nic).encode()))
     with open(path, "wb") as fh:
         fh.write(_cpio(entries))
     return path
 
 
-def init_script(inserts: list[str], address: str, prefix: int = 24) -> str:
-    """The guest's /init: modules, eth0 with `address`, the TCP sink, READY. Pure."""
+def init_script(inserts: list[str], address: str, prefix: int = 24, queues: int = 1,
+                wait_for_nic: bool = False) -> str:
+    """The guest's /init: modules, eth0 with `address` (and `queues` queue pairs), the TCP
+    sink, READY. wait_for_nic: say WAITING and wait for eth0 to be hot-plugged first. Pure."""
+    ethtool = shutil.which("ethtool") or "/usr/sbin/ethtool"
+    wait = [f"echo {WAITING} > /dev/ttyS0",
+            "while [ ! -e /sys/class/net/eth0 ]; do /bin/busybox sleep 0.2; done"] if wait_for_nic else []
     return "\n".join([
         "#!/bin/busybox sh",
         "/bin/busybox mount -t proc proc /proc",
         "/bin/busybox mount -t sysfs sys /sys",
         "/bin/busybox mount -t devtmpfs dev /dev",
         *inserts,
+        *wait,
+        *([f"{ethtool} -L eth0 combined {queues} > /dev/ttyS0 2>&1"] if queues > 1 else []),
         "/bin/busybox ip link set lo up",
         "/bin/busybox ip link set eth0 up",
         f"/bin/busybox ip addr add {address}/{prefix} dev eth0",

@@ -36,7 +36,8 @@ def main():
         cfg = load()
         qemu = os.environ.get("VMNET_QEMU") or cfg.qemu
         prepared = prepare([qemu] + args, cfg.socket, allow_ipc_lock=cfg.allow_ipc_lock,
-                           on_fds=lambda argv, fds: _log("substituted", argv, fds=fds))
+                           on_fds=lambda argv, fds: _log("substituted", argv, fds=fds),
+                           qemu_multiqueue_fixed=cfg.qemu_multiqueue_fixed)
         _log("memlock", [], memlock=prepared.memlock)
         exec_prepared(prepared, close_inherited=False)
     except VmnetError as exc:

@@ -68,19 +68,30 @@ def measure(tag: str, pings: int, user: str = "nobody", *, guest_pings: int = 50
                             pings=pings, flows=4)
     out.update(ok=row.ok, rtt_avg_ms=None if row.rtt_ms is None else round(row.rtt_ms, 3),
                ping=row.pings, memlock=row.memlock, problems=row.problems)
-    qemu = qemu if qemu is not None else os.environ.get("VMNET_TEST_QEMU")
-    problem = qemu_problem(qemu)
+    from ..qemu_compat import labels, listed
+    qemus = listed(qemu if qemu is not None else os.environ.get("VMNET_TEST_QEMU"))
+    problem = qemu_problem(qemus[0] if qemus else None)
     if problem:
         out["guest"] = {"skipped": problem}
         return out
-    try:
-        guest = compare_guests("g" + tag, qemu, user, uid, gid, guest_pings, tcp_seconds, tcp_rounds,
-                               progress)
-    except Exception as exc:            # the responder's numbers stay; the error is reported
-        out["guest"] = {"error": str(exc).splitlines()[0],
-                        "traceback": "".join(traceback.format_exception(exc)).strip().splitlines()[-6:]}
-        return out
+    # one comparison per QEMU (VMNET_TEST_QEMU is a ':'-separated list), each reported apart;
+    # the headline numbers and goals are the first one's
+    out["guests"] = {}
+    for i, (path, label) in enumerate(labels(qemus).items()):
+        problem = qemu_problem(path)
+        if problem:
+            out["guests"][label] = {"skipped": problem, "qemu": path}
+            continue
+        try:
+            out["guests"][label] = compare_guests(f"g{i}{tag}", path, user, uid, gid, guest_pings, tcp_seconds,
+                                                  tcp_rounds, progress)
+        except Exception as exc:        # the responder's numbers stay; the error is reported
+            out["guests"][label] = {"error": str(exc).splitlines()[0], "qemu": path,
+                                    "traceback": "".join(traceback.format_exception(exc)).strip().splitlines()[-6:]}
+    guest = next(iter(out["guests"].values()))
     out["guest"] = guest
+    if "backends" not in guest:
+        return out
     per = guest["backends"]
     out["guest_rtt_p50_ms"] = {k: v["rtt"]["p50"] for k, v in per.items()}
     out["guest_rtt_p99_ms"] = {k: v["rtt"]["p99"] for k, v in per.items()}

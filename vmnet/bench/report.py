@@ -153,7 +153,11 @@ def format_result(r: dict) -> str:
         out.append(f"   ping through a {dp['mode']} {dp['queues']}-queue port to the {dp['consumer']}: "
                    f"{dp['ping']} answered, rtt avg {rtt} ms"
                    + ("" if dp["ok"] else f" (problems: {'; '.join(dp['problems'])})"))
-        out += _guests(dp.get("guest") or {})
+        guests = dp.get("guests") or ({"": dp["guest"]} if dp.get("guest") else {})
+        for label, g in guests.items():
+            if len(guests) > 1 or label:
+                out.append(f"   QEMU {label} ({g.get('qemu', '?')}):")
+            out += _guests(g)
     if not (r.get("lease") or {}).get("skipped"):
         out += [""] + _lease_lines(r)
     out += ["", "goals"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 
-from .. import client
-from ..errors import InvalidInput, KernelError, NotFound, NotSupported, VmnetError
+from .. import client, qemu_compat
+from ..errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
 from ..model import Port
 from ..qemu_args import netdev_id
 
@@ -57,6 +57,13 @@ def _qmp(dom, command: str, arguments: dict, fds: list[int] = ()):
     return data.get("return")
 
 
+def _shown(socket_path: str, name: str) -> dict | None:
+    try:
+        return client.call(socket_path, "port-show", name=name)
+    except NotFound:
+        return None
+
+
 def owner_of(dom) -> str:
     """A domain's ports are owned by its uuid, spelled as the hook spells it (vmnet.libvirt.domain)."""
     return f"uuid:{dom.UUIDString()}"
@@ -71,17 +78,35 @@ def qemu_pid(name: str, run_dir: str = "/run/libvirt/qemu") -> int:
                        fix="start it first; live attach needs a running QEMU") from None
 
 
-def attach(socket_path: str, uri: str, name: str, port: dict) -> dict:
+def attach(socket_path: str, uri: str, name: str, port: dict, qemu_multiqueue_fixed: bool = False) -> dict:
+    """Plug a port into the running domain: the domain's own port when it exists (declared in
+    its metadata, made by the hook at start), else a new one owned by the domain."""
     conn, dom = _domain(uri, name)
     pid = qemu_pid(name)
     with open(f"/proc/{pid}/status") as f:
         uid = int(next(l for l in f if l.startswith("Uid:")).split()[1])
-    ns = f"/proc/{pid}/ns/net"
-    if os.stat(ns).st_ino != os.stat("/proc/self/ns/net").st_ino:
-        port = dict(port, netns=ns)
-    args = {k: v for k, v in port.items() if k != "consumer_user"}
-    record = client.call(socket_path, "port-create", consumer_uid=uid, owner=owner_of(dom), **args)
+    existing = _shown(socket_path, port["name"])
+    created = existing is None
+    if existing is not None:
+        if existing.get("owner") != owner_of(dom):
+            conn.close()
+            raise AlreadyExists(f"port {port['name']} already exists and belongs to "
+                                f"{existing.get('owner') or 'no domain'}, not to {name}",
+                                fix="pick another port name, or delete that port first")
+        record = existing
+    else:
+        ns = f"/proc/{pid}/ns/net"
+        if os.stat(ns).st_ino != os.stat("/proc/self/ns/net").st_ino:
+            port = dict(port, netns=ns)
+        args = {k: v for k, v in port.items() if k != "consumer_user"}
+        record = client.call(socket_path, "port-create", consumer_uid=uid, owner=owner_of(dom), **args)
     pname = record["name"]
+    refused = qemu_compat.refusal(qemu_compat.version_of(f"/proc/{pid}/exe"), record, qemu_multiqueue_fixed)
+    if refused is not None:
+        if created:
+            _quiet(client.call, socket_path, "port-delete", name=pname, missing_ok=True)
+        conn.close()
+        raise refused
     fd_names, added_netdev = [], False
     fds: list[int] = []
     try:
@@ -107,7 +132,8 @@ def attach(socket_path: str, uri: str, name: str, port: dict) -> dict:
             _quiet(_qmp, dom, "netdev_del", {"id": netdev_id(pname)})
         for fdname in fd_names:
             _quiet(_qmp, dom, "closefd", {"fdname": fdname})
-        _quiet(client.call, socket_path, "port-delete", name=pname, missing_ok=True)
+        if created:                     # the domain's own port stays its own (the hook removes it)
+            _quiet(client.call, socket_path, "port-delete", name=pname, missing_ok=True)
         raise
     finally:
         for fd in fds:

@@ -44,7 +44,8 @@ _netlink = netlink
 
 
 def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
-                 netns_fd: int | None = None, peer_index: int = 0, host_index: int = 0) -> ifinfmsg:
+                 netns_fd: int | None = None, peer_index: int = 0, host_index: int = 0,
+                 host_tx_queues: int | None = None) -> ifinfmsg:
     """RTM_NEWLINK for a veth pair: host end here, peer (the consumer end) in netns_fd.
 
     Pure. peer_index, when given, is the ifindex the consumer end gets:
@@ -61,7 +62,7 @@ def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
     msg["index"] = host_index
     msg["attrs"] = [
         ("IFLA_IFNAME", host_ifname),
-        ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues),
+        ("IFLA_NUM_TX_QUEUES", host_tx_queues or queues), ("IFLA_NUM_RX_QUEUES", queues),
         ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"),
                                      ("IFLA_INFO_DATA", {"attrs": [
                                          ("VETH_INFO_PEER", {"index": peer_index, "attrs": peer})]})]}),
@@ -71,10 +72,19 @@ def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
 
 def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
                 host_index: int = 0) -> None:
-    """Create host end vmn-<port> here and consumer end vmc-<port> in spec.netns."""
+    """Create host end vmn-<port> here and consumer end vmc-<port> in spec.netns.
+
+    In skb (generic XDP) mode the host end gets one transmit queue more than the port has:
+    veth then passes a frame sent on transmit queue k up its peer's stack, where generic
+    XDP reads the transmit queue as a recorded receive queue, k - 1 (0 for k = 0) — so with
+    as many transmit queues as queues, the port's last queue would never receive (seen on
+    6.18: transmit queues 0-3 reach queues 0, 0, 1, 2). In native mode veth hands transmit
+    queue k to its peer's queue k, and a transmit queue past the peer's would bypass XDP.
+    """
     nsfd = _netns.open_netns(spec.netns) if spec.netns else None
     queues = spec.start_queue + spec.queues
-    msg = veth_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, peer_index, host_index)
+    msg = veth_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, peer_index, host_index,
+                       host_tx_queues=queues + 1 if spec.mode == "skb" else queues)
     msg["header"]["type"] = RTM_NEWLINK
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:

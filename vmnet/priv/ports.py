@@ -55,7 +55,7 @@ class CreatedPort:
 
 
 def create_port(spec: PortSpec, instance: Instance = DEFAULT, guard=None,
-                program: xskprog.XskProgram | None = None) -> CreatedPort:
+                program: xskprog.XskProgram | None = None, config=None) -> CreatedPort:
     bpf.require_bpffs()
     if bpf.pinned(spec.name, instance.pin_root):
         raise AlreadyExists(f"port {spec.name} already exists (pins in {bpf.pin_dir(spec.name, instance.pin_root)})",
@@ -73,7 +73,7 @@ def create_port(spec: PortSpec, instance: Instance = DEFAULT, guard=None,
             host_ip = stack.enter_context(IPRoute())
             with netns.entered(spec.netns):
                 cons_ip = stack.enter_context(IPRoute()) if spec.netns else host_ip
-            return _create(spec, host_ip, cons_ip, instance, guard, program)
+            return _create(spec, host_ip, cons_ip, instance, guard, program, config)
     finally:
         if own:
             program.close()
@@ -107,9 +107,9 @@ def _plug(spec, ctx, program) -> tuple[list[int], backends.Plugged]:
         program.release(held)
 
 
-def _create(spec, host_ip, cons_ip, instance, guard, program) -> CreatedPort:
+def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> CreatedPort:
     requested = spec.backend
-    ctx = backends.Context(instance=instance, host_ip=host_ip, cons_ip=cons_ip, ifindex=0)
+    ctx = backends.Context(instance=instance, host_ip=host_ip, cons_ip=cons_ip, ifindex=0, config=config)
     sockets: list[socket.socket] = []
     link_fd = -1
     try:

@@ -97,7 +97,7 @@ class NetkitLease(Backend):
         if not queues:
             raise NotSupported(f"{nic} reports no RX queues through netdev queue-get",
                                fix=netdev_genl.NIC_REQUIREMENT)
-        reserved = getattr(ctx.config, "lease_reserved_queues", RESERVED_QUEUES) if ctx.config else RESERVED_QUEUES
+        reserved = ctx.config.lease_reserved_queues if ctx.config is not None else RESERVED_QUEUES
         nic_queues = choose_queues(queues, asked, reserved, spec.queues, nic)
         zero_copy = bool(netdev_genl.xdp_features(nic_ifindex, nd) & netdev_genl.NETDEV_XDP_ACT_XSK_ZEROCOPY)
         if not zero_copy and not spec.receive_only:
