@@ -97,3 +97,14 @@ def test_selftest_without_privileges_says_it_needs_root():
     out = subprocess.run(VMNET + ["selftest"], capture_output=True, text=True, timeout=60,
                          preexec_fn=as_nobody, cwd="/")
     assert out.returncode == 8 and "sudo vmnet selftest" in out.stderr
+
+
+@pytest.mark.unit
+def test_libvirt_inject_declare_only_from_stdin():
+    src = os.path.join(os.path.dirname(__file__), "golden", "with-commandline.in.xml")
+    with open(src) as f:
+        out = subprocess.run(VMNET + ["libvirt", "inject", "-", "--port", "db1", "--declare-only"], stdin=f,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '<vmnet:port name="db1"' in out.stdout
+    assert "/usr/bin/qemu-system-x86_64" in out.stdout and "sock-fds=vmnet:" not in out.stdout

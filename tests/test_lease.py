@@ -26,7 +26,7 @@ from test_handoff import in_netns, stop, wait_ready
 
 from vmnet.errors import AlreadyExists, InvalidInput, NotFound, NotSupported, VmnetError
 from vmnet.model import PortSpec
-from vmnet.priv import bpf, links, netdev_genl, netns, ports, xskprog
+from vmnet.priv import bpf, links, netdev_genl, netns, ports
 
 pytestmark = pytest.mark.netns
 

@@ -52,6 +52,21 @@ def test_inject_with_no_ports_removes_vmnets_arguments():
     assert "vmnet:" not in out and "timestamp=on" in out
 
 
+def test_declare_only_keeps_the_emulator_and_adds_no_arguments():
+    """For live attach: ports in the metadata, the domain's own emulator, no -netdev of ours."""
+    src = (GOLDEN / "with-commandline.in.xml").read_text()
+    emulator = lx.parse_domain(src).find("devices/emulator").text
+    out = lx.inject(src, [lx.port_option("db1")], commandline=False)
+    root = lx.parse_domain(out)
+    assert root.find("devices/emulator").text == emulator
+    assert [p["name"] for p in lx.parse_ports(root)] == ["db1"]
+    assert "sock-fds=vmnet:" not in out and "name=opt/app/config,string=hello" in out
+    # and it takes out what an earlier full inject put in
+    full = lx.inject(src, [lx.port_option("db1")])
+    assert "sock-fds=vmnet:db1" in full
+    assert "sock-fds=vmnet:" not in lx.inject(full, [lx.port_option("db1")], commandline=False)
+
+
 def test_render_prints_metadata_emulator_and_arguments():
     out = lx.render([lx.port_option("web1,queues=2")])
     assert '<vmnet:port name="web1" queues="2" />' in out

@@ -420,7 +420,10 @@ def libvirt_render(specs, emulator):
 @click.option("--emulator", default=None, help="Wrapper path (default: /usr/local/bin/vmnet-qemu-wrapper).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="Write here (default: stdout).")
-def libvirt_inject(domain_xml, specs, emulator, output):
+@click.option("--declare-only", is_flag=True,
+              help="Only declare the ports in the metadata (the hook makes them at start) and keep "
+                   "the domain's emulator: for `vmnet libvirt attach` into the running domain.")
+def libvirt_inject(domain_xml, specs, emulator, output, declare_only):
     """Add or replace vmnet's parts in DOMAIN_XML (idempotent; '-' for stdin).
 
     \b
@@ -431,7 +434,7 @@ def libvirt_inject(domain_xml, specs, emulator, output):
     from .libvirt import domain_xml as lx
     with click.open_file(domain_xml, "rb") as f:
         text = f.read()
-    out = lx.inject(text, _ports(specs), emulator or lx.WRAPPER)
+    out = lx.inject(text, _ports(specs), emulator or lx.WRAPPER, commandline=not declare_only)
     with click.open_file(output, "w") as f:
         f.write(out)
 

@@ -21,7 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from ..errors import AlreadyExists, IfindexTaken, KernelError, NotFound, from_oserror
+from ..errors import AlreadyExists, IfindexTaken, KernelError, NotFound
 from ..model import PortSpec
 from . import netns as _netns
 
