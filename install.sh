@@ -2,9 +2,19 @@
 # Install vmnet and everything it needs on a Debian bookworm machine, as root:
 # the system packages, a virtualenv in /opt/vmnet (readable by the unprivileged
 # users consumers run as), and /usr/local/bin/vmnet. Safe to run again.
+#   --kubevirt   also make this a KubeVirt node: the CNI plugin as /opt/cni/bin/vmnet and
+#                the wrapper directory /opt/vmnet/kubevirt (docs/kubevirt.md)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 prefix=${VMNET_PREFIX:-/opt/vmnet}
+kubevirt=no
+for arg in "$@"; do
+    case "$arg" in
+        --kubevirt) kubevirt=yes ;;
+        -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "install.sh: unknown option $arg (known: --kubevirt)" >&2; exit 2 ;;
+    esac
+done
 
 if [ "$(id -u)" != 0 ]; then
     echo "install.sh: run as root (it installs system packages)" >&2
@@ -34,6 +44,8 @@ apt-get install -y -q --no-install-recommends \
     kmod xz-utils flex bison bc binutils pkgconf libelf-dev libssl-dev
 # The VM tests' guest enables every queue of a multi-queue NIC with ethtool.
 apt-get install -y -q --no-install-recommends ethtool
+# The CNI tests chain vmnet's plugin with Debian's reference plugins (/usr/lib/cni).
+apt-get install -y -q --no-install-recommends containernetworking-plugins
 
 # The XSK object is committed; fail early when it no longer matches its source.
 make -s -C bpf check
@@ -44,4 +56,9 @@ ln -sf "$prefix/bin/vmnet" /usr/local/bin/vmnet
 ln -sf "$prefix/bin/vmnet-qemu-wrapper" /usr/local/bin/vmnet-qemu-wrapper
 install -D -m 0644 systemd/vmnet-helper.service /usr/local/lib/systemd/system/vmnet-helper.service
 chmod -R a+rX "$prefix"
+if [ "$kubevirt" = yes ]; then
+    install -d /opt/cni/bin
+    ln -sf "$prefix/bin/vmnet-cni" /opt/cni/bin/vmnet
+    "$prefix/bin/vmnet" kubevirt runtime "$prefix/kubevirt" --qemu /usr/libexec/qemu-kvm
+fi
 echo "vmnet installed in $prefix; try: vmnet doctor && vmnet selftest"

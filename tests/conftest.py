@@ -23,8 +23,11 @@ def _vmnet_links_everywhere() -> set[str]:
     out = subprocess.run(["ip", "-o", "-all", "netns", "exec", "ip", "-o", "link"],
                          capture_output=True, text=True).stdout
     out += subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    # a pod's consumer end and placeholder tap have names of their own: they are known by
+    # their netns (gone with it) and by the placeholder's alias
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
-            if ":" in line and line.split(":")[1].strip().startswith(("vmn-", "vmc-"))}
+            if ":" in line and (line.split(":")[1].strip().startswith(("vmn-", "vmc-"))
+                                or "vmnet placeholder of port" in line)}
 
 
 def _pins() -> set[str]:
@@ -39,9 +42,16 @@ def _pins() -> set[str]:
     return out
 
 
+def _test_cgroups() -> set[str]:
+    """The fake pods' cgroup directories (tests/launcher_env.py), in every hierarchy."""
+    import glob
+    return set(glob.glob("/sys/fs/cgroup/vmnet-test-*") + glob.glob("/sys/fs/cgroup/*/vmnet-test-*"))
+
+
 def _snapshot() -> dict:
     return {
         "links": _vmnet_links_everywhere(),
+        "cgroups": _test_cgroups(),
         "pins": _pins(),
         "netns": set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set(),
         "fds": set(os.listdir("/proc/self/fd")),

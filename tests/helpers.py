@@ -118,3 +118,32 @@ class HelperProcess:
                 self.vmnet("port", "del", port["name"])
         self.kill(signal.SIGTERM)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+REFERENCE_CNI = "/usr/lib/cni"          # Debian's containernetworking-plugins
+POD_UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+
+def install_cni(h):
+    """The plugin as install.sh --cni installs it (a `vmnet` in a CNI bin directory)."""
+    os.makedirs(os.path.join(h.dir, "bin"), exist_ok=True)
+    os.symlink(os.path.join(os.path.dirname(PYTHON), "vmnet-cni"), os.path.join(h.dir, "bin", "vmnet"))
+
+
+def cni_invoke(h, command, conf, pod=None, ifname="pod1a2b3c4d5e6", container="c0ffee", plugin="vmnet",
+               extra_env=None, stdin=None, pod_uid=POD_UID):
+    """Run a CNI plugin as a runtime does: found by type in CNI_PATH, CNI_* environment,
+    configuration on stdin. (returncode, parsed stdout or None, stderr)."""
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": ifname,
+           "CNI_PATH": f"{h.dir}/bin:{REFERENCE_CNI}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=virt-launcher-a;"
+                       f"K8S_POD_INFRA_CONTAINER_ID={container};K8S_POD_UID={pod_uid}"}
+    if pod:
+        env["CNI_NETNS"] = f"/run/netns/{pod}"
+    env.update(extra_env or {})
+    binary = next(os.path.join(d, plugin) for d in env["CNI_PATH"].split(":")
+                  if os.path.exists(os.path.join(d, plugin)))
+    out = subprocess.run([binary], input=stdin if stdin is not None else json.dumps(conf), env=env,
+                         capture_output=True, text=True, timeout=120)
+    body = json.loads(out.stdout) if out.stdout.strip() else None
+    return out.returncode, body, out.stderr

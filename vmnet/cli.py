@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import click
@@ -203,6 +204,8 @@ def _port_text(r: dict) -> str:
     return (f"{r['name']}: {_backend_text(r)} {r['host_ifname']} <-> {r['consumer_ifname']}"
             f" (netns {r.get('netns') or 'helper'}), {r['queues']} queue(s) from {r['start_queue']},"
             f" mode {r['mode']}, mtu {r['mtu']}, mac {r['mac']}, consumer uid {r.get('consumer_uid')}"
+            + (f", pod {r['consumer_pod']['uid']}" if r.get("consumer_pod") else "")
+            + (f", placeholder tap {r['placeholder_tap']}" if r.get("placeholder_tap") else "")
             + (f", owner {r['owner']}" if r.get("owner") else ""))
 
 
@@ -232,14 +235,22 @@ def _port_text(r: dict) -> str:
 @click.option("--consumer-group", metavar="GROUP|GID", help="The consumer's group.")
 @click.option("--consumer-cgroup", metavar="PATH", help="Only a consumer inside this cgroup (v2 path) gets the fds.")
 @click.option("--owner", help="Free-form owner, e.g. a libvirt domain uuid.")
+@click.option("--ifname", "consumer_name", metavar="NAME",
+              help="Name the consumer end NAME instead of vmc-<port> (needs --netns).")
+@click.option("--placeholder-tap", metavar="NAME",
+              help="Also make tap NAME in the consumer's netns, owned by the consumer, for libvirt to "
+                   "open until the wrapper swaps it for the port (docs/kubevirt.md).")
+@click.option("--pod-uid", metavar="UID",
+              help="Hand the sockets only to processes of this pod (its netns and cgroup, and the "
+                   "consumer's uid and gid); the vmnet CNI plugin sets it.")
 @click.pass_obj
 def port_add(ctx, name, queues, start_queue, mode, backend, lease_from, receive_only, netns, mac, mtu,
-             consumer, consumer_group, consumer_cgroup, owner):
+             consumer, consumer_group, consumer_cgroup, owner, consumer_name, placeholder_tap, pod_uid):
     """Create port NAME for a consumer.
 
     \b
     Example:
-      vmnet port add vm1 --queues 2 --consumer-user libvirt-qemu
+      vmnet port add vm1 --consumer-user libvirt-qemu
       vmnet exec --user libvirt-qemu --port vm1 -- qemu-system-x86_64 ...
     """
     args = dict(name=name, queues=queues, start_queue=start_queue, mode=mode, backend=backend,
@@ -247,9 +258,12 @@ def port_add(ctx, name, queues, start_queue, mode, backend, lease_from, receive_
     if receive_only:
         args["receive_only"] = True
     for key, value in (("netns", netns), ("mac", mac), ("mtu", mtu), ("owner", owner), ("lease_from", lease_from),
-                       ("consumer_gid", _gid(consumer_group)), ("consumer_cgroup", consumer_cgroup)):
+                       ("consumer_gid", _gid(consumer_group)), ("consumer_cgroup", consumer_cgroup),
+                       ("consumer_name", consumer_name), ("placeholder_tap", placeholder_tap)):
         if value is not None:
             args[key] = value
+    if pod_uid is not None:
+        args["pod"] = {"uid": pod_uid}
     record = _call("port-create", **args)
     _emit(ctx, record, "created " + _port_text(record))
 
@@ -496,6 +510,43 @@ def libvirt_detach_cmd(domain, port, uri):
     from .libvirt.attach import detach
     detach(_config().socket, uri, domain, port)
     click.echo(f"detached port {port} from {domain}")
+
+
+# ---- KubeVirt ---------------------------------------------------------
+
+@cli.group("kubevirt")
+def kubevirt_group():
+    """Fit vmnet into KubeVirt's virt-launcher pods (docs/kubevirt.md)."""
+
+
+@kubevirt_group.command("runtime")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--qemu", metavar="PATH",
+              help="The real QEMU inside the launcher image, for libvirt's probes "
+                   "(default: the wrapper's /usr/bin/qemu-system-x86_64; KubeVirt's is /usr/libexec/qemu-kvm).")
+@click.option("--allow-ipc-lock", is_flag=True,
+              help="Let QEMU keep CAP_IPC_LOCK when the pod's memlock limit cannot be raised.")
+@click.pass_obj
+def kubevirt_runtime(ctx, dest, qemu, allow_ipc_lock):
+    """Build the wrapper directory DEST for a launcher image without Python.
+
+    \b
+    It holds Debian's python3.11, the libraries it loads, vmnet, and
+    bin/vmnet-qemu-wrapper, a shell script that starts them through the
+    directory's own dynamic loader (nothing set in QEMU's environment).
+    Mount DEST read-only into the compute container and point <emulator>
+    at its bin/vmnet-qemu-wrapper.
+    \b
+    Example:
+      vmnet kubevirt runtime /opt/vmnet/kubevirt --qemu /usr/libexec/qemu-kvm
+    """
+    from .kubevirt import runtime
+    if qemu is not None and not os.path.isabs(qemu):
+        raise click.BadParameter("give the absolute path of QEMU inside the image", param_hint="--qemu")
+    made = runtime.build(os.path.abspath(dest), qemu=qemu,
+                         config_text="allow_ipc_lock = true\n" if allow_ipc_lock else "")
+    _emit(ctx, made, f"built {made['path']} ({made['bytes'] // 2**20} MiB, Python {made['python']}, "
+                     f"{made['libraries']} libraries); <emulator>{made['wrapper']}</emulator>")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

@@ -18,6 +18,9 @@ DEFAULT_PATH = "/etc/vmnet/vmnet.toml"
 SETTINGS = {
     "socket": (str, "/run/vmnet/helper.sock"),
     "socket_mode": (int, 0o666),        # every request is authorised from SO_PEERCRED
+    # the socket that serves consumers only (mounted into pods; docs/kubevirt.md): unset, it is
+    # consumer.sock beside `socket`; "" turns it off
+    "consumer_socket": (str, None),
     "socket_group": (str, None),
     "admin_group": (str, None),         # members may create and delete ports
     "state_dir": (str, "/run/vmnet/ports"),
@@ -46,6 +49,13 @@ class Config:
             setattr(self, name, values.pop(name, default))
         if values:
             raise TypeError(f"unknown settings {sorted(values)}")
+
+    @property
+    def consumer_socket_path(self) -> str | None:
+        """Where the consumer socket listens (None: not at all)."""
+        if self.consumer_socket is None:
+            return os.path.join(os.path.dirname(self.socket), "consumer.sock")
+        return self.consumer_socket or None
 
     def replace(self, **changes) -> "Config":
         return Config(**{**{n: getattr(self, n) for n in SETTINGS}, **changes})
@@ -85,6 +95,11 @@ def parse(text: str, origin: str = "config") -> Config:
     for key in ("socket", "state_dir", "qemu"):
         if not os.path.isabs(getattr(cfg, key)):
             raise InvalidInput(f"{origin}: {key} must be an absolute path")
+    if cfg.consumer_socket and not os.path.isabs(cfg.consumer_socket):
+        raise InvalidInput(f"{origin}: consumer_socket must be an absolute path, or \"\" for none")
+    if cfg.consumer_socket_path == cfg.socket:
+        raise InvalidInput(f"{origin}: consumer_socket is the admin socket",
+                           fix="give the consumer socket a path of its own")
     if cfg.instance:
         from .model import validate_instance
         try:

@@ -36,21 +36,27 @@ class Prepared:
     fds: list[int]
     memlock: dict
     keep_ipc_lock: bool
+    close: list[int] = dataclasses.field(default_factory=list)   # inherited fds QEMU must not get
 
 
 def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: bool = False,
-            on_fds=None, qemu_multiqueue_fixed: bool = False) -> Prepared:
+            on_fds=None, qemu_multiqueue_fixed: bool = False, takeover=()) -> Prepared:
     """Fetch fds, fill the argv, get memlock; on_fds(argv, fds) sees the argv before memlock.
 
+    takeover: (TapNetdev, port, tap name) of every placeholder tap netdev to replace by its
+    port's af-xdp netdev (vmnet.kubevirt.takeover); their tap and vhost fds are closed at exec.
     When the command is QEMU, each port is first checked against what that QEMU's af-xdp
-    can do (vmnet.qemu_compat), before any socket is taken."""
+    can do (vmnet.qemu_compat), before any socket is taken — a taken-over port right after
+    (the consumer socket shows no port before it hands it over)."""
     names = argvmod.ports_in(argv)
     appended = [p for p in extra_ports if p not in names]
-    if not names and not appended:
+    taken = [port for _, port, _ in takeover]
+    if not names and not appended and not takeover:
         raise InvalidInput("the command names no vmnet port",
                            fix="use key=vmnet:PORT placeholders (e.g. sock-fds=vmnet:vm1) or --port PORT")
     values, all_fds, extra_args = {}, [], []
     with Client(socket_path) as c:
+        version = None
         if qemu_compat.is_qemu(argv[0]):
             import shutil
             version = qemu_compat.version_of(shutil.which(argv[0]) or argv[0])
@@ -66,10 +72,21 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
                 if name in appended:
                     extra_args += qemu_argv(Port.from_dict(record), fds)
             final_argv = argvmod.substitute(argv, values) + extra_args
+            for tap, name, tap_name in takeover:
+                from .kubevirt import takeover as tk
+                from .qemu_args import netdev_qapi
+                record, fds = c.call("fds-for-consumer", name=name, placeholder=tap_name)
+                all_fds += fds
+                if version is not None:
+                    refused = qemu_compat.refusal(version, record, qemu_multiqueue_fixed)
+                    if refused is not None:
+                        raise refused
+                tk.check_queues(tap, record)
+                final_argv = tk.replace(final_argv, tap, netdev_qapi(record, fds, tap.id))
             if on_fds:
                 on_fds(final_argv, all_fds)
             try:
-                memlock, _ = c.call("raise-memlock-for-peer", ports=names + appended)
+                memlock, _ = c.call("raise-memlock-for-peer", ports=names + appended + taken)
                 keep = memlock.get("action") == "ipc-lock"      # it holds CAP_IPC_LOCK already
                 if keep and not allow_ipc_lock:
                     raise MemlockError(
@@ -89,7 +106,8 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
             for fd in all_fds:
                 os.close(fd)
             raise
-    return Prepared(final_argv, all_fds, memlock, keep)
+    return Prepared(final_argv, all_fds, memlock, keep,
+                    close=sorted({fd for tap, _, _ in takeover for fd in tap.all_fds}))
 
 
 def new_session() -> None:
@@ -149,14 +167,20 @@ def close_all_but(keep: set[int]):
 
 
 def exec_prepared(p: Prepared, *, uid: int | None = None, gid: int | None = None,
-                  close_inherited: bool = True):
+                  close_inherited: bool = True, environ: dict | None = None):
     from .priv.confine import confine
     if uid is not None and os.geteuid() != 0:
         raise PermissionDenied("only root can run the consumer as another user",
                                fix="drop --user/--group, or run vmnet exec as root")
     for fd in p.fds:
         os.set_inheritable(fd, True)
-    env = target_environment(uid) if uid is not None else dict(os.environ)
+    env = target_environment(uid) if uid is not None else dict(os.environ if environ is None else environ)
+    for fd in p.close:
+        if fd not in p.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     if uid is not None and os.sep not in p.argv[0]:
         import shutil       # resolve the command with the caller's PATH, before it is replaced
         p.argv[0] = shutil.which(p.argv[0]) or p.argv[0]

@@ -195,6 +195,12 @@ class PortSpec:
     # netkit-lease on a NIC without XSK zero-copy: frames arrive, but what the consumer sends
     # never leaves; allowed only when asked for, and never for QEMU
     receive_only: bool = False
+    # the consumer end's name when it is not vmc-<name>: a pod's interface (CNI_IFNAME)
+    consumer_name: str | None = None
+    # a tap of this name, owned by the consumer, in the consumer's netns, that carries no
+    # traffic: what libvirt opens for <interface type='ethernet'> until the wrapper swaps
+    # it for the port (KubeVirt's domainAttachmentType: tap; docs/kubevirt.md)
+    placeholder_tap: str | None = None
 
     def __post_init__(self):
         validate_port_name(self.name)
@@ -211,6 +217,25 @@ class PortSpec:
         object.__setattr__(self, "netns", validate_netns(self.netns))
         object.__setattr__(self, "mac", validate_mac(self.mac) if self.mac else default_mac(self.name))
         validate_mtu(self.mtu)
+        for label, ifname in (("consumer interface name", self.consumer_name),
+                              ("placeholder tap name", self.placeholder_tap)):
+            if ifname is None:
+                continue
+            validate_ifname(ifname)
+            if ifname.startswith(("vmn-", "vmc-")) and ifname != "vmc-" + self.name:
+                raise InvalidInput(f"{label} {ifname!r} starts like another port's device",
+                                   fix="vmn- and vmc- names belong to vmnet's ports: pick another name")
+        if self.placeholder_tap is not None and self.placeholder_tap in (
+                self.consumer_ifname, self.host_ifname):
+            raise InvalidInput(f"placeholder tap {self.placeholder_tap!r} has the name of the port's own "
+                               "device", fix="give the tap a name of its own (KubeVirt's tap<hash>)")
+        if self.placeholder_tap is not None and self.consumer_uid is None:
+            raise InvalidInput("a placeholder tap belongs to the port's consumer: name the consumer uid",
+                               fix="give consumer_uid (107 for KubeVirt's virt-launcher)")
+        if self.consumer_name is not None and self.netns is None:
+            raise InvalidInput(f"consumer interface name {self.consumer_name!r} needs a netns of the "
+                               "consumer's own", fix="give the netns (--netns), or leave the name out "
+                                                    f"to get vmc-{self.name}")
         for label, ident in (("consumer uid", self.consumer_uid), ("consumer gid", self.consumer_gid)):
             if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)
                                       or not 0 <= ident < 2**32 - 1):
@@ -223,7 +248,7 @@ class PortSpec:
 
     @property
     def consumer_ifname(self) -> str:
-        return "vmc-" + self.name
+        return self.consumer_name or "vmc-" + self.name
 
     @property
     def map_keys(self) -> list[int]:

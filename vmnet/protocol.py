@@ -21,6 +21,8 @@ MAX_REPLY = 4 * 1024 * 1024
 MAX_FDS = 64                 # one per queue of one port
 VERBS = ("port-create", "port-delete", "port-list", "port-show", "fds-for-consumer",
          "raise-memlock-for-peer", "status", "domain-prepare", "domain-release", "domain-check")
+# all the consumer socket (the one mounted into pods) serves
+CONSUMER_VERBS = ("fds-for-consumer", "raise-memlock-for-peer")
 
 
 def encode_request(verb: str, **args) -> bytes:

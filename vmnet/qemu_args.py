@@ -47,6 +47,17 @@ def device_arg(port: Port, driver: str = "virtio-net-pci") -> str:
     return ",".join(parts)
 
 
+def netdev_qapi(record: dict, sock_fds: list, netdev: str) -> dict:
+    """The same af-xdp netdev as a QAPI object (QMP netdev_add, a JSON -netdev), for a port
+    record as the helper reports it; sock_fds are fd numbers or getfd names."""
+    if len(sock_fds) != record["queues"]:
+        raise InvalidInput(f"port {record['name']} has {record['queues']} queues but {len(sock_fds)} "
+                           "socket fds were given", fix="pass one socket fd per queue")
+    return {"type": "af-xdp", "id": netdev, "ifname": record["consumer_ifname"],
+            "queues": record["queues"], "start-queue": Port.from_dict(record).queue_ids[0],
+            "mode": record["mode"], "inhibit": True, "sock-fds": ":".join(str(f) for f in sock_fds)}
+
+
 def qemu_argv(port: Port, fds: list) -> list[str]:
     return ["-netdev", netdev_arg(port, fds), "-device", device_arg(port)]
 

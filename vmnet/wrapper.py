@@ -1,15 +1,22 @@
 """`vmnet-qemu-wrapper`: vmnet in the shape of a QEMU binary.
 
 libvirt's <emulator> and KubeVirt's virt-launcher start it exactly as they
-would start QEMU. Without a `vmnet:` placeholder in the argv (libvirt's
-capability probes, `-version`, `-netdev help`) it execs the real QEMU at
-once with the argv unchanged, importing nothing else. With placeholders it
+would start QEMU. Without a `vmnet:` placeholder or a tap netdev in the
+argv (libvirt's capability probes, `-version`, `-netdev help`) it execs the
+real QEMU at once with the argv unchanged, importing nothing but the argv
+rules. With placeholders it
 fetches the ports' fds from the helper, fills them in, drops every
 capability and execs the real QEMU, keeping the fds libvirt passed.
 
+Tap takeover (KubeVirt, docs/kubevirt.md): a tap netdev whose fds are a
+vmnet placeholder tap is replaced by its port's af-xdp netdev
+(vmnet.kubevirt.takeover); the tap and vhost fds are closed before QEMU
+starts.
+
 The real QEMU: $VMNET_QEMU, else `qemu` in the configuration file, else
 /usr/bin/qemu-system-x86_64. VMNET_WRAPPER_LOG names a file that receives
-the argv before and after substitution (for debugging and tests).
+the argv before and after substitution (for debugging and tests). QEMU
+gets libvirt's environment without vmnet's own VMNET_* variables.
 """
 
 import os
@@ -25,30 +32,43 @@ def _real_qemu() -> str:
 
 def main():
     args = sys.argv[1:]
-    if not any("vmnet:" in a for a in args):
-        qemu = _real_qemu()
-        _log("passthrough", [qemu] + args)
-        _exec(qemu, args)
+    placeholders = any("vmnet:" in a for a in args)
+    from .kubevirt import takeover as tk
+    if not placeholders and not tk.might_take_over(args):
+        _passthrough(args)
     from .errors import VmnetError
     try:
+        taps = [(t, *found) for t in tk.tap_netdevs(args) if (found := tk.placeholder_port(t))]
+        if not placeholders and not taps:
+            _passthrough(args)          # taps, but none of them vmnet's
         from .config import load
         from .handoff import exec_prepared, prepare
         cfg = load()
         qemu = os.environ.get("VMNET_QEMU") or cfg.qemu
+        if taps:
+            _log("takeover", [qemu] + args, taps=[{"netdev": t.id, "port": p, "tap": n, "fds": list(t.fds),
+                                                   "vhostfds": list(t.vhostfds)} for t, p, n in taps])
         prepared = prepare([qemu] + args, cfg.socket, allow_ipc_lock=cfg.allow_ipc_lock,
                            on_fds=lambda argv, fds: _log("substituted", argv, fds=fds),
-                           qemu_multiqueue_fixed=cfg.qemu_multiqueue_fixed)
-        _log("memlock", [], memlock=prepared.memlock)
-        exec_prepared(prepared, close_inherited=False)
+                           qemu_multiqueue_fixed=cfg.qemu_multiqueue_fixed, takeover=taps)
+        _log("memlock", [], memlock=prepared.memlock, closed=prepared.close)
+        exec_prepared(prepared, close_inherited=False,
+                      environ={k: v for k, v in os.environ.items() if not k.startswith("VMNET_")})
     except VmnetError as exc:
         # libvirt shows QEMU's stderr to the user when start fails
         print(f"vmnet-qemu-wrapper: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
 
+def _passthrough(args: list):
+    qemu = _real_qemu()
+    _log("passthrough", [qemu] + args)
+    _exec(qemu, args)
+
+
 def _exec(qemu: str, args: list):
     try:
-        os.execv(qemu, [qemu] + args)
+        os.execve(qemu, [qemu] + args, {k: v for k, v in os.environ.items() if not k.startswith("VMNET_")})
     except OSError as exc:
         print(f"vmnet-qemu-wrapper: cannot execute {qemu}: {exc.strerror}\n"
               "  fix: set 'qemu' in /etc/vmnet/vmnet.toml or VMNET_QEMU to the real QEMU binary",

@@ -65,8 +65,8 @@ def _div(a, b):
 def _lease_lines(r: dict) -> list[str]:
     le = r.get("lease") or {}
     if _problem(le):
-        return ["5. netkit-lease", f"   {_problem(le)}"]
-    return ["5. netkit-lease: one-queue ports leasing from " + le["nic"]
+        return ["6. netkit-lease", f"   {_problem(le)}"]
+    return ["6. netkit-lease: one-queue ports leasing from " + le["nic"]
             + f" (zero-copy {'yes' if le['zero_copy'] else 'no'}), {le['iterations']} iterations, ms",
             f"   create p50 {_ms(le['create']['p50'])}, p99 {_ms(le['create']['p99'])}; floor p50 "
             f"{_ms(le['floor_create']['p50'])} ({_x(le['create_p50_ratio_to_floor'])}); delete p50 "
@@ -144,8 +144,23 @@ def format_result(r: dict) -> str:
                        f"(create p50 + {_ms(r.get('hook_prepare_over_create_ms'))} ms), release end p50 "
                        f"{_ms(hk['port_release']['p50'])} ms")
     out.append("")
+    wr = r.get("wrapper") or {}
+    out.append("4. the QEMU wrapper's start-up (`-version`, as libvirt probes it)")
+    if _problem(wr):
+        out.append(f"   {_problem(wr)}")
+    else:
+        rows = [(label, _ms(wr[key]["p50"]), _ms(wr[key]["p99"]),
+                 "" if key == "qemu" else f"+{wr['added_ms'][key]:.1f}",
+                 "" if key == "qemu" else _x(wr["ratios_to_qemu"][key]))
+                for key, label in (("qemu", "QEMU itself"), ("wrapper_venv", "wrapper, virtualenv"),
+                                   ("wrapper_runtime", "wrapper, KubeVirt directory"),
+                                   ("wrapper_runtime_tap_not_vmnets", "  + a tap to look at"))]
+        out += ["   " + line for line in _table(("way", "p50 ms", "p99", "added ms", "ratio"), rows)]
+        out.append(f"   {wr['runs']} runs each; the KubeVirt directory ({wr['runtime_mib']} MiB) built in "
+                   f"{wr['runtime_build_s']} s")
+    out.append("")
     dp = r.get("datapath") or {}
-    out.append("4. data path")
+    out.append("5. data path")
     if _problem(dp):
         out.append(f"   {_problem(dp)}")
     else:

@@ -1,7 +1,7 @@
 """One benchmark run: every part in order, one result object, everything removed after.
 
-Parts: latency (through the helper, against the floor), scale, hook, data
-path. A part that fails is recorded with its error and the others still
+Parts: latency (through the helper, against the floor), scale, hook,
+wrapper (its start-up against QEMU's own), data path. A part that fails is recorded with its error and the others still
 run; Ctrl-C stops the run. Either way the helper's ports, its pins, its
 netns and its directory, and the data-path case's namespaces, are removed
 before this returns or raises.
@@ -21,11 +21,11 @@ import uuid
 from ..errors import VmnetError
 from ..priv import bpf, netns
 from ..priv.instance import DEFAULT
-from . import datapath, hook, latency, scale
+from . import datapath, hook, latency, scale, wrapper
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
 
-PARTS = ("latency", "scale", "hook", "datapath", "lease")
+PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "lease")
 CONSUMER_UID = 65534        # nobody: ports are never handed out here
 
 
@@ -116,6 +116,7 @@ def _run(plan: Plan, progress) -> dict:
         helper.close()
         if progress is not _quiet:
             progress("cleaned up", 1, 1)
+    _part(result, "wrapper", plan, lambda: wrapper.measure(tag, plan.hook_runs, progress=progress))
     try:
         _part(result, "datapath", plan, lambda: datapath.measure(
             tag, plan.pings, guest_pings=plan.guest_pings, tcp_seconds=plan.tcp_seconds,
@@ -184,6 +185,9 @@ def _headline(result: dict):
     create_1q = result["create_p50_ms"].get("1")
     result["hook_prepare_over_create_ms"] = (round(prep - create_1q, 3)
                                              if prep is not None and create_1q is not None else None)
+
+    wr = result.get("wrapper") or {}
+    result["wrapper_added_ms"] = wr.get("added_ms")
 
     dp = result.get("datapath") or {}
     result["ping_rtt_ms"] = dp.get("rtt_avg_ms")

@@ -14,8 +14,7 @@ import os
 
 from .. import client, qemu_compat
 from ..errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
-from ..model import Port
-from ..qemu_args import netdev_id
+from ..qemu_args import netdev_id, netdev_qapi
 
 
 def _libvirt():
@@ -117,9 +116,7 @@ def attach(socket_path: str, uri: str, name: str, port: dict, qemu_multiqueue_fi
         for i, fd in enumerate(fds):
             _qmp(dom, "getfd", {"fdname": f"{netdev_id(pname)}-{i}"}, [fd])
             fd_names.append(f"{netdev_id(pname)}-{i}")
-        _qmp(dom, "netdev_add", {"type": "af-xdp", "id": netdev_id(pname), "ifname": record["consumer_ifname"],
-                                 "queues": record["queues"], "start-queue": Port.from_dict(record).queue_ids[0],
-                                 "mode": record["mode"], "inhibit": True, "sock-fds": ":".join(fd_names)})
+        _qmp(dom, "netdev_add", netdev_qapi(record, fd_names, netdev_id(pname)))
         added_netdev = True
         device = {"driver": "virtio-net-pci", "id": f"{netdev_id(pname)}-dev", "netdev": netdev_id(pname),
                   "mac": record["mac"], "host_mtu": record["mtu"]}

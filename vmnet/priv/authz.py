@@ -10,8 +10,13 @@ the pidfd, so a pid reused by another process never answers for it.
 Port creation and deletion: root or members of the configured admin group.
 A port's fds (and its memlock raise): its declared consumer uid, and only
 from where the port says its consumer runs (a cgroup, the cgroup libvirt
-gives the domain's QEMU) — or an admin. Listing and status: admins see
-every port, others only the ports they consume.
+gives the domain's QEMU; for a pod's port, that pod's network namespace and
+cgroup, and the consumer's gid too) — or an admin. Listing and status:
+admins see every port, others only the ports they consume.
+
+The consumer socket (what is mounted into pods) makes nobody an admin: a
+peer that came through it is judged as a consumer even when it is root —
+root in some other container is no reason to hand it a pod's sockets.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Peer:
     gid: int
     groups: tuple[int, ...] = ()
     pidfd: int | None = None        # owned by the connection; None: a process described by hand
+    consumer_only: bool = False     # came through the consumer socket: never an admin
 
     def describe(self) -> str:
         return f"pid {self.pid} uid {self.uid} gid {self.gid}"
@@ -71,6 +77,15 @@ class Peer:
         """The peer's cgroup path in every hierarchy (v1 controllers and v2)."""
         return [line.split(":", 2)[2] for line in self.read("cgroup").splitlines() if line.count(":") >= 2]
 
+    def netns_id(self) -> str | None:
+        """dev:inode of the peer's network namespace (None when it has exited or cannot be read)."""
+        try:
+            with self.proc() as d:
+                st = os.stat("ns/net", dir_fd=d)
+        except OSError:
+            return None
+        return f"{st.st_dev}:{st.st_ino}"
+
     def cgroup(self) -> str | None:
         """The cgroup v2 path, e.g. /machine.slice/machine-qemu...scope."""
         for line in self.read("cgroup").splitlines():
@@ -89,7 +104,13 @@ def pidfd_alive(pidfd: int) -> bool:
         return True             # it exists; we may just not signal it
 
 
-def peer_of(conn: socket.socket) -> Peer:
+def netns_id_of_fd(fd: int) -> str:
+    """dev:inode of an open network namespace (what a pod's port records)."""
+    st = os.fstat(fd)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def peer_of(conn: socket.socket, consumer_only: bool = False) -> Peer:
     pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     try:
         raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 256)
@@ -105,7 +126,12 @@ def peer_of(conn: socket.socket) -> Peer:
             pidfd = None
     if pidfd is not None:
         os.set_inheritable(pidfd, False)
-    return Peer(pid, uid, gid, tuple(groups), pidfd)
+    return Peer(pid, uid, gid, tuple(groups), pidfd, consumer_only)
+
+
+def _pod_name(pod: dict) -> str:
+    named = "/".join(p for p in (pod.get("namespace"), pod.get("name")) if p)
+    return f"{named} ({pod['uid']})" if named else pod["uid"]
 
 
 def in_cgroup(paths: list[str], prefix: str) -> bool:
@@ -125,6 +151,8 @@ class Policy:
         self.admin_gid = admin_gid
 
     def is_admin(self, peer: Peer) -> bool:
+        if peer.consumer_only:
+            return False
         return peer.uid == 0 or (self.admin_gid is not None and
                                  (peer.gid == self.admin_gid or self.admin_gid in peer.groups))
 
@@ -138,6 +166,9 @@ class Policy:
         """Why peer is not the consumer the port names, or None when it is."""
         if peer.uid != record.get("consumer_uid"):
             return f"it runs as uid {peer.uid}, the port's consumer is uid {record.get('consumer_uid')}"
+        pod = record.get("consumer_pod")
+        if pod:
+            return self._pod_mismatch(peer, record, pod)
         if record.get("consumer_cgroup") or record.get("consumer_scope"):
             paths = peer.cgroups()
             if record.get("consumer_cgroup") and not in_cgroup(paths, record["consumer_cgroup"]):
@@ -145,6 +176,24 @@ class Policy:
             if record.get("consumer_scope") and not has_component(paths, record["consumer_scope"]):
                 return (f"it is not in the cgroup of {record.get('owner') or 'the port owner'} "
                         f"({' or '.join(record['consumer_scope'])})")
+        return None
+
+    @staticmethod
+    def _pod_mismatch(peer: Peer, record: dict, pod: dict) -> str | None:
+        """A pod's port: the consumer's gid, the pod's netns, the pod's cgroup — all three."""
+        from ..kubevirt.pod import in_pod, pod_uids
+        gid = record.get("consumer_gid")
+        if gid is not None and peer.gid != gid:
+            return f"it runs as gid {peer.gid}, the port's consumer is gid {gid}"
+        where = peer.netns_id()
+        if where is None or where != record.get("consumer_netns_id"):
+            return (f"it is not in the network namespace of pod {_pod_name(pod)} "
+                    f"(its netns is {where or 'unreadable'}, the pod's {record.get('consumer_netns_id')})")
+        paths = peer.cgroups()
+        if not in_pod(paths, pod["uid"]):
+            found = sorted(pod_uids(paths))
+            return (f"it is not in the cgroup of pod {_pod_name(pod)} "
+                    f"({'it is in pod ' + ', '.join(found) if found else 'its cgroup names no pod'})")
         return None
 
     def require_consumer(self, peer: Peer, record: dict):
@@ -155,8 +204,9 @@ class Policy:
             return
         raise PermissionDenied(
             f"{peer.describe()} is not the consumer of port {record.get('name')}: {why}",
-            fix="start the consumer the way the port was created for (its uid, and for a libvirt "
-                "domain's port, as that domain's QEMU), or re-create the port for this consumer")
+            fix="start the consumer the way the port was created for (its uid; for a libvirt "
+                "domain's port, as that domain's QEMU; for a pod's port, inside that pod), or re-create "
+                "the port for this consumer")
 
     def visible(self, peer: Peer, record: dict) -> bool:
         """Admins see every port, a uid the ports it consumes (wherever it runs)."""

@@ -326,12 +326,12 @@ class Protection:
 
     def check(self, spec) -> None:
         """Refuse a port whose sockets nothing could keep on it (before anything is made)."""
-        self._check(spec.name, spec.netns, {spec.host_ifname, spec.consumer_ifname})
+        self._check(spec.name, spec.netns, {spec.host_ifname, spec.consumer_ifname, spec.placeholder_tap})
 
     def check_record(self, record: dict) -> None:
         """The same at handoff: devices may have appeared in the netns since."""
         self._check(record["name"], record.get("netns"),
-                    {record["host_ifname"], record["consumer_ifname"]})
+                    {record["host_ifname"], record["consumer_ifname"], record.get("placeholder_tap")})
 
     def _check(self, name: str, netns_ref: str | None, own: set[str]) -> None:
         if self.guard is not None or self.allow_unconfined:

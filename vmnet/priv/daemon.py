@@ -34,7 +34,7 @@ from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenie
 from ..libvirt import domain
 from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, MemlockPlan, mib, plan_memlock
 from ..model import PortSpec, validate_port_name
-from . import authz, backends, bindguard, bpf, ports, state, xsk, xskprog
+from . import authz, backends, bindguard, bpf, netns, ports, state, xsk, xskprog
 from .confine import apply_memlock
 from .holders import Holder
 from .instance import Instance
@@ -139,7 +139,8 @@ class Helper:
     def port_create(self, peer, args):
         self.policy.require_admin(peer, "create ports")
         known = {"name", "queues", "start_queue", "mode", "netns", "mac", "mtu", "backend", "lease_from",
-                 "receive_only", "consumer_uid", "consumer_gid", "consumer_cgroup", "consumer_scope", "owner"}
+                 "receive_only", "consumer_uid", "consumer_gid", "consumer_cgroup", "consumer_scope", "owner",
+                 "consumer_name", "placeholder_tap", "pod"}
         unknown = set(args) - known
         if unknown:
             raise InvalidInput(f"unknown port-create argument(s): {', '.join(sorted(unknown))}")
@@ -155,7 +156,22 @@ class Helper:
                         lease_from=protocol.require(args, "lease_from", str, None),
                         receive_only=protocol.require(args, "receive_only", bool, False),
                         consumer_uid=consumer_uid,
-                        consumer_gid=protocol.require(args, "consumer_gid", int, None))
+                        consumer_gid=protocol.require(args, "consumer_gid", int, None),
+                        consumer_name=protocol.require(args, "consumer_name", str, None),
+                        placeholder_tap=protocol.require(args, "placeholder_tap", str, None))
+        pod = protocol.require(args, "pod", dict, None)
+        netns_id = None
+        if pod is not None:
+            from ..kubevirt.pod import validate_pod
+            pod = validate_pod(pod)
+            if spec.netns is None:
+                raise InvalidInput("a pod's port needs the pod's network namespace",
+                                   fix="give netns (CNI_NETNS)")
+            fd = netns.open_netns(spec.netns)
+            try:
+                netns_id = authz.netns_id_of_fd(fd)
+            finally:
+                os.close(fd)
         cgroup = protocol.require(args, "consumer_cgroup", str, None)
         if cgroup is not None and (not cgroup.startswith("/") or ".." in cgroup.split("/")):
             raise InvalidInput(f"consumer cgroup {cgroup!r} is not an absolute cgroup path")
@@ -174,13 +190,15 @@ class Helper:
         self.protection.check(spec)
         # what to remove should the helper stop before the port is complete
         self.state.write_intent(spec.name, {"name": spec.name, "netns": spec.netns, "backend": spec.backend,
-                                            "consumer_ifname": spec.consumer_ifname})
+                                            "consumer_ifname": spec.consumer_ifname,
+                                            "placeholder_tap": spec.placeholder_tap})
         try:
             created = ports.create_port(spec, self.instance, self.protection.guard, self.program, self.cfg)
         except BaseException:
             self.state.remove_intent(spec.name)
             raise
         record = dict(created.port.to_dict(), consumer_cgroup=cgroup, consumer_scope=scope, owner=owner,
+                      consumer_pod=pod, consumer_netns_id=netns_id,
                       created=time.time(), created_by=peer.uid, holder=None,
                       confined=self.protection.guard is not None)
         try:
@@ -219,11 +237,14 @@ class Helper:
 
     def port_show(self, peer, args):
         entry = self._entry(peer, args)
-        return self._live(entry), []
+        out = self._live(entry)
+        out["health"] = ports.why_broken(entry.record, self.instance)      # None: whole
+        return out, []
 
     def status(self, peer, args):
         return {"helper": {"pid": os.getpid(), "ports": len(self.ports),
                            "instance": self.instance.describe(), "started": self.started,
+                           "consumer_socket": self.cfg.consumer_socket_path,
                            "protection": self.protection.describe()},
                 "ports": [self._live(e) for _, e in sorted(self.ports.items())
                           if self.policy.visible(peer, e.record)]}, []
@@ -256,12 +277,19 @@ class Helper:
     # ---- the handoff ----------------------------------------------------
 
     def fds_for_consumer(self, peer, args):
-        unknown = set(args) - {"name", "holder_pid"}
+        unknown = set(args) - {"name", "holder_pid", "placeholder"}
         if unknown:
             raise InvalidInput(f"unknown fds-for-consumer argument(s): {', '.join(sorted(unknown))}")
         entry = self._entry(peer, args)
         record = entry.record
         self.policy.require_consumer(peer, record)
+        placeholder = protocol.require(args, "placeholder", str, None)
+        if placeholder is not None and placeholder != record.get("placeholder_tap"):
+            # the wrapper found this port named on a tap: that tap must be the port's own
+            raise PermissionDenied(
+                f"tap {placeholder} is not the placeholder of port {record['name']} "
+                f"({record.get('placeholder_tap') or 'it has none'})",
+                fix="give the domain the tap the port was made with (CNI ADD made it)")
         holder_pid = protocol.require(args, "holder_pid", int, None)
         if holder_pid is not None:
             # live attach: an admin hands the sockets to a running QEMU through libvirt
@@ -412,6 +440,10 @@ class Helper:
         verb = "?"
         try:
             verb, args = protocol.decode_request(data)
+            if peer.consumer_only and verb not in protocol.CONSUMER_VERBS:
+                raise PermissionDenied(
+                    f"the consumer socket serves only {' and '.join(protocol.CONSUMER_VERBS)}, not {verb}",
+                    fix="use the helper's admin socket (vmnet.toml 'socket') for anything else")
             result, fds = self.verbs[verb](peer, args)
             return protocol.encode_reply(result), fds
         except VmnetError as exc:

@@ -40,7 +40,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, ifinfveth
 
-from ..errors import AlreadyExists, IfindexTaken, InvalidInput, KernelError, NotSupported
+from ..errors import AlreadyExists, IfindexTaken, InvalidInput, KernelError, NotFound, NotSupported
 from ..model import PortSpec
 from . import libbpf, links
 from . import netns as _netns
@@ -287,18 +287,26 @@ def fixup_attached(ifname: str) -> bool:
 
 
 def create_single(spec: PortSpec, ip: IPRoute | None = None, index: int = 0) -> None:
-    """The netkit-lease device vmc-<port>, here (it moves after its queues are leased)."""
-    msg = single_request(spec.consumer_ifname, spec.mac, spec.queues, index)
-    _send_newlink(msg, f"netkit device {spec.consumer_ifname}", spec.name, peer_index=index, ip=ip)
+    """The netkit-lease device, here, as vmc-<port> (it moves after its queues are leased, and
+    takes the consumer end's name then: a name of vmnet's own until it leaves this netns)."""
+    ifname = "vmc-" + spec.name
+    msg = single_request(ifname, spec.mac, spec.queues, index)
+    _send_newlink(msg, f"netkit device {ifname}", spec.name, peer_index=index, ip=ip)
 
 
-def move_to_netns(ifname: str, netns_ref: str, ip: IPRoute | None = None) -> None:
-    """Move a device into the consumer's netns (leases stay with it; its ifindex too, unless
-    that one is taken there)."""
+def move_to_netns(ifname: str, netns_ref: str, ip: IPRoute | None = None, new_name: str | None = None) -> None:
+    """Move a device into the consumer's netns, renamed to new_name there when given (leases
+    stay with it; its ifindex too, unless that one is taken there)."""
     nsfd = _netns.open_netns(netns_ref)
     try:
         with links.netlink(ip) as sock:
-            sock.link("set", ifname=ifname, net_ns_fd=nsfd)
+            if new_name and new_name != ifname:
+                found = sock.link_lookup(ifname=ifname)
+                if not found:
+                    raise NotFound(f"device {ifname} is gone before its move into netns {netns_ref}")
+                sock.link("set", index=found[0], ifname=new_name, net_ns_fd=nsfd)
+            else:
+                sock.link("set", ifname=ifname, net_ns_fd=nsfd)
     except NetlinkError as exc:
         raise KernelError(f"cannot move {ifname} into netns {netns_ref}", errno=exc.code) from None
     finally:

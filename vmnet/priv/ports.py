@@ -27,7 +27,7 @@ from pyroute2 import IPRoute
 
 from ..errors import AlreadyExists, IfindexTaken, NotFound, VmnetError
 from ..model import Port, PortSpec, validate_port_name
-from . import backends, bpf, links, netns, xsk, xskprog
+from . import backends, bpf, links, netns, tap, xsk, xskprog
 from .instance import DEFAULT, Instance
 
 LAYOUT = 2
@@ -135,6 +135,9 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> Cr
             program.assign(slot, spec.name, ifindex, queue)
         with netns.entered(spec.netns):
             sockets, pending = _sockets(program, slots, plugged.consumer_ifindex, plugged.bind_queues, guard)
+            if spec.placeholder_tap:
+                tap.create(spec.placeholder_tap, spec.name, spec.consumer_uid, spec.consumer_gid,
+                           spec.queues > 1, cons_ip)
         port = Port(spec=spec, mode=xdp["mode"], mtu=configured.mtu, host_ifindex=configured.host_ifindex,
                     consumer_ifindex=plugged.consumer_ifindex, prog_id=program.prog_id, link_id=link_id,
                     map_id=0, backend_requested=requested, backend_reason=plugged.reason,
@@ -148,6 +151,7 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> Cr
         _remove(spec.name, instance, {"name": spec.name, "layout": LAYOUT, "slots": slots,
                                       "netns": spec.netns, "backend": plugged.spec.backend,
                                       "consumer_ifname": spec.consumer_ifname,
+                                      "placeholder_tap": spec.placeholder_tap,
                                       "xdp": plugged.xdp, "extra": plugged.extra}, program, slots)
         raise
     finally:
@@ -282,8 +286,21 @@ def _remove(name: str, instance: Instance, record: dict | None, program=None, sl
                     found = bpf.unpin(f"+nic-{ifindex}", instance.pin_root) or found
                 prog.unpin_if_unused()
     found = bpf.unpin(name, instance.pin_root) or found
+    found = _remove_placeholder(name, record) or found
     kind = (record or {}).get("backend") or "veth"          # a pair is found by its host end
     return backends.get("veth" if kind == "auto" else kind).unplug(name, record, instance) or found
+
+
+def _remove_placeholder(name: str, record: dict | None) -> bool:
+    """The port's placeholder tap, in its netns (gone with the netns when that is gone)."""
+    ifname = (record or {}).get("placeholder_tap")
+    if not ifname:
+        return False
+    try:
+        with netns.entered(record.get("netns")):
+            return tap.delete(ifname, name)
+    except NotFound:
+        return False
 
 
 def delete_port(name: str, instance: Instance = DEFAULT, record: dict | None = None,
@@ -319,7 +336,22 @@ def why_broken(record: dict, instance: Instance) -> str | None:
         finally:
             attached.close()
         return None if links.link_state("vmn-" + name) is not None else "its host device is gone"
-    return backends.get(record["backend"]).why_broken(name, record, instance)
+    return backends.get(record["backend"]).why_broken(name, record, instance) or _placeholder_gone(record)
+
+
+def _placeholder_gone(record: dict) -> str | None:
+    ifname = record.get("placeholder_tap")
+    if not ifname:
+        return None
+    try:
+        with netns.entered(record.get("netns")):
+            msg = links.get_link(ifname)
+    except VmnetError:
+        return "its netns is gone"
+    from ..kubevirt.takeover import port_of_alias
+    if msg is None or port_of_alias(msg.get("IFLA_IFALIAS")) != record["name"]:
+        return f"its placeholder tap {ifname} is gone"
+    return None
 
 
 def claimed_ports(instance: Instance) -> set[str]:

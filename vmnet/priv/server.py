@@ -14,6 +14,11 @@ Single-threaded, so nothing a client does may block it:
   no uid may hold more than max_clients_per_uid connections.
 The loop also watches the pidfd of every port's holder and tells the
 helper when one exits.
+
+Two listeners: the admin socket, and the consumer socket (cfg.consumer_socket,
+what gets mounted into pods), whose connections are served
+fds-for-consumer and raise-memlock-for-peer only, and make nobody an admin
+(vmnet.priv.authz).
 """
 
 from __future__ import annotations
@@ -97,11 +102,21 @@ class Server:
     def serve(self, ready=None):
         listener = self.listen()
         self.sel.register(listener, selectors.EVENT_READ, "listener")
+        consumer = None
+        if self.cfg.consumer_socket_path:
+            try:
+                # for every consumer, wherever it runs: each request is judged on its own
+                consumer = self._listen(self.cfg.consumer_socket_path, 0o666, None)
+            except BaseException:
+                listener.close()
+                os.unlink(self.cfg.socket)
+                raise
+            self.sel.register(consumer, selectors.EVENT_READ, "consumer-listener")
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-        log.info("listening on %s with %d port(s); fds sent to it are %s", self.cfg.socket,
-                 len(self.helper.ports),
+        log.info("listening on %s (consumers: %s) with %d port(s); fds sent to it are %s", self.cfg.socket,
+                 self.cfg.consumer_socket_path or "no socket", len(self.helper.ports),
                  "refused by the kernel (SO_PASSRIGHTS)" if self.passrights_off
                  else "received and closed off the main loop (this kernel has no SO_PASSRIGHTS)")
         if ready:
@@ -115,6 +130,8 @@ class Server:
                     try:
                         if key.data == "listener":
                             self._accept(listener)
+                        elif key.data == "consumer-listener":
+                            self._accept(consumer, consumer_only=True)
                         elif key.data == "conn":
                             self._serve_one(key.fileobj)
                         else:
@@ -132,11 +149,14 @@ class Server:
             for conn in list(self.conns):
                 self._drop(conn)
             self.sel.close()
-            listener.close()
-            try:
-                os.unlink(self.cfg.socket)
-            except FileNotFoundError:
-                pass
+            for sock, path in ((listener, self.cfg.socket), (consumer, self.cfg.consumer_socket_path)):
+                if sock is None:
+                    continue
+                sock.close()
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
 
     # ---- holders --------------------------------------------------------
 
@@ -165,19 +185,21 @@ class Server:
     # ---- connections ----------------------------------------------------
 
     def listen(self) -> socket.socket:
-        cfg = self.cfg
-        os.makedirs(os.path.dirname(cfg.socket), mode=0o755, exist_ok=True)
+        return self._listen(self.cfg.socket, self.cfg.socket_mode, self.cfg.socket_group)
+
+    def _listen(self, path: str, mode: int, group: str | None) -> socket.socket:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            probe.connect(cfg.socket)
-            raise KernelError(f"another helper is already listening on {cfg.socket}",
+            probe.connect(path)
+            raise KernelError(f"another helper is already listening on {path}",
                               fix="stop it first ('systemctl stop vmnet-helper')")
         except (FileNotFoundError, ConnectionRefusedError):
             pass
         finally:
             probe.close()
         try:
-            os.unlink(cfg.socket)
+            os.unlink(path)
         except FileNotFoundError:
             pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -188,16 +210,16 @@ class Server:
             self.passrights_off = True
         except OSError:
             self.passrights_off = False
-        listener.bind(cfg.socket)
-        os.chmod(cfg.socket, cfg.socket_mode)
-        if cfg.socket_group:
+        listener.bind(path)
+        os.chmod(path, mode)
+        if group:
             from .daemon import _group_id
-            os.chown(cfg.socket, 0, _group_id(cfg.socket_group))
+            os.chown(path, 0, _group_id(group))
         listener.listen(64)
         listener.setblocking(False)
         return listener
 
-    def _accept(self, listener):
+    def _accept(self, listener, consumer_only: bool = False):
         try:
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -206,7 +228,7 @@ class Server:
             log.warning("refused a connection: %d clients already connected", len(self.conns))
             conn.close()
             return
-        peer = authz.peer_of(conn)
+        peer = authz.peer_of(conn, consumer_only)
         if sum(1 for c in self.conns.values() if c.peer.uid == peer.uid) >= self.cfg.max_clients_per_uid:
             # one user holding every slot with silent connections must not lock out QEMU
             log.warning("refused a connection from %s: it already has %d", peer.describe(),

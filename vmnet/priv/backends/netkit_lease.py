@@ -111,7 +111,7 @@ class NetkitLease(Backend):
         try:
             bind = [self._lease(ctx.ifindex, nic_ifindex, q, nic, nd) for q in nic_queues]
             if spec.netns:
-                netkit.move_to_netns(spec.consumer_ifname, spec.netns, ctx.host_ip)
+                netkit.move_to_netns("vmc-" + spec.name, spec.netns, ctx.host_ip, spec.consumer_ifname)
                 consumer = links.require_link(spec.consumer_ifname, ctx.cons_ip)["ifindex"]
             else:
                 consumer = ctx.ifindex
@@ -183,9 +183,10 @@ class NetkitLease(Backend):
                     record["extra"]["nic"], rule["context"], rule["rule"])) or found
             except VmnetError:
                 pass
-        ifname = record.get("consumer_ifname") or "vmc-" + name
-        # in the consumer's netns, or still here when the move never happened
-        for where in dict.fromkeys((record.get("netns"), None)):
+        # in the consumer's netns, or still here (as vmc-<port>) when the move never happened
+        here = ("vmc-" + name, None)
+        where_first = (record.get("consumer_ifname") or "vmc-" + name, record.get("netns"))
+        for ifname, where in dict.fromkeys((where_first, here)):
             try:
                 with netns.entered(where):
                     if links.delete_link(ifname):        # deleting netkit ends its leases

@@ -1,0 +1,252 @@
+"""The vmnet CNI plugin, run exactly as a container runtime runs it.
+
+The plugin binary is found by its type in CNI_PATH and executed with the
+CNI environment and the configuration on stdin; results are checked
+against the CNI spec's shape (1.0.0, and 0.4.0 as Multus may ask), and
+the kernel objects against what ADD promised: the consumer end named
+CNI_IFNAME in the pod's netns, the placeholder tap owned by uid/gid 107,
+the XSK program. A conflist chains it with Debian's reference `tuning`
+plugin in libcni's order (ADD in order with prevResult, CHECK, DEL in
+reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+from helpers import REFERENCE_CNI as REFERENCE
+from helpers import POD_UID, SHARED_NETNS, HelperProcess, cni_invoke, install_cni
+
+from vmnet.kubevirt import cni
+from vmnet.priv import links, netns
+
+pytestmark = pytest.mark.netns
+
+@pytest.fixture
+def cni_helper(test_netns, request):
+    # several ports in one pod: where binds cannot be confined, the helper refuses that unless allowed
+    h = HelperProcess(SHARED_NETNS if "shared" in request.keywords else "").start()
+    install_cni(h)
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+def invoke(h, command, conf, pod=None, **kw):
+    return cni_invoke(h, command, conf, pod, **kw)
+
+
+def conf_for(h, **extra):
+    return {"cniVersion": "1.0.0", "name": "vmnet-fast", "type": "vmnet", "socket": h.socket, **extra}
+
+
+def assert_result_shape(res, version="1.0.0"):
+    """The CNI spec's result: cniVersion, interfaces (name, mac, sandbox), ips (with version in 0.x)."""
+    assert res["cniVersion"] == version
+    assert isinstance(res["interfaces"], list) and res["interfaces"]
+    for iface in res["interfaces"]:
+        assert set(iface) <= {"name", "mac", "mtu", "sandbox", "socketPath", "pciID"} and iface["name"]
+    assert isinstance(res.get("ips", []), list)          # optional: Go's plugins leave it out when empty
+    for ip in res.get("ips", []):
+        assert ("version" in ip) == version.startswith("0.")
+
+
+def pod_links(pod) -> dict:
+    with netns.entered(pod):
+        from pyroute2 import IPRoute
+        with IPRoute() as ip:
+            return {m.get("IFLA_IFNAME"): m for m in ip.get_links()}
+
+
+def tun_owner(msg) -> tuple:
+    data = msg.get("IFLA_LINKINFO").get("IFLA_INFO_DATA")
+    return data.get("IFLA_TUN_OWNER"), data.get("IFLA_TUN_GROUP"), data.get("IFLA_TUN_MULTI_QUEUE")
+
+
+@pytest.mark.parametrize("queues", [1, 2])
+def test_add_check_del_twice_leaves_nothing(cni_helper, consumer_netns, queues):
+    h, pod = cni_helper, consumer_netns
+    conf = conf_for(h, queues=queues, runtimeConfig={"mac": "02:00:00:00:10:01"})
+    for _ in range(2):
+        rc, res, err = invoke(h, "ADD", conf, pod)
+        assert rc == 0, (res, err)
+        assert_result_shape(res)
+        name = cni.port_name("c0ffee", "vmnet-fast", "pod1a2b3c4d5e6")
+        assert res["interfaces"][-1] == {"name": "pod1a2b3c4d5e6", "mac": "02:00:00:00:10:01",
+                                         "sandbox": f"/run/netns/{pod}"}
+        assert {"name": "vmn-" + name} in res["interfaces"]                   # the host end, no sandbox
+        found = pod_links(pod)
+        assert found["pod1a2b3c4d5e6"].get("IFLA_ADDRESS") == "02:00:00:00:10:01"
+        assert found["pod1a2b3c4d5e6"].get("IFLA_XDP") is not None
+        assert tun_owner(found["tap1a2b3c4d5e6"]) == (107, 107, queues > 1)
+        shown = h.vmnet_json("port", "show", name)
+        assert shown["consumer_pod"]["uid"] == POD_UID and shown["consumer_pod"]["name"] == "virt-launcher-a"
+        assert shown["consumer_netns_id"] == "{0.st_dev}:{0.st_ino}".format(os.stat(f"/run/netns/{pod}"))
+        assert (shown["consumer_uid"], shown["consumer_gid"], shown["health"]) == (107, 107, None)
+        assert invoke(h, "CHECK", dict(conf, prevResult=res), pod)[:2] == (0, None)
+        assert invoke(h, "DEL", dict(conf, prevResult=res), pod)[:2] == (0, None)
+        assert set(pod_links(pod)) == {"lo"}
+        assert links.link_state("vmn-" + name) is None
+        assert h.vmnet_json("port", "list")["ports"] == []
+        assert invoke(h, "DEL", conf, pod)[:2] == (0, None)                # DEL is idempotent
+
+
+def test_add_again_is_the_same_port_and_del_without_add_succeeds(cni_helper, consumer_netns):
+    h, pod = cni_helper, consumer_netns
+    conf = conf_for(h)
+    assert invoke(h, "DEL", conf, pod, container="never-added")[:2] == (0, None)
+    rc, first, _ = invoke(h, "ADD", conf, pod)
+    rc2, second, err = invoke(h, "ADD", conf, pod)
+    assert (rc, rc2) == (0, 0), err
+    assert first == second
+    assert invoke(h, "DEL", conf, pod)[0] == 0
+
+
+def test_check_finds_a_damaged_attachment(cni_helper, consumer_netns):
+    h, pod = cni_helper, consumer_netns
+    conf = conf_for(h)
+    rc, res, _ = invoke(h, "ADD", conf, pod)
+    assert rc == 0
+    with netns.entered(pod):
+        links.delete_link("tap1a2b3c4d5e6")                 # something removed the placeholder
+    rc, err, _ = invoke(h, "CHECK", dict(conf, prevResult=res), pod)
+    assert rc != 0 and err["code"] == 100 and "placeholder tap tap1a2b3c4d5e6 is gone" in err["msg"]
+    rc, err, _ = invoke(h, "CHECK", conf, pod, container="other")
+    assert rc != 0 and err["code"] == 3
+    assert invoke(h, "DEL", conf, pod)[0] == 0
+
+
+def test_del_when_the_netns_is_already_gone(cni_helper):
+    h = cni_helper
+    pod = "vmnet-c" + uuid.uuid4().hex[:8]
+    netns.create_named(pod)
+    try:
+        rc, res, err = invoke(h, "ADD", conf_for(h), pod)
+        assert rc == 0, err
+    finally:
+        netns.remove_named(pod)                             # the runtime tore the sandbox down first
+    name = cni.port_name("c0ffee", "vmnet-fast", "pod1a2b3c4d5e6")
+    assert invoke(h, "DEL", conf_for(h), pod)[:2] == (0, None)
+    assert links.link_state("vmn-" + name) is None and h.vmnet_json("port", "list")["ports"] == []
+
+
+def test_add_into_a_netns_that_vanished_is_container_unknown_and_makes_nothing(cni_helper):
+    h = cni_helper
+    rc, err, _ = invoke(h, "ADD", conf_for(h), "vmnet-c-gone-" + uuid.uuid4().hex[:6])
+    assert rc != 0 and err["code"] == 3 and "does not exist" in err["msg"]
+    assert h.vmnet_json("port", "list")["ports"] == []
+    assert not [n for n in os.listdir("/sys/class/net") if n.startswith("vmn-")]
+
+
+@pytest.mark.parametrize("conf, code, words", [
+    ("{not json", 6, "not JSON"),
+    ({"name": "n", "type": "vmnet"}, 7, "no cniVersion"),
+    ({"cniVersion": "9.9.9", "name": "n", "type": "vmnet"}, 1, "9.9.9 is not supported"),
+    ({"cniVersion": "1.0.0", "type": "vmnet"}, 7, "no name"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "queues": "two"}, 7, "field queues must be a number"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "queues": 0}, 7, "queue count 0 is out of range"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "mac": "01:00:00:00:00:01"}, 7, "multicast"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "backend": "sriov"}, 7, "backend 'sriov'"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "colour": "red"}, 2, "unknown field(s) in network 'n': colour"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "ipam": {"type": "host-local"}}, 2, "field ipam"),
+])
+def test_bad_configuration_is_a_cni_error_naming_the_field(cni_helper, consumer_netns, conf, code, words):
+    h = cni_helper
+    stdin = conf if isinstance(conf, str) else json.dumps(dict(conf, socket=h.socket))
+    rc, err, _ = invoke(h, "ADD", None, consumer_netns, stdin=stdin)
+    assert rc != 0 and err["code"] == code and words in err["msg"], err
+    assert set(err) <= {"cniVersion", "code", "msg", "details"}
+    assert h.vmnet_json("port", "list")["ports"] == [] and set(pod_links(consumer_netns)) == {"lo"}
+
+
+def test_a_runtime_that_passes_no_pod_uid_is_told_so(cni_helper, consumer_netns):
+    h = cni_helper
+    rc, err, _ = invoke(h, "ADD", conf_for(h), consumer_netns, extra_env={"CNI_ARGS": "IgnoreUnknown=1"})
+    assert rc != 0 and err["code"] == 4 and "K8S_POD_UID" in err["msg"]
+    rc, err, _ = invoke(h, "ADD", conf_for(h), None)                           # no CNI_NETNS at all
+    assert rc != 0 and err["code"] == 4 and "CNI_NETNS" in err["msg"]
+    rc, err, _ = invoke(h, "BOGUS", conf_for(h), consumer_netns)
+    assert rc != 0 and err["code"] == 4
+
+
+def test_version_status_and_the_0_4_0_result(cni_helper, consumer_netns):
+    h = cni_helper
+    rc, out, _ = invoke(h, "VERSION", None, stdin='{"cniVersion":"1.0.0"}')
+    assert rc == 0 and out == {"cniVersion": "1.0.0", "supportedVersions": list(cni.SUPPORTED)}
+    assert invoke(h, "STATUS", conf_for(h, cniVersion="1.1.0"))[:2] == (0, None)
+    rc, err, _ = invoke(h, "STATUS", conf_for(h, cniVersion="1.1.0", socket=h.dir + "/none.sock"))
+    assert rc != 0 and err["code"] == 50
+    conf = conf_for(h, cniVersion="0.4.0")
+    rc, res, err = invoke(h, "ADD", conf, consumer_netns)
+    assert rc == 0, err
+    assert_result_shape(res, "0.4.0")
+    assert invoke(h, "CHECK", dict(conf, prevResult=res), consumer_netns)[0] == 0
+    assert invoke(h, "DEL", conf, consumer_netns)[0] == 0
+
+
+@pytest.mark.shared
+def test_gc_deletes_this_networks_ports_that_no_attachment_names(cni_helper, consumer_netns):
+    h = cni_helper
+    conf = conf_for(h, cniVersion="1.1.0")
+    for container in ("keep", "stale"):
+        assert invoke(h, "ADD", conf, consumer_netns, container=container,
+                      ifname="pod" + container.ljust(8, "0"))[0] == 0
+    other = conf_for(h, cniVersion="1.1.0", name="another-net")
+    assert invoke(h, "ADD", other, consumer_netns, container="theirs", ifname="net1")[0] == 0
+    gc = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "podkeep0000"}]})
+    assert invoke(h, "GC", gc)[:2] == (0, None)
+    left = {p["name"] for p in h.vmnet_json("port", "list")["ports"]}
+    assert left == {cni.port_name("keep", "vmnet-fast", "podkeep0000"),
+                    cni.port_name("theirs", "another-net", "net1")}            # another network's stays
+    assert invoke(h, "DEL", conf, consumer_netns, container="keep", ifname="podkeep0000")[0] == 0
+    assert invoke(h, "DEL", other, consumer_netns, container="theirs", ifname="net1")[0] == 0
+
+
+@pytest.mark.skipif(not os.path.exists(f"{REFERENCE}/tuning"),
+                    reason="Debian's containernetworking-plugins is not installed (install.sh installs it)")
+def test_chained_with_the_reference_tuning_plugin_in_libcnis_order(cni_helper, consumer_netns):
+    """A conflist [vmnet, tuning]: ADD in order, each with the previous result; CHECK in order
+    with the cached result; DEL in reverse. tuning (Go's own result parser) consumes vmnet's."""
+    h, pod = cni_helper, consumer_netns
+    conflist = {"cniVersion": "1.0.0", "name": "vmnet-fast", "plugins": [
+        {"type": "vmnet", "socket": h.socket},
+        {"type": "tuning", "promisc": True}]}
+
+    def conf(plugin, prev=None):
+        out = dict(plugin, name=conflist["name"], cniVersion=conflist["cniVersion"])
+        return dict(out, prevResult=prev) if prev is not None else out
+    prev = None
+    for plugin in conflist["plugins"]:
+        rc, prev, err = invoke(h, "ADD", conf(plugin, prev), pod, plugin=plugin["type"])
+        assert rc == 0, (plugin["type"], prev, err)
+    assert_result_shape(prev)
+    assert pod_links(pod)["pod1a2b3c4d5e6"].get("IFLA_PROMISCUITY") == 1       # tuning found our interface
+    for plugin in conflist["plugins"]:
+        rc, out, err = invoke(h, "CHECK", conf(plugin, prev), pod, plugin=plugin["type"])
+        assert rc == 0, (plugin["type"], out, err)
+    for plugin in reversed(conflist["plugins"]):
+        rc, out, err = invoke(h, "DEL", conf(plugin, prev), pod, plugin=plugin["type"])
+        assert rc == 0, (plugin["type"], out, err)
+    assert set(pod_links(pod)) == {"lo"} and h.vmnet_json("port", "list")["ports"] == []
+
+
+def test_a_pod_netns_with_other_devices_needs_the_bind_guard(cni_helper, consumer_netns):
+    """The pod's eth0 (here: a tap) is a device a consumer could bind its sockets to: without
+    the kernel's bind guard the helper refuses the port, and the CNI error says why and what to do."""
+    h, pod = cni_helper, consumer_netns
+    with netns.entered(pod):
+        from pyroute2 import IPRoute
+        with IPRoute() as ip:
+            ip.link("add", ifname="eth0", kind="tuntap", mode="tap")
+    rc, out, err = invoke(h, "ADD", conf_for(h), pod)
+    if h.vmnet_json("status")["helper"]["protection"]["mode"] == "kernel":
+        assert rc == 0, (out, err)
+        assert invoke(h, "DEL", conf_for(h), pod)[0] == 0
+    else:
+        assert rc != 0 and out["code"] == 108 and "could bind its AF_XDP sockets to eth0" in out["msg"]
+        assert "bpf LSM" in out["details"] and h.vmnet_json("port", "list")["ports"] == []
+        assert set(pod_links(pod)) == {"lo", "eth0"}
