@@ -90,6 +90,12 @@ class NetdevsimPair:
             finally:
                 os.close(me)
                 os.close(peer_fd)
+            # no IPv6 on either end: its router solicitations and MLD reports would land on the
+            # NIC's queues among the frames the tests count
+            with open(f"/proc/sys/net/ipv6/conf/{self.nic}/disable_ipv6", "w") as f:
+                f.write("1")
+            subprocess.run(["ip", "netns", "exec", peer_ns, "sysctl", "-q", "-w",
+                            f"net.ipv6.conf.{self.peer}.disable_ipv6=1"], check=True)
             subprocess.run(["ip", "link", "set", self.nic, "up"], check=True)
             subprocess.run(["ip", "netns", "exec", peer_ns, "ip", "link", "set", self.peer, "up"], check=True)
         except BaseException:

@@ -29,8 +29,8 @@ def _netkit_kernel():
 
 
 def test_netkit_port_is_an_l2_forwarding_pair_with_the_program_on_the_peer(
-        test_netns, consumer_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, queues=4, backend="netkit", netns=consumer_netns))
+        test_netns, consumer_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, queues=4, backend="netkit", netns=consumer_netns), instance)
     try:
         spec = c.port.spec
         assert (c.port.spec.backend, c.port.backend_requested) == ("netkit", "netkit")
@@ -50,20 +50,20 @@ def test_netkit_port_is_an_l2_forwarding_pair_with_the_program_on_the_peer(
         assert peer["address"] == spec.mac
         assert state["num_rx_queues"] == 4
         assert state["xdp_mode"] == "skb" and state["xdp_skb_prog_id"] == c.port.prog_id
-        assert bpf.is_vmnet_program(c.port.prog_id)
-        assert sorted(os.listdir(bpf.pin_dir(port_name))) == ["link", "xsks"]
+        assert bpf.is_vmnet_program(c.port.prog_id)                # the instance's shared program
+        assert sorted(os.listdir(bpf.pin_dir(port_name, instance.pin_root))) == ["link"]
         assert xsk.statistics(c.sockets[0].fileno())["rx_dropped"] == 0
     finally:
         c.close()
-        assert ports.delete_port(port_name) is True
-    assert not bpf.pinned(port_name)
+        assert ports.delete_port(port_name, instance) is True
+    assert not bpf.pinned(port_name, instance.pin_root)
     assert links.link_state("vmn-" + port_name) is None
     with netns.entered(consumer_netns):
         assert links.link_state("vmc-" + port_name) is None    # the pair went as one
 
 
-def test_offloads_are_off_on_the_netkit_primary(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, backend="netkit"))
+def test_offloads_are_off_on_the_netkit_primary(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, backend="netkit"), instance)
     try:
         eth = Ethtool()
         try:
@@ -75,11 +75,11 @@ def test_offloads_are_off_on_the_netkit_primary(test_netns, port_name):
             assert feats[name].enable is False, name
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
 
 
-def test_auto_backend_picks_netkit_on_a_kernel_with_it_and_says_why(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, backend="auto"))
+def test_auto_backend_picks_netkit_on_a_kernel_with_it_and_says_why(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, backend="auto"), instance)
     try:
         assert c.port.spec.backend == "netkit"
         assert c.port.backend_requested == "auto"
@@ -88,39 +88,39 @@ def test_auto_backend_picks_netkit_on_a_kernel_with_it_and_says_why(test_netns, 
         assert c.port.to_dict()["backend_reason"] == "auto: the kernel has netkit"
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
 
 
-def test_auto_backend_with_native_mode_keeps_veth(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, backend="auto", mode="native"))
+def test_auto_backend_with_native_mode_keeps_veth(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, backend="auto", mode="native"), instance)
     try:
         assert (c.port.spec.backend, c.port.mode) == ("veth", "native")
         assert "native XDP was asked for" in c.port.backend_reason
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
 
 
-def test_an_existing_netkit_port_is_refused_and_left_intact(test_netns, port_name):
-    c = ports.create_port(PortSpec(name=port_name, backend="netkit"))
+def test_an_existing_netkit_port_is_refused_and_left_intact(test_netns, port_name, instance):
+    c = ports.create_port(PortSpec(name=port_name, backend="netkit"), instance)
     try:
         with pytest.raises(ports.AlreadyExists):
-            ports.create_port(PortSpec(name=port_name, backend="netkit"))
+            ports.create_port(PortSpec(name=port_name, backend="netkit"), instance)
         assert netkit.link_info("vmn-" + port_name)["kind"] == "netkit"
-        assert bpf.pinned(port_name)
+        assert bpf.pinned(port_name, instance.pin_root)
     finally:
         c.close()
-        ports.delete_port(port_name)
+        ports.delete_port(port_name, instance)
 
 
-def test_netkit_port_is_removable_after_its_consumer_netns_is_gone(test_netns, port_name):
+def test_netkit_port_is_removable_after_its_consumer_netns_is_gone(test_netns, port_name, instance):
     other = "vmnet-gone" + port_name[1:]
     netns.create_named(other)
-    c = ports.create_port(PortSpec(name=port_name, backend="netkit", netns=other))
+    c = ports.create_port(PortSpec(name=port_name, backend="netkit", netns=other), instance)
     c.close()
     netns.remove_named(other)   # the kernel removes the pair when it tears the netns down (later)
-    assert ports.delete_port(port_name) is True   # the pins were still there
-    assert not ports.port_exists(port_name)
+    assert ports.delete_port(port_name, instance) is True   # the pins were still there
+    assert not ports.port_exists(port_name, instance)
 
 
 def test_l3_netkit_really_leaves_the_device_without_a_mac(test_netns):

@@ -226,13 +226,15 @@ def open_pinned(port: str, root: str = PIN_ROOT) -> Attached | None:
 
 
 def is_vmnet_program(prog_id: int) -> bool:
-    """True when the program with this id is vmnet's (by its version tag)."""
+    """True when the program with this id is one of vmnet's XSK programs (by its version tag:
+    a port's own, vmnet_xsk_v1, or the shared one, vmnet_xsk_v2)."""
+    from .xskprog import PROGRAM as SHARED
     try:
         fd = libbpf.prog_fd_by_id(prog_id)
     except OSError:
         return False
     try:
-        return libbpf.prog_info(fd).name.decode() == PROGRAM_NAME
+        return libbpf.prog_info(fd).name.decode() in (PROGRAM_NAME, SHARED)
     finally:
         os.close(fd)
 
