@@ -44,14 +44,15 @@ apt-get install -y -q --no-install-recommends \
     kmod xz-utils flex bison bc binutils pkgconf libelf-dev libssl-dev
 # The VM tests' guest enables every queue of a multi-queue NIC with ethtool.
 apt-get install -y -q --no-install-recommends ethtool
-# The CNI tests chain vmnet's plugin with Debian's reference plugins (/usr/lib/cni).
-apt-get install -y -q --no-install-recommends containernetworking-plugins
+# The CNI tests chain vmnet's plugin with Debian's reference plugins (/usr/lib/cni); the node
+# image is built with mmdebstrap and podman (scripts/build-images) and its test runs it with runc.
+apt-get install -y -q --no-install-recommends containernetworking-plugins mmdebstrap podman runc
 
 # The XSK object is committed; fail early when it no longer matches its source.
 make -s -C bpf check
 
 /usr/bin/python3 -m venv "$prefix"
-"$prefix/bin/pip" install -q --disable-pip-version-check ".[test,libvirt]"
+"$prefix/bin/pip" install -q --disable-pip-version-check ".[test,libvirt,kubevirt]"
 ln -sf "$prefix/bin/vmnet" /usr/local/bin/vmnet
 ln -sf "$prefix/bin/vmnet-qemu-wrapper" /usr/local/bin/vmnet-qemu-wrapper
 install -D -m 0644 systemd/vmnet-helper.service /usr/local/lib/systemd/system/vmnet-helper.service

@@ -38,6 +38,10 @@ def test_a_vmnet_table_is_accepted():
     ('socket_mode = "rw"', "is not octal"),
     ("socket_mode = 4096", "is not a file mode"),
     ('socket = "relative.sock"', "must be an absolute path"),
+    ('consumer_socket = "c.sock"', "consumer_socket must be an absolute path"),
+    ('consumer_socket = "/run/vmnet/c.sock"', "in the admin socket's directory"),
+    ('metrics = "localhost"', "metrics = 'localhost' is not ADDRESS:PORT"),
+    ('metrics = "127.0.0.1:99999"', "port 99999"),
 ])
 def test_bad_settings_are_refused_naming_the_problem(text, words):
     with pytest.raises(InvalidInput) as exc:
@@ -63,3 +67,10 @@ def test_replace_changes_one_setting_and_keeps_the_rest():
     cfg = config.Config(max_clients=3)
     other = cfg.replace(socket="/run/z.sock")
     assert (other.socket, other.max_clients) == ("/run/z.sock", 3) and cfg.socket != other.socket
+
+
+def test_the_consumer_socket_has_a_directory_of_its_own_unless_turned_off():
+    assert config.Config().consumer_socket_path == "/run/vmnet/consumer/consumer.sock"
+    assert config.parse('socket = "/run/t/h.sock"').consumer_socket_path == "/run/t/consumer/consumer.sock"
+    assert config.parse('consumer_socket = ""').consumer_socket_path is None
+    assert config.parse('consumer_socket = "/run/pods/c.sock"').consumer_socket_path == "/run/pods/c.sock"

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.system
 
 DEBIAN_QEMU = "/usr/bin/qemu-system-x86_64"
 IFNAME, TAP = "pod1a2b3c4d5e6", "tap1a2b3c4d5e6"     # KubeVirt's names for a secondary network
-SOCKET_IN_POD, RUNTIME_IN_POD = "/mnt/vmnet/consumer.sock", "/mnt/vmnet/runtime"
+# as the device plugin mounts them (read-only: connect() needs no write access to the mount)
+SOCKET_IN_POD, RUNTIME_IN_POD = "/mnt/vmnet/consumer/consumer.sock", "/mnt/vmnet/runtime"
 DOMAIN = "default_vmi-fast"
 
 
@@ -81,7 +82,7 @@ class Launcher:
         rc, self.result, err = self.cni("ADD")
         assert rc == 0, (self.result, err)
         self.port = cni.port_name("c0ffee", "vmnet-fast", IFNAME)
-        self.mounts = [(os.path.join(self.helper.dir, "consumer.sock"), SOCKET_IN_POD, False),
+        self.mounts = [(os.path.join(self.helper.dir, "consumer"), os.path.dirname(SOCKET_IN_POD), True),
                        (runtime, RUNTIME_IN_POD, True)]
         self.libvirt = SessionLibvirt(self.pod, self.helper.dir, self.mounts).start()
         self.wrapper_log = os.path.join(self.libvirt.dir, "wrapper.log")
@@ -402,3 +403,20 @@ def test_a_vmi_with_more_queues_than_the_port_fails_at_libvirt_saying_why(test_n
         assert env.events() == [] and env.holder() is None
     finally:
         env.close()
+
+
+def test_the_wrapper_directorys_cni_plugin_works_from_a_link(test_netns, consumer_netns, runtime_dir):
+    """What the DaemonSet installs on a node without vmnet: /opt/cni/bin/vmnet -> <dir>/bin/vmnet-cni."""
+    h = HelperProcess().start()
+    try:
+        os.makedirs(os.path.join(h.dir, "bin"))
+        os.symlink(os.path.join(runtime_dir, "bin", "vmnet-cni"), os.path.join(h.dir, "bin", "vmnet"))
+        conf = {"cniVersion": "1.0.0", "name": "vmnet-fast", "type": "vmnet", "socket": h.socket}
+        rc, out, err = cni_invoke(h, "VERSION", None, stdin='{"cniVersion":"1.0.0"}')
+        assert rc == 0 and "1.1.0" in out["supportedVersions"], err
+        rc, res, err = cni_invoke(h, "ADD", conf, consumer_netns)
+        assert rc == 0 and res["interfaces"][-1]["name"] == IFNAME, (res, err)
+        assert cni_invoke(h, "DEL", conf, consumer_netns)[0] == 0
+        assert h.vmnet_json("port", "list")["ports"] == []
+    finally:
+        h.cleanup()

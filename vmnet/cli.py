@@ -153,7 +153,10 @@ def _call(verb, **args):
 @click.option("--config", "config_path", metavar="PATH",
               help="Configuration file (default: $VMNET_CONFIG or /etc/vmnet/vmnet.toml).")
 @click.option("--socket", "socket_path", metavar="PATH", help="Listen here instead of the configured socket.")
-def helper(config_path, socket_path):
+@click.option("--metrics", metavar="ADDRESS:PORT",
+              help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (off by default; "
+                   "also `metrics =` in the configuration), e.g. 127.0.0.1:9465.")
+def helper(config_path, socket_path, metrics):
     """Run the privileged helper in the foreground (as root; systemd: vmnet-helper.service).
 
     It owns every privileged operation: creating and deleting ports, handing
@@ -165,6 +168,14 @@ def helper(config_path, socket_path):
     cfg = _config(config_path)
     if socket_path:
         cfg = cfg.replace(socket=socket_path)
+    if metrics is not None:
+        from .config import parse_listen
+        try:
+            parse_listen(metrics, "--metrics")
+        except VmnetError as exc:
+            raise click.BadParameter(exc.message + (f" ({exc.fix})" if exc.fix else ""),
+                                     param_hint="--metrics") from None
+        cfg = cfg.replace(metrics=metrics)
     daemon.run(cfg)
 
 
@@ -547,6 +558,82 @@ def kubevirt_runtime(ctx, dest, qemu, allow_ipc_lock):
                          config_text="allow_ipc_lock = true\n" if allow_ipc_lock else "")
     _emit(ctx, made, f"built {made['path']} ({made['bytes'] // 2**20} MiB, Python {made['python']}, "
                      f"{made['libraries']} libraries); <emulator>{made['wrapper']}</emulator>")
+
+
+@kubevirt_group.command("sidecar")
+@click.option("--socket", "socket_path", default=None, metavar="PATH",
+              help="Listen here (default: /var/run/kubevirt-hooks/vmnet.sock, where virt-launcher "
+                   "finds the sidecar's hook socket).")
+@click.option("--binding", default=None, metavar="NAME",
+              help="The binding plugin's name in the KubeVirt CR (default: $NETWORK_BINDING_PLUGIN_NAME, "
+                   "which virt-controller sets, else vmnet).")
+@click.option("--wrapper", default=None, metavar="PATH",
+              help="The wrapper as the compute container sees it "
+                   "(default: /var/run/vmnet/runtime/bin/vmnet-qemu-wrapper).")
+@click.option("--consumer-socket", default=None, metavar="PATH",
+              help="The consumer socket as the compute container sees it "
+                   "(default: /var/run/vmnet/consumer/consumer.sock).")
+@click.option("--qemu", default=None, metavar="PATH",
+              help="The launcher's QEMU when the domain names none (default: /usr/libexec/qemu-kvm).")
+def kubevirt_sidecar(socket_path, binding, wrapper, consumer_socket, qemu):
+    """Serve KubeVirt's hook protocol: point vmnet VMIs' domains at the wrapper.
+
+    \b
+    Info, and Callbacks v1alpha3 (OnDefineDomain, PreCloudInitIso, Shutdown)
+    and v1alpha2. OnDefineDomain sets <emulator> to the wrapper and adds
+    <qemu:env> VMNET_SOCKET and VMNET_QEMU for VMIs with an interface bound
+    to this plugin; everything else in the domain is kept. Exits after
+    Shutdown. Run as the binding's sidecarImage (docs/kubevirt.md).
+    """
+    import logging
+
+    from .kubevirt import sidecar
+    logging.basicConfig(level=logging.INFO, format="vmnet-sidecar: %(levelname)s %(message)s")
+    settings = sidecar.Settings(binding=binding or os.environ.get("NETWORK_BINDING_PLUGIN_NAME") or "vmnet",
+                                wrapper=wrapper or sidecar.POD_WRAPPER,
+                                socket=consumer_socket or sidecar.POD_SOCKET, qemu=qemu or sidecar.LAUNCHER_QEMU)
+    sidecar.serve(settings, socket_path or os.path.join(sidecar.HOOK_DIR, settings.binding + ".sock"),
+                  name=settings.binding)
+
+
+@kubevirt_group.command("device-plugin")
+@click.option("--kubelet-dir", default="/var/lib/kubelet/device-plugins", show_default=True, metavar="DIR",
+              help="Where kubelet.sock is; the plugin's own socket goes beside it.")
+@click.option("--resource", default="vmnet.io/port", show_default=True,
+              help="The extended resource advertised (the NAD's k8s.v1.cni.cncf.io/resourceName).")
+@click.option("--capacity", type=click.IntRange(0, 1024), default=16, show_default=True,
+              help="Ports this node offers.")
+@click.option("--lease-from", metavar="NIC",
+              help="netkit-lease node: offer as many ports as NIC's free queues make (instead of --capacity).")
+@click.option("--queues-per-port", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="With --lease-from: queues each port leases.")
+@click.option("--runtime-dir", default="/opt/vmnet/kubevirt", show_default=True, metavar="DIR",
+              help="The wrapper directory on the node, mounted read-only at /var/run/vmnet/runtime.")
+@click.option("--consumer-dir", default="/run/vmnet/consumer", show_default=True, metavar="DIR",
+              help="The consumer socket's directory on the node, mounted read-only at /var/run/vmnet/consumer.")
+def kubevirt_device_plugin(kubelet_dir, resource, capacity, lease_from, queues_per_port, runtime_dir,
+                           consumer_dir):
+    """Advertise vmnet.io/port to the kubelet and mount what the wrapper needs into pods.
+
+    \b
+    kubelet device-plugin API v1beta1: registers on kubelet.sock, serves
+    ListAndWatch (Unhealthy while the consumer socket does not answer),
+    Allocate (the wrapper directory and the consumer socket's directory,
+    read-only, and VMNET_SOCKET), GetPreferredAllocation, PreStartContainer,
+    and registers again whenever the kubelet restarts.
+    """
+    import logging
+    import signal
+
+    from .kubevirt.deviceplugin import Plugin
+    logging.basicConfig(level=logging.INFO, format="vmnet-device-plugin: %(levelname)s %(message)s")
+    cfg = _config()
+    plugin = Plugin(kubelet_dir=kubelet_dir, resource=resource, capacity=None if lease_from else capacity,
+                    lease_from=lease_from, queues_per_port=queues_per_port, reserved=cfg.lease_reserved_queues,
+                    host_runtime=runtime_dir, host_consumer=consumer_dir)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: plugin.stop())
+    plugin.run()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

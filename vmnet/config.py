@@ -18,8 +18,8 @@ DEFAULT_PATH = "/etc/vmnet/vmnet.toml"
 SETTINGS = {
     "socket": (str, "/run/vmnet/helper.sock"),
     "socket_mode": (int, 0o666),        # every request is authorised from SO_PEERCRED
-    # the socket that serves consumers only (mounted into pods; docs/kubevirt.md): unset, it is
-    # consumer.sock beside `socket`; "" turns it off
+    # the socket that serves consumers only (mounted into pods, by its directory: docs/kubevirt.md):
+    # unset, it is consumer/consumer.sock beside `socket`, in a directory of its own; "" turns it off
     "consumer_socket": (str, None),
     "socket_group": (str, None),
     "admin_group": (str, None),         # members may create and delete ports
@@ -38,6 +38,7 @@ SETTINGS = {
     # read one: vmnet refuses multi-queue ports to them; docs/datapath.md)
     "qemu_multiqueue_fixed": (bool, False),
     "lease_reserved_queues": (int, 1),  # netkit-lease: NIC queues 0..N-1 stay with the host
+    "metrics": (str, None),             # ADDRESS:PORT of the helper's Prometheus endpoint; off unless set
 }
 
 
@@ -54,7 +55,7 @@ class Config:
     def consumer_socket_path(self) -> str | None:
         """Where the consumer socket listens (None: not at all)."""
         if self.consumer_socket is None:
-            return os.path.join(os.path.dirname(self.socket), "consumer.sock")
+            return os.path.join(os.path.dirname(self.socket), "consumer", "consumer.sock")
         return self.consumer_socket or None
 
     def replace(self, **changes) -> "Config":
@@ -97,18 +98,43 @@ def parse(text: str, origin: str = "config") -> Config:
             raise InvalidInput(f"{origin}: {key} must be an absolute path")
     if cfg.consumer_socket and not os.path.isabs(cfg.consumer_socket):
         raise InvalidInput(f"{origin}: consumer_socket must be an absolute path, or \"\" for none")
-    if cfg.consumer_socket_path == cfg.socket:
-        raise InvalidInput(f"{origin}: consumer_socket is the admin socket",
-                           fix="give the consumer socket a path of its own")
+    if cfg.consumer_socket_path and os.path.dirname(cfg.consumer_socket_path) == os.path.dirname(cfg.socket):
+        raise InvalidInput(f"{origin}: consumer_socket is in the admin socket's directory",
+                           fix="give it a directory of its own: pods get that directory mounted, and "
+                               "must never see the admin socket")
     if cfg.instance:
         from .model import validate_instance
         try:
             validate_instance(cfg.instance)
         except InvalidInput as exc:
             raise InvalidInput(f"{origin}: {exc.message}", fix=exc.fix) from None
+    if cfg.metrics:
+        try:
+            parse_listen(cfg.metrics)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{origin}: {exc.message}", fix=exc.fix) from None
     if not 0 <= cfg.socket_mode <= 0o777:
         raise InvalidInput(f"{origin}: socket_mode {oct(cfg.socket_mode)} is not a file mode")
     return cfg
+
+
+def parse_listen(text: str, what: str = "metrics") -> tuple[str, int]:
+    """ADDRESS:PORT (IPv6 in brackets) -> (address, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise InvalidInput(f"{what} = {text!r} is not ADDRESS:PORT",
+                           fix="give e.g. 127.0.0.1:9465, 0.0.0.0:9465 or [::1]:9465")
+    if not 1 <= int(port) <= 65535:
+        raise InvalidInput(f"{what} = {text!r}: port {port} is not 1-65535")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    import ipaddress
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise InvalidInput(f"{what} = {text!r}: {host!r} is not an IP address",
+                               fix="give the address to listen on, e.g. 127.0.0.1 or 0.0.0.0") from None
+    return host, int(port)
 
 
 def load(path: str | None = None) -> Config:

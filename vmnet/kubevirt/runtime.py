@@ -22,6 +22,8 @@ right; the price is the start-up, measured by `vmnet bench` ("wrapper").
 
 etc/vmnet.toml in the directory is the wrapper's configuration (the real
 QEMU for libvirt's capability probes, which get no <qemu:env>).
+bin/vmnet-cni is the CNI plugin, the same way, for a node whose own
+filesystem has no vmnet: the DaemonSet links /opt/cni/bin/vmnet to it.
 """
 
 from __future__ import annotations
@@ -44,24 +46,29 @@ DYNLOAD_SKIP = ("_test", "_ctypes_test", "xxlimited", "_xxsubinterpreters", "_xx
                 "ossaudiodev", "_tkinter")
 PACKAGES = ("vmnet", "pyroute2", "prctl")
 LAUNCHER = """#!/bin/sh
-# vmnet-qemu-wrapper from {dest}: Debian's python3.11 of this directory, started through
-# this directory's own dynamic loader; nothing is set in the environment QEMU inherits.
+# {program} from {dest}: Debian's python3.11 of this directory, started through this
+# directory's own dynamic loader; nothing is set in the environment of what it runs.
 d=$(dirname "$(dirname "$(readlink -f "$0")")")
 exec "$d/lib64/{loader}" --library-path "$d/usr/lib/x86_64-linux-gnu" \\
-    "$d/usr/bin/python{version}" -I -S "$d/boot.py" "$@"
+    "$d/usr/bin/python{version}" -I -S "$d/boot.py" {entry} "$@"
 """
-BOOT = """# The wrapper's entry point in a runtime directory (vmnet.kubevirt.runtime).
+BOOT = """# The entry point of a runtime directory's programs (vmnet.kubevirt.runtime).
 import os
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "site"))
-sys.argv[0] = os.path.join(here, "bin", "vmnet-qemu-wrapper")
-import vmnet.config
-vmnet.config.DEFAULT_PATH = os.path.join(here, "etc", "vmnet.toml")
-from vmnet.wrapper import main
+entry = sys.argv.pop(1)
+sys.argv[0] = os.path.join(here, "bin", entry)
+if entry == "vmnet-qemu-wrapper":
+    import vmnet.config
+    vmnet.config.DEFAULT_PATH = os.path.join(here, "etc", "vmnet.toml")
+    from vmnet.wrapper import main
+else:                   # vmnet-cni: run on the node by the container runtime, with the node's config
+    from vmnet.kubevirt.cni import main
 main()
 """
+PROGRAMS = ("vmnet-qemu-wrapper", "vmnet-cni")
 
 
 def _libraries(binaries: list[str]) -> tuple[str, dict[str, str]]:
@@ -154,10 +161,12 @@ def build(dest: str, qemu: str | None = None, config_text: str = "") -> dict:
                     os.path.join(tmp, "usr/lib", f"python{version}")], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.makedirs(os.path.join(tmp, "bin"))
-    wrapper = os.path.join(tmp, "bin", "vmnet-qemu-wrapper")
-    with open(wrapper, "w") as f:
-        f.write(LAUNCHER.format(dest=dest, loader=os.path.basename(loader), version=version))
-    os.chmod(wrapper, 0o755)
+    for program in PROGRAMS:
+        path = os.path.join(tmp, "bin", program)
+        with open(path, "w") as f:
+            f.write(LAUNCHER.format(program=program, dest=dest, loader=os.path.basename(loader),
+                                    version=version, entry=program))
+        os.chmod(path, 0o755)
     with open(os.path.join(tmp, "boot.py"), "w") as f:
         f.write(BOOT)
     os.makedirs(os.path.join(tmp, "etc"))
@@ -181,4 +190,5 @@ def build(dest: str, qemu: str | None = None, config_text: str = "") -> dict:
     size = sum(os.path.getsize(os.path.join(r, n)) for r, _, fs in os.walk(dest) for n in fs
                if not os.path.islink(os.path.join(r, n)))
     return {"path": dest, "wrapper": os.path.join(dest, "bin", "vmnet-qemu-wrapper"),
+            "cni": os.path.join(dest, "bin", "vmnet-cni"),
             "python": version, "libraries": len(libs), "bytes": size}

@@ -24,6 +24,7 @@ import grp
 import logging
 import os
 import re
+import threading
 import time
 
 from pyroute2 import IPRoute
@@ -62,6 +63,11 @@ class Helper:
         self.ports: dict[str, Entry] = {}
         self.program: xskprog.XskProgram | None = None      # the instance's shared XSK program
         self.started = time.time()
+        self.starts = 1                                     # of this instance, this one included
+        # held while a request or an event changes state; a metrics scrape (another thread) reads
+        # under it
+        self.lock = threading.RLock()
+        self.metrics = None                                 # vmnet.priv.metrics.Metrics when serving
         self.verbs = {
             "port-create": self.port_create,
             "port-delete": self.port_delete,
@@ -86,6 +92,7 @@ class Helper:
         """Keep complete ports, remove half-made ones (of this instance only)."""
         kept, removed = [], []
         self.state.ensure()
+        self.starts = self.state.count_start()
         self.program = xskprog.XskProgram.ensure(self.root)
         self.program.hold_in_dispatcher()
         for name, intent in self.state.intents().items():
@@ -189,6 +196,7 @@ class Helper:
                                       fix=f"delete it with 'vmnet port del {spec.name}' or pick another name")
         self.protection.check(spec)
         # what to remove should the helper stop before the port is complete
+        started = time.perf_counter()
         self.state.write_intent(spec.name, {"name": spec.name, "netns": spec.netns, "backend": spec.backend,
                                             "consumer_ifname": spec.consumer_ifname,
                                             "placeholder_tap": spec.placeholder_tap})
@@ -210,6 +218,8 @@ class Helper:
         finally:
             self.state.remove_intent(spec.name)
         self.ports[spec.name] = Entry(record, created.sockets, created.pending)
+        if self.metrics is not None:
+            self.metrics.create.observe(time.perf_counter() - started)
         log.info("created port %s (%s, %d queue(s), consumer uid %s) for %s",
                  spec.name, created.port.mode, spec.queues, consumer_uid, peer.describe())
         return record, []
@@ -218,6 +228,7 @@ class Helper:
         self.policy.require_admin(peer, "delete ports")
         name = validate_port_name(protocol.require(args, "name", str))
         missing_ok = protocol.require(args, "missing_ok", bool, False)
+        started = time.perf_counter()
         entry = self.ports.pop(name, None)
         if entry:
             _close_sockets(entry)
@@ -228,6 +239,8 @@ class Helper:
         found = self.state.remove(name) or found or entry is not None
         if not found and not missing_ok:
             raise NotFound(f"port {name} does not exist", fix="list ports with 'vmnet port list'")
+        if found and self.metrics is not None:
+            self.metrics.delete.observe(time.perf_counter() - started)
         log.info("deleted port %s for %s", name, peer.describe())
         return {"name": name, "deleted": found}, []
 
@@ -319,6 +332,8 @@ class Helper:
         entry.holder = holder
         record["holder"] = holder.to_dict()
         self.state.write(record["name"], record)
+        if self.metrics is not None:
+            self.metrics.handoffs.inc()
         log.info("handed %d socket fd(s) of port %s to pid %d (for %s)", len(entry.sockets),
                  record["name"], holder.pid, peer.describe())
         return record, [s.fileno() for s in entry.sockets]
@@ -329,11 +344,17 @@ class Helper:
 
     def consumer_exited(self, name: str) -> None:
         """The holder of port `name` is gone: fresh sockets for the next consumer."""
+        with self.lock:
+            self._consumer_exited(name)
+
+    def _consumer_exited(self, name: str) -> None:
         entry = self.ports.get(name)
         if entry is None or entry.holder is None:
             return
         log.info("port %s: its consumer (pid %d) exited; putting fresh sockets in its map",
                  name, entry.holder.pid)
+        if self.metrics is not None:
+            self.metrics.exits.inc()
         entry.holder.close()
         entry.holder = None
         entry.record["holder"] = None
@@ -349,6 +370,10 @@ class Helper:
     def store_pending(self) -> bool:
         """Store the sockets this kernel took only once their consumer set up its rings
         (Linux 7.x). True while some still wait."""
+        with self.lock:
+            return self._store_pending()
+
+    def _store_pending(self) -> bool:
         waiting = False
         for name, entry in self.ports.items():
             if not entry.pending:
@@ -364,6 +389,11 @@ class Helper:
             else:
                 log.info("port %s: every socket is in the XSK map (its consumer set up its rings)", name)
         return waiting
+
+    def queue_counters(self, name: str) -> list[dict] | None:
+        """The XSK program's per-queue counters of port `name` (for metrics)."""
+        entry = self.ports.get(name)
+        return ports.queue_stats(entry.record, self.instance, self.program) if entry else None
 
     def _live(self, entry: Entry) -> dict:
         out = dict(entry.record)
@@ -437,6 +467,10 @@ class Helper:
     # ---- requests -------------------------------------------------------
 
     def handle(self, peer, data: bytes) -> tuple[bytes, list[int]]:
+        with self.lock:
+            return self._handle(peer, data)
+
+    def _handle(self, peer, data: bytes) -> tuple[bytes, list[int]]:
         verb = "?"
         try:
             verb, args = protocol.decode_request(data)
@@ -444,11 +478,15 @@ class Helper:
                 raise PermissionDenied(
                     f"the consumer socket serves only {' and '.join(protocol.CONSUMER_VERBS)}, not {verb}",
                     fix="use the helper's admin socket (vmnet.toml 'socket') for anything else")
+            if self.metrics is not None:
+                self.metrics.requests.labels(verb).inc()
             result, fds = self.verbs[verb](peer, args)
             return protocol.encode_reply(result), fds
         except VmnetError as exc:
             # the message may quote client input: keep it on one log line
             log.warning("refused %s from %s: %s", verb, peer.describe(), one_line(exc.message))
+            if self.metrics is not None:
+                self.metrics.refusals.labels(verb if verb in self.verbs else "?", exc.code).inc()
             return protocol.encode_reply(error=exc), []
         except Exception as exc:      # a bug must not take the helper down
             log.exception("internal error in %s from %s", verb, peer.describe())
@@ -502,7 +540,13 @@ def run(cfg: Config, ready=None):
     log.info("bind confinement: %s", helper.protection.summary())
     report = helper.recover()
     log.info("recovered: kept %s, removed %s", report["kept"] or "none", report["removed"] or "none")
+    if cfg.metrics:
+        from .metrics import Metrics
+        helper.metrics = Metrics(helper)
+        helper.metrics.serve(cfg.metrics)
     try:
         Server(helper, cfg).serve(ready)
     finally:
+        if helper.metrics is not None:
+            helper.metrics.close()
         helper.close()

@@ -92,3 +92,17 @@ class StateDir:
             if entry.endswith(".tmp"):          # a write cut short by a crash
                 os.unlink(os.path.join(self.path, entry))
         return sorted(e[:-5] for e in entries if e.endswith(".json"))
+
+    def count_start(self) -> int:
+        """Record one more start of this helper instance; how many there have been."""
+        self.ensure()
+        path = os.path.join(self.path, "starts")
+        try:
+            with open(path) as f:
+                starts = int(f.read().strip() or 0) + 1
+        except (FileNotFoundError, ValueError):
+            starts = 1
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{starts}\n")
+        os.replace(path + ".tmp", path)
+        return starts
