@@ -48,6 +48,13 @@ def _test_cgroups() -> set[str]:
     return set(glob.glob("/sys/fs/cgroup/vmnet-test-*") + glob.glob("/sys/fs/cgroup/*/vmnet-test-*"))
 
 
+def _fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "closed since"
+
+
 def _snapshot() -> dict:
     return {
         "links": _vmnet_links_everywhere(),
@@ -72,7 +79,7 @@ def bind_guard_of_the_session():
     another instance runs: a test never removes what it did not create."""
     from vmnet.priv import bindguard
     before = os.geteuid() == 0 and bindguard.installed()
-    yield
+    yield not before            # True: a guard installed now is this session's own
     if os.geteuid() == 0 and not before and bindguard.installed() and not _default_helper_running():
         bindguard.remove()
 
@@ -107,6 +114,8 @@ def nothing_left_behind(request):
         os.close(lock)
     before["fds"].add(str(lock))
     leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+    if "fds" in leaks:
+        leaks["fds"] = [f"{fd} -> {_fd_target(fd)}" for fd in leaks["fds"]]
     assert not leaks, f"test left kernel objects or fds behind: {leaks}"
 
 

@@ -60,12 +60,14 @@ class HelperProcess:
         os.chmod(self.config, 0o644)
         self.env = dict(os.environ, VMNET_CONFIG=self.config)
         self.proc = None
+        self.preexec = None                 # run in the helper's process before exec (e.g. fewer caps)
         self.log = os.path.join(self.dir, "helper.log")
 
     def start(self, timeout: float = 60.0):
         self._logf = open(self.log, "a")
         self.proc = subprocess.Popen([PYTHON, "-I", "-m", "vmnet", "helper"], env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf)
+                                     stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf,
+                                     preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -34,6 +34,7 @@ class FakeKubelet(pbg.RegistrationServicer):
         self.dir = directory
         self.registered: queue.Queue = queue.Queue()
         self.server = None
+        self.channels = []
 
     def Register(self, request, context):
         self.registered.put(request)
@@ -58,7 +59,15 @@ class FakeKubelet(pbg.RegistrationServicer):
 
     def plugin(self, request) -> pbg.DevicePluginStub:
         channel = grpc.insecure_channel(f"unix:{os.path.join(self.dir, request.endpoint)}")
+        self.channels.append(channel)
         return pbg.DevicePluginStub(channel)
+
+    def stop(self):
+        """Stop serving and close the channels to the plugin: an open channel keeps grpc's
+        fds and threads in this process."""
+        for channel in self.channels:
+            channel.close()
+        self.server.stop(grace=0).wait()
 
 
 @pytest.fixture
@@ -83,7 +92,7 @@ def node(tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=15)[0]
         listener.close()
-        kubelet.server.stop(grace=0)
+        kubelet.stop()
         print(out)
 
 

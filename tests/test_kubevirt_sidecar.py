@@ -64,6 +64,12 @@ def hooks(tmp_path):
             proc.wait(10)
 
 
+@pytest.fixture
+def manager(hooks):
+    with Manager(hooks[0]) as m:
+        yield m
+
+
 class Manager:
     """virt-launcher's hook manager, for the calls it makes."""
 
@@ -78,6 +84,19 @@ class Manager:
                 version = next((v for v in KNOWN if v in info.versions), None)
                 assert version, f"no version in common: {list(info.versions)}"
                 self.callbacks.append((info, version, channel))
+
+    def close(self):
+        """Close every channel: grpc's core keeps an open channel's fds and threads (and
+        re-creates its wakeup fd in this process at every later fork) until then."""
+        for _, _, channel in self.callbacks:
+            channel.close()
+        self.callbacks = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def stub(self, version=None):
         info, chosen, channel = self.callbacks[0]
@@ -110,17 +129,15 @@ def without_vmnets_edits(out: bytes) -> ET.Element:
     return root
 
 
-def test_info_says_what_the_manager_needs(hooks):
-    m = Manager(hooks[0])
-    info, version, _ = m.callbacks[0]
+def test_info_says_what_the_manager_needs(hooks, manager):
+    info, version, _ = manager.callbacks[0]
     assert info.name == "vmnet" and version == "v1alpha3" and list(info.versions) == ["v1alpha3", "v1alpha2"]
     assert {h.name for h in info.hookPoints} == {"OnDefineDomain", "Shutdown"}
 
 
 @pytest.mark.parametrize("version", ["v1alpha3", "v1alpha2"])
-def test_on_define_domain_changes_the_emulator_and_env_and_nothing_else(hooks, version):
-    m = Manager(hooks[0])
-    out = m.on_define_domain(DOMAIN, vmi("vmnet"), version)
+def test_on_define_domain_changes_the_emulator_and_env_and_nothing_else(hooks, manager, version):
+    out = manager.on_define_domain(DOMAIN, vmi("vmnet"), version)
     root = ET.fromstring(out)
     assert root.find("devices/emulator").text == sidecar.POD_WRAPPER
     env = {e.get("name"): e.get("value") for e in root.iter(f"{QEMU}env")}
@@ -131,13 +148,12 @@ def test_on_define_domain_changes_the_emulator_and_env_and_nothing_else(hooks, v
     # declares a default namespace on the root, under a prefix of its own: the same names)
     assert b"xmlns:qemu=" in out and root.find("metadata/{http://kubevirt.io}kubevirt") is not None
     # the manager's next step: the result is a domain again, and a second pass changes nothing
-    assert m.on_define_domain(out, vmi("vmnet"), version) == out
+    assert manager.on_define_domain(out, vmi("vmnet"), version) == out
 
 
-def test_a_vmi_without_a_vmnet_interface_gets_its_domain_back_byte_for_byte(hooks):
-    m = Manager(hooks[0])
-    assert m.on_define_domain(DOMAIN, vmi(), None) == DOMAIN
-    assert m.on_define_domain(DOMAIN, vmi("passt"), None) == DOMAIN
+def test_a_vmi_without_a_vmnet_interface_gets_its_domain_back_byte_for_byte(hooks, manager):
+    assert manager.on_define_domain(DOMAIN, vmi(), None) == DOMAIN
+    assert manager.on_define_domain(DOMAIN, vmi("passt"), None) == DOMAIN
 
 
 def test_the_emulator_kubevirt_chose_becomes_the_real_qemu():
@@ -157,23 +173,21 @@ def test_the_emulator_kubevirt_chose_becomes_the_real_qemu():
     (DOMAIN.replace(b'<interface type="ethernet">', b'<interface type="bridge">', 1), vmi("vmnet"),
      "not a tap"),
 ])
-def test_bad_input_is_a_grpc_error_and_the_server_keeps_serving(hooks, xml, vmi_json, words):
-    m = Manager(hooks[0])
+def test_bad_input_is_a_grpc_error_and_the_server_keeps_serving(hooks, manager, xml, vmi_json, words):
     with pytest.raises(grpc.RpcError) as exc:
-        m.on_define_domain(xml, vmi_json)
+        manager.on_define_domain(xml, vmi_json)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in exc.value.details()
     if "alias" in words:
         assert "domainAttachmentType: tap" in exc.value.details()
-    assert ET.fromstring(m.on_define_domain(DOMAIN, vmi("vmnet"))).find("devices/emulator") is not None
+    assert ET.fromstring(manager.on_define_domain(DOMAIN, vmi("vmnet"))).find("devices/emulator") is not None
     assert hooks[1].poll() is None
 
 
-def test_pre_cloud_init_iso_passes_through_and_shutdown_ends_the_sidecar(hooks):
-    m = Manager(hooks[0])
-    stub, pb2 = m.stub("v1alpha3")
+def test_pre_cloud_init_iso_passes_through_and_shutdown_ends_the_sidecar(hooks, manager):
+    stub, pb2 = manager.stub("v1alpha3")
     got = stub.PreCloudInitIso(pb2.PreCloudInitIsoParams(cloudInitNoCloudSource=b'{"userData":"x"}',
                                                          cloudInitData=b'{"a":1}', vmi=vmi("vmnet")), timeout=5)
     assert (got.cloudInitNoCloudSource, got.cloudInitData) == (b'{"userData":"x"}', b'{"a":1}')
-    m.shutdown()
+    manager.shutdown()
     assert hooks[1].wait(15) == 0
     assert list((hooks[0] / "hook-sidecar-0").iterdir()) == []       # it removed its socket

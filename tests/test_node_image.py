@@ -38,7 +38,8 @@ def _missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def node_image():
+def images():
+    """Both images, built once for this module, removed after."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     reason = _missing()
@@ -46,15 +47,21 @@ def node_image():
         pytest.skip(reason)
     tag = "test-" + uuid.uuid4().hex[:8]
     started = time.monotonic()
-    out = subprocess.run([str(REPO / "scripts" / "build-images"), "--tag", tag, "node"], capture_output=True,
-                         text=True, timeout=1200, stdin=subprocess.DEVNULL)
-    assert out.returncode == 0, out.stderr[-3000:]
-    image = f"localhost/vmnet-node:{tag}"
-    print(f"built {image} in {time.monotonic() - started:.0f} s: {out.stdout.strip()}")
+    out = subprocess.run([str(REPO / "scripts" / "build-images"), "--tag", tag, "node", "sidecar"],
+                         capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    made = {n: f"localhost/vmnet-{n}:{tag}" for n in ("node", "sidecar")}
     try:
-        yield image
+        assert out.returncode == 0, out.stderr[-3000:]
+        print(f"built in {time.monotonic() - started:.0f} s: {out.stdout.strip()}")
+        yield made
     finally:
-        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, timeout=120)
+        for image in made.values():
+            subprocess.run(["podman", "rmi", "-f", image], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def node_image(images):
+    return images["node"]
 
 
 def daemonset_capabilities() -> list[str]:
@@ -134,3 +141,36 @@ def test_the_helper_in_the_node_image_serves_the_hosts_responder(test_netns, con
             print(f"not granted (this machine's root lacks them): {', '.join(h.missing)}")
     finally:
         h.cleanup()
+
+
+def test_the_sidecar_image_answers_the_hook_manager(images, tmp_path):
+    """The sidecar image as KubeVirt runs it: uid 107, no capabilities, its hook directory mounted."""
+    from test_kubevirt_sidecar import DOMAIN, Manager, vmi
+    import xml.etree.ElementTree as ET
+    hooks = tmp_path / "kubevirt-hooks"
+    mine = hooks / "hook-sidecar-0"
+    mine.mkdir(parents=True)
+    os.chown(mine, 107, 107)
+    name = "vmnet-sidecar-" + uuid.uuid4().hex[:8]
+    proc = subprocess.Popen(["podman", "--runtime", "runc", "run", "--rm", "--name", name, "--network", "none",
+                             "--cap-drop", "all", "--security-opt", "no-new-privileges",
+                             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+                             "-v", f"{mine}:/var/run/kubevirt-hooks", "-e", "NETWORK_BINDING_PLUGIN_NAME=vmnet",
+                             images["sidecar"]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (mine / "vmnet.sock").exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the sidecar did not listen"
+            time.sleep(0.2)
+        with Manager(hooks) as m:
+            out = m.on_define_domain(DOMAIN, vmi("vmnet"))
+            assert ET.fromstring(out).find("devices/emulator").text == "/var/run/vmnet/runtime/bin/vmnet-qemu-wrapper"
+            assert (mine / "vmnet.sock").stat().st_uid == 107                   # it ran as 107
+            m.shutdown()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            subprocess.run(["podman", "stop", "-t", "5", name], capture_output=True, timeout=60)
+            proc.wait(30)
+
