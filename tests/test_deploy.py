@@ -150,7 +150,7 @@ def test_the_daemonset_asks_for_named_capabilities_not_privileged():
         assert sc["capabilities"]["drop"] == ["ALL"]
     helper = next(c for c in spec["containers"] if c["name"] == "helper")
     assert set(helper["securityContext"]["capabilities"]["add"]) == {
-        "NET_ADMIN", "NET_RAW", "BPF", "PERFMON", "MAC_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
+        "NET_ADMIN", "NET_RAW", "BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
     meta = ds["spec"]["template"]["metadata"]["annotations"]
     config = next(d for _, d in documents() if d["kind"] == "ConfigMap")["data"]["vmnet.toml"]
     from vmnet import config as cfgmod

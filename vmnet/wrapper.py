@@ -16,7 +16,9 @@ starts.
 The real QEMU: $VMNET_QEMU, else `qemu` in the configuration file, else
 /usr/bin/qemu-system-x86_64. VMNET_WRAPPER_LOG names a file that receives
 the argv before and after substitution (for debugging and tests). QEMU
-gets libvirt's environment without vmnet's own VMNET_* variables.
+gets libvirt's environment without vmnet's own VMNET_* variables and
+without what a shell in between adds (SHLVL, PWD, OLDPWD, _: the wrapper
+directory's launcher is a shell script; libvirt never sets them).
 """
 
 import os
@@ -52,8 +54,7 @@ def main():
                            on_fds=lambda argv, fds: _log("substituted", argv, fds=fds),
                            qemu_multiqueue_fixed=cfg.qemu_multiqueue_fixed, takeover=taps)
         _log("memlock", [], memlock=prepared.memlock, closed=prepared.close)
-        exec_prepared(prepared, close_inherited=False,
-                      environ={k: v for k, v in os.environ.items() if not k.startswith("VMNET_")})
+        exec_prepared(prepared, close_inherited=False, environ=_qemu_environ())
     except VmnetError as exc:
         # libvirt shows QEMU's stderr to the user when start fails
         print(f"vmnet-qemu-wrapper: error: {exc}", file=sys.stderr)
@@ -68,12 +69,19 @@ def _passthrough(args: list):
 
 def _exec(qemu: str, args: list):
     try:
-        os.execve(qemu, [qemu] + args, {k: v for k, v in os.environ.items() if not k.startswith("VMNET_")})
+        os.execve(qemu, [qemu] + args, _qemu_environ())
     except OSError as exc:
         print(f"vmnet-qemu-wrapper: cannot execute {qemu}: {exc.strerror}\n"
               "  fix: set 'qemu' in /etc/vmnet/vmnet.toml or VMNET_QEMU to the real QEMU binary",
               file=sys.stderr)
         sys.exit(127)
+
+
+SHELL_ADDED = ("SHLVL", "PWD", "OLDPWD", "_")
+
+
+def _qemu_environ() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("VMNET_") and k not in SHELL_ADDED}
 
 
 def _log(kind: str, argv: list, **extra):

@@ -47,8 +47,11 @@ DYNLOAD_SKIP = ("_test", "_ctypes_test", "xxlimited", "_xxsubinterpreters", "_xx
 PACKAGES = ("vmnet", "pyroute2", "prctl")
 LAUNCHER = """#!/bin/sh
 # {program} from {dest}: Debian's python3.11 of this directory, started through this
-# directory's own dynamic loader; nothing is set in the environment of what it runs.
+# directory's own dynamic loader; nothing is set in the environment of what it runs
+# (the wrapper takes out what this shell adds, SHLVL and PWD, and boot.py undoes the
+# interpreter's C-locale coercion of LC_CTYPE with the value this line records).
 d=$(dirname "$(dirname "$(readlink -f "$0")")")
+export VMNET_LAUNCHER_LC_CTYPE="${{LC_CTYPE+=$LC_CTYPE}}"
 exec "$d/lib64/{loader}" --library-path "$d/usr/lib/x86_64-linux-gnu" \\
     "$d/usr/bin/python{version}" -I -S "$d/boot.py" {entry} "$@"
 """
@@ -56,6 +59,13 @@ BOOT = """# The entry point of a runtime directory's programs (vmnet.kubevirt.ru
 import os
 import sys
 
+# LC_CTYPE as the launcher found it ("" unset, "=value" set): Python sets LC_CTYPE=C.UTF-8
+# at start-up under the C locale (PEP 538), and what vmnet runs must not inherit that
+lc_ctype = os.environ.pop("VMNET_LAUNCHER_LC_CTYPE", None)
+if lc_ctype == "":
+    os.environ.pop("LC_CTYPE", None)
+elif lc_ctype is not None:
+    os.environ["LC_CTYPE"] = lc_ctype[1:]
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "site"))
 entry = sys.argv.pop(1)
