@@ -195,40 +195,13 @@ def _pin(guard: Guard) -> Guard:
     bpf.require_bpffs()
     os.makedirs(GUARD_ROOT, mode=0o700, exist_ok=True)
     tmp = os.path.join(GUARD_ROOT, f"_v1-{os.getpid()}")
-    _remove_dir(tmp)
-    os.mkdir(tmp, 0o700)
-    try:
-        for name in PINS:
-            libbpf.obj_pin(guard.fds[name], os.path.join(tmp, name))
-        try:
-            os.rename(tmp, VERSION_DIR)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            guard.close()           # another helper pinned its guard first: that one is the host's
-            winner = _open_pinned()
-            if winner is None:
-                raise KernelError(f"{VERSION_DIR} appeared but cannot be opened") from None
-            return winner
+    if bpf.pin_atomically(VERSION_DIR, tmp, {name: guard.fds[name] for name in PINS}):
         return guard
-    finally:
-        _remove_dir(tmp)
-
-
-def _remove_dir(d: str) -> bool:
-    found = False
-    for name in PINS:
-        try:
-            os.unlink(os.path.join(d, name))
-            found = True
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(d)
-        found = True
-    except FileNotFoundError:
-        pass
-    return found
+    guard.close()           # another helper pinned its guard first: that one is the host's
+    winner = _open_pinned()
+    if winner is None:
+        raise KernelError(f"{VERSION_DIR} appeared but cannot be opened") from None
+    return winner
 
 
 def installed() -> bool:
@@ -265,7 +238,7 @@ def probe() -> tuple[bool, str]:
 def remove() -> bool:
     """Detach the guard (its pins). Every socket it confines becomes free to bind
     anywhere: only for whoever installed it and knows none of them is left (tests)."""
-    found = _remove_dir(VERSION_DIR)
+    found = bpf.remove_pin_dir(VERSION_DIR, PINS)
     try:
         os.rmdir(GUARD_ROOT)
     except OSError:

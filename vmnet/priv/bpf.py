@@ -1,11 +1,15 @@
-"""The XSK program on a port's device: load, attach by bpf_link, pin, remove.
+"""A port's XDP attachment on bpffs: attach by bpf_link, pin, remove.
 
-Each port gets its own program instance and XSK map, both owned by a
-bpf_link pinned at <root>/<port>/link (the map at .../xsks), so the
-attachment outlives the process that made it (a helper restart keeps
-traffic flowing) and removing the pins is what detaches it. <root> is the
-helper instance's pin root (vmnet.priv.instance): /sys/fs/bpf/vmnet for
-the default instance.
+A port's device carries the instance's shared XSK program
+(vmnet.priv.xskprog) through a bpf_link pinned at <root>/<port>/link, so
+the attachment outlives the process that made it (a helper restart keeps
+traffic flowing) and removing the pin is what detaches it. Ports made by
+the first program version have their own program instance and XSK map
+(the map pinned at .../xsks): they are still opened, served and removed
+here until deleted. <root> is the helper instance's pin root
+(vmnet.priv.instance): /sys/fs/bpf/vmnet for the default instance. The
+pin-directory and attach-with-fallback rules here serve the shared
+program and the bind guard too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ PIN_ROOT = "/sys/fs/bpf/vmnet"          # the default instance's root
 PROGRAM_NAME = "vmnet_xsk_v1"      # the version tag; matches bpf/xsk_redirect.c
 MAP_NAME = "vmnet_xsks"
 BPF_FS_MAGIC = 0xCAFE4A11
+PORT_PINS = ("link", "xsks")             # a port's pins (xsks: first-version ports only)
 MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "skb": libbpf.XDP_FLAGS_SKB_MODE}
 
 
@@ -77,7 +82,6 @@ def load_and_attach(ifindex: int, ifname: str, map_entries: int, mode: str) -> A
     mode "auto" tries native first and falls back to skb; the mode that
     took is recorded, because QEMU must be told the same one.
     """
-    modes = ["native", "skb"] if mode == "auto" else [mode]
     if mode not in ("auto", "native", "skb"):
         raise InvalidInput(f"XDP mode {mode!r} is not known", fix="use auto, native or skb")
     try:
@@ -92,16 +96,24 @@ def load_and_attach(ifindex: int, ifname: str, map_entries: int, mode: str) -> A
         except OSError as exc:
             raise KernelError("the kernel refused to load the XSK program", errno=exc.errno,
                               fix="run 'vmnet doctor': loading needs CAP_BPF and a kernel with BTF and AF_XDP") from None
-        prog_fd = obj.program_fd(PROGRAM_NAME)
         map_fd = os.dup(obj.map_fd(MAP_NAME))
-        failures = []
-        for m in modes:
-            try:
-                link_fd = libbpf.link_create_xdp(prog_fd, ifindex, MODE_FLAGS[m])
-                return Attached(link_fd, map_fd, m)
-            except OSError as exc:
-                failures.append((m, exc.errno))
-        os.close(map_fd)
+        try:
+            link_fd, taken = attach_xdp(obj.program_fd(PROGRAM_NAME), ifindex, ifname, mode)
+        except BaseException:
+            os.close(map_fd)
+            raise
+        return Attached(link_fd, map_fd, taken)
+
+
+def attach_xdp(prog_fd: int, ifindex: int, ifname: str, mode: str) -> tuple[int, str]:
+    """A bpf_link of program `prog_fd` on a device of the current netns: (link fd, mode taken).
+    mode "auto" tries native first and falls back to skb."""
+    failures = []
+    for m in ["native", "skb"] if mode == "auto" else [mode]:
+        try:
+            return libbpf.link_create_xdp(prog_fd, ifindex, MODE_FLAGS[m]), m
+        except OSError as exc:
+            failures.append((m, exc.errno))
     if any(e == errno.EBUSY for _, e in failures):
         raise AlreadyExists(f"{ifname} already has an XDP program attached",
                             fix=f"detach it first ('ip link set dev {ifname} xdp off')")
@@ -110,53 +122,63 @@ def load_and_attach(ifindex: int, ifname: str, map_entries: int, mode: str) -> A
                       errno=failures[-1][1], fix="try --mode skb, or check 'vmnet doctor'")
 
 
-def pin(port: str, attached: Attached, root: str = PIN_ROOT):
-    """Pin link and map; the port's directory appears complete or not at all.
-
-    Both are pinned in a directory named "_<port>-<pid>" (no port name
-    starts with "_", and bpffs allows no dots), then renamed into place, so a
-    helper starting meanwhile never mistakes a port being created for a
-    half-made one.
-    """
-    require_bpffs()
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    d = pin_dir(port, root)
-    if os.path.exists(d):
-        raise AlreadyExists(f"port {port} already has pins in {d}",
-                            fix=f"delete the port with 'vmnet port del {port}'")
-    tmp = os.path.join(root, f"_{port}-{os.getpid()}")
-    _remove_pin_dir(tmp)
+def pin_atomically(final: str, tmp: str, pins: dict[str, int]) -> bool:
+    """Pin each fd of `pins` under its name in `tmp`, then rename `tmp` to `final`: the
+    directory appears complete or not at all (a helper starting meanwhile never mistakes
+    one being made for a half-made one). False, with nothing left, when `final` appeared
+    first (another process won). bpffs allows no dots in names."""
+    remove_pin_dir(tmp, pins)
     os.mkdir(tmp, 0o700)
     try:
-        libbpf.obj_pin(attached.link_fd, os.path.join(tmp, "link"))
-        libbpf.obj_pin(attached.map_fd, os.path.join(tmp, "xsks"))
-        os.rename(tmp, d)
-    except FileExistsError:
-        raise AlreadyExists(f"port {port} already has pins in {d}",
-                            fix=f"delete the port with 'vmnet port del {port}'") from None
+        for name, fd in pins.items():
+            libbpf.obj_pin(fd, os.path.join(tmp, name))
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise
+        return True
     finally:
-        _remove_pin_dir(tmp)
+        remove_pin_dir(tmp, pins)
+
+
+def remove_pin_dir(d: str, names=PORT_PINS) -> bool:
+    """Unlink the pins `names` in `d`, then `d`; whether anything was there."""
+    found = False
+    for name in names:
+        try:
+            os.unlink(os.path.join(d, name))
+            found = True
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(d)
+        found = True
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def pin(port: str, attached: Attached, root: str = PIN_ROOT):
+    """Pin link and map of a port with a program of its own, complete or not at all; in a
+    directory named "_<port>-<pid>" first (no port name starts with "_")."""
+    _pin_port(port, {"link": attached.link_fd, "xsks": attached.map_fd}, root)
 
 
 def pin_link(port: str, link_fd: int, root: str = PIN_ROOT) -> None:
     """Pin a port's own bpf_link (the shared program on its device) at <root>/<port>/link;
     complete or not at all, as pin() does."""
+    _pin_port(port, {"link": link_fd}, root)
+
+
+def _pin_port(port: str, pins: dict[str, int], root: str) -> None:
     require_bpffs()
     os.makedirs(root, mode=0o700, exist_ok=True)
     d = pin_dir(port, root)
-    tmp = os.path.join(root, f"_{port}-{os.getpid()}")
-    _remove_pin_dir(tmp)
-    os.mkdir(tmp, 0o700)
-    try:
-        libbpf.obj_pin(link_fd, os.path.join(tmp, "link"))
-        os.rename(tmp, d)
-    except OSError as exc:
-        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            raise AlreadyExists(f"port {port} already has pins in {d}",
-                                fix=f"delete the port with 'vmnet port del {port}'") from None
-        raise
-    finally:
-        _remove_pin_dir(tmp)
+    if os.path.exists(d) or not pin_atomically(d, os.path.join(root, f"_{port}-{os.getpid()}"), pins):
+        raise AlreadyExists(f"port {port} already has pins in {d}",
+                            fix=f"delete the port with 'vmnet port del {port}'")
 
 
 def link_ifindex(port: str, root: str = PIN_ROOT) -> int | None:
@@ -171,22 +193,6 @@ def link_ifindex(port: str, root: str = PIN_ROOT) -> int | None:
         os.close(fd)
 
 
-def _remove_pin_dir(d: str) -> bool:
-    found = False
-    for name in ("link", "xsks"):
-        try:
-            os.unlink(os.path.join(d, name))
-            found = True
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(d)
-        found = True
-    except FileNotFoundError:
-        pass
-    return found
-
-
 def remove_abandoned_pins(root: str = PIN_ROOT) -> list[str]:
     """Temporary pin directories of processes that died while creating a port."""
     removed = []
@@ -194,7 +200,7 @@ def remove_abandoned_pins(root: str = PIN_ROOT) -> list[str]:
         if entry.startswith("_"):
             pid = entry.rsplit("-", 1)[-1]
             if pid.isascii() and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                _remove_pin_dir(os.path.join(root, entry))
+                remove_pin_dir(os.path.join(root, entry))
                 removed.append(entry)
     return removed
 
@@ -241,7 +247,7 @@ def is_vmnet_program(prog_id: int) -> bool:
 
 def unpin(port: str, root: str = PIN_ROOT) -> bool:
     """Remove a port's pins (which detaches its program); True if any existed."""
-    found = _remove_pin_dir(pin_dir(port, root))
+    found = remove_pin_dir(pin_dir(port, root))
     if root != PIN_ROOT:            # an instance's root goes with its last port
         try:
             os.rmdir(root)

@@ -129,30 +129,19 @@ class XskProgram:
             return self
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         tmp = os.path.join(self.root, f"_+xsk-{os.getpid()}")
-        _remove_dir(tmp)
-        os.mkdir(tmp, 0o700)
-        try:
-            for name in PINS:
-                libbpf.obj_pin(self.fds[name], os.path.join(tmp, name))
-            try:
-                os.rename(tmp, d)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                other = self._open_pinned(self.root)
-                if other is None:
-                    raise KernelError(f"{d} appeared but cannot be opened") from None
-                self.close()
-                self.fds = other.fds
-            return self
-        finally:
-            _remove_dir(tmp)
+        if not bpf.pin_atomically(d, tmp, {name: self.fds[name] for name in PINS}):
+            other = self._open_pinned(self.root)
+            if other is None:
+                raise KernelError(f"{d} appeared but cannot be opened") from None
+            self.close()
+            self.fds = other.fds
+        return self
 
     def unpin_if_unused(self) -> bool:
         """Remove the pins when no slot is claimed any more (the last port went)."""
         if self.claims():
             return False
-        _remove_dir(pin_dir(self.root))
+        bpf.remove_pin_dir(pin_dir(self.root), PINS)
         if self.root != bpf.PIN_ROOT:
             try:
                 os.rmdir(self.root)
@@ -194,20 +183,7 @@ class XskProgram:
     def attach(self, ifindex: int, ifname: str, mode: str) -> tuple[int, str]:
         """A bpf_link of the program on a device of the current netns: (link fd, mode taken).
         mode "auto" tries native, then skb."""
-        modes = ["native", "skb"] if mode == "auto" else [mode]
-        failures = []
-        for m in modes:
-            try:
-                return libbpf.link_create_xdp(self.fds["prog"], ifindex, bpf.MODE_FLAGS[m]), m
-            except OSError as exc:
-                failures.append((m, exc.errno))
-        if any(e == errno.EBUSY for _, e in failures):
-            from ..errors import AlreadyExists
-            raise AlreadyExists(f"{ifname} already has an XDP program attached",
-                                fix=f"detach it first ('ip link set dev {ifname} xdp off')")
-        tried = ", ".join(f"{m}: {os.strerror(e)}" for m, e in failures)
-        raise KernelError(f"cannot attach the XSK program to {ifname} ({tried})",
-                          errno=failures[-1][1], fix="try --mode skb, or check 'vmnet doctor'")
+        return bpf.attach_xdp(self.fds["prog"], ifindex, ifname, mode)
 
     # ---- slots ---------------------------------------------------------
 
@@ -292,18 +268,6 @@ class XskProgram:
     @property
     def prog_id(self) -> int:
         return libbpf.prog_info(self.fds["prog"]).id
-
-
-def _remove_dir(d: str) -> None:
-    for name in PINS:
-        try:
-            os.unlink(os.path.join(d, name))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(d)
-    except FileNotFoundError:
-        pass
 
 
 def opened(root: str) -> XskProgram | None:
