@@ -9,7 +9,7 @@ import pytest
 from helpers import ADMIN_GID, USER_A, USER_B, as_identity
 
 from vmnet.model import PortSpec
-from vmnet.priv import bpf, links, ports
+from vmnet.priv import bpf, libbpf, links, ports, xskprog
 
 pytestmark = pytest.mark.netns
 
@@ -112,11 +112,20 @@ def test_restart_keeps_complete_ports_and_removes_half_made_ones(shared_helper, 
     ports.create_port(PortSpec(name=half), helper.instance).close()
     # a recorded port whose device vanished while the helper was down
     links.delete_link("vmn-" + gone)
-    # the temporary pin directory of a process that died in the middle of pinning
-    abandoned = os.path.join(helper.instance.pin_root, f"_{port_name}-999999999")
-    os.mkdir(abandoned)
+    # the temporary pin directories of processes that died in the middle of pinning: a
+    # port's link, and the shared program (its own pin names)
+    root = helper.instance.pin_root
+    abandoned = [os.path.join(root, f"_{port_name}-999999999"), os.path.join(root, "_+xsk-999999998")]
+    for d, source, name in ((abandoned[0], os.path.join(bpf.pin_dir(kept, root), "link"), "link"),
+                            (abandoned[1], os.path.join(xskprog.pin_dir(root), "prog"), "prog")):
+        os.mkdir(d)
+        fd = libbpf.obj_get(source)
+        try:
+            libbpf.obj_pin(fd, os.path.join(d, name))
+        finally:
+            os.close(fd)
     helper.start()
-    assert not os.path.exists(abandoned)
+    assert not [d for d in abandoned if os.path.exists(d)]
     names = [p["name"] for p in helper.vmnet_json("port", "list")["ports"]]
     assert names == [kept]
     assert not ports.port_exists(half, helper.instance) and not ports.port_exists(gone, helper.instance)

@@ -194,13 +194,15 @@ def link_ifindex(port: str, root: str = PIN_ROOT) -> int | None:
 
 
 def remove_abandoned_pins(root: str = PIN_ROOT) -> list[str]:
-    """Temporary pin directories of processes that died while creating a port."""
+    """Temporary pin directories of processes that died while pinning (a port's link, or the
+    shared program: whatever pins they hold)."""
     removed = []
     for entry in _entries(root):
         if entry.startswith("_"):
             pid = entry.rsplit("-", 1)[-1]
             if pid.isascii() and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                remove_pin_dir(os.path.join(root, entry))
+                d = os.path.join(root, entry)
+                remove_pin_dir(d, _entries(d))
                 removed.append(entry)
     return removed
 
