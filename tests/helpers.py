@@ -149,3 +149,41 @@ def cni_invoke(h, command, conf, pod=None, ifname="pod1a2b3c4d5e6", container="c
                          capture_output=True, text=True, timeout=120)
     body = json.loads(out.stdout) if out.stdout.strip() else None
     return out.returncode, body, out.stderr
+
+
+def capture(ifname: str, ethertype: int, stop_event, found: list):
+    """Append every frame of `ethertype` seen on `ifname` to `found` until `stop_event` is set
+    (run it on a thread)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+    s.bind((ifname, 0))
+    s.settimeout(0.2)
+    try:
+        while not stop_event.is_set():
+            try:
+                found.append(s.recv(2048))
+            except TimeoutError:
+                pass
+    finally:
+        s.close()
+
+
+def responder_stats(proc) -> list[dict]:
+    """The per-queue counters of a running `vmnet responder` (it prints them on SIGUSR1)."""
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("{") and json.loads(line).get("event") == "stats":
+            return json.loads(line)["queues"]
+    raise AssertionError("the responder sent no stats")
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    """fd -> what it points to (socket:[inode], a path, ...) of process `pid`."""
+    fds = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            pass
+    return fds

@@ -47,6 +47,18 @@ def cgroup_hierarchies() -> dict[str, str]:
     return out
 
 
+def rmdir_patiently(path: str, tries: int = 50):
+    """rmdir a cgroup directory, waiting for the kernel to let its last process go."""
+    for _ in range(tries):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 class FakePod:
     """A pod UID, its netns (given) and its cgroups; processes are started into it."""
 
@@ -113,14 +125,7 @@ class FakePod:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
         for path in reversed(self.made):
-            for _ in range(50):
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            rmdir_patiently(path)
 
 
 class SessionLibvirt:

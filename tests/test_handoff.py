@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import HelperProcess, as_identity
+from helpers import HelperProcess, as_identity, fd_targets
 
 from vmnet import probe
 from vmnet.caps import has_capability, process_credentials
@@ -69,16 +69,6 @@ def stop(proc):
             f.close()
 
 
-def socket_inodes(pid):
-    fds = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            fds[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            pass
-    return fds
-
-
 @pytest.fixture
 def port(helper, consumer_netns, port_name):
     helper.vmnet_json("port", "add", port_name, "--queues", "2", "--netns", consumer_netns,
@@ -91,7 +81,7 @@ def check_unprivileged_with_only_the_sockets(pid, queues):
     creds = process_credentials(pid)
     assert creds["uid"] == NOBODY and creds["no_new_privs"]
     assert set(creds["effective"]) <= {"ipc_lock"} and set(creds["permitted"]) <= {"ipc_lock"}
-    fds = socket_inodes(pid)
+    fds = fd_targets(pid)
     extra = {fd: t for fd, t in fds.items() if fd > 2}
     # the AF_XDP sockets (each also referenced by the ring mappings' own fds), nothing else
     assert all(t.startswith("socket:[") for t in extra.values()), extra

@@ -25,7 +25,7 @@ import uuid
 
 import pytest
 from guard_gate import require_guard, require_no_guard
-from helpers import PYTHON, USER_A, HelperProcess, as_identity
+from helpers import PYTHON, USER_A, HelperProcess, as_identity, capture
 from test_handoff import CONSUMER_IP, HOST_IP, exec_responder, in_netns, stop, wait_ready
 
 from vmnet import probe
@@ -89,23 +89,9 @@ def _veth(a: str, b: str, b_netns: str | None = None):
         links.bring_up(b)
 
 
-def _capture(ifname: str, ethertype: int, stop_event: threading.Event, found: list):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
-    s.bind((ifname, 0))
-    s.settimeout(0.2)
-    try:
-        while not stop_event.is_set():
-            try:
-                found.append(s.recv(2048))
-            except TimeoutError:
-                pass
-    finally:
-        s.close()
-
-
 def _run_bind_probe(helper, consumer_netns, port, decoy):
     capture_stop, captured = threading.Event(), []
-    catcher = threading.Thread(target=_capture, args=("vmp-" + port[-6:], PROBE_ETHERTYPE,
+    catcher = threading.Thread(target=capture, args=("vmp-" + port[-6:], PROBE_ETHERTYPE,
                                                       capture_stop, captured))
     catcher.start()
     try:

@@ -26,9 +26,9 @@ import uuid
 import pytest
 from helpers import SHARED_NETNS, HelperProcess, cni_invoke, install_cni
 from launcher_env import LAUNCHER_UID, FakePod, SessionLibvirt, cgroup_hierarchies
-from test_vm import GUEST_IP, HOST_IP, QEMUS, _tcp_to_guest
+from test_vm import GUEST_IP, HOST_IP, _tcp_to_guest, parametrize_qemu
 
-from vmnet import probe, qemu_compat, testguest
+from vmnet import probe, testguest
 from vmnet.kubevirt import cni
 from vmnet.priv import links, netns
 
@@ -42,9 +42,7 @@ DOMAIN = "default_vmi-fast"
 
 
 def pytest_generate_tests(metafunc):
-    if "qemu" in metafunc.fixturenames:
-        named = qemu_compat.labels(QEMUS) if QEMUS else {None: "debian-qemu-without-af-xdp"}
-        metafunc.parametrize("qemu", list(named), ids=list(named.values()))
+    parametrize_qemu(metafunc, without="debian-qemu-without-af-xdp")
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ import time
 import uuid
 
 import pytest
-from helpers import HelperProcess, cni_invoke, install_cni
+from helpers import HelperProcess, cni_invoke, fd_targets, install_cni
+from launcher_env import LAUNCHER_UID, rmdir_patiently
 
 from vmnet.kubevirt import cni
 
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.system
 
 IFNAME, TAP = "pod1a2b3c4d5e6", "tap1a2b3c4d5e6"
 SOCKET_IN_POD, RUNTIME_IN_POD = "/mnt/vmnet/consumer/consumer.sock", "/mnt/vmnet/runtime"
-LAUNCHER_UID = 107
 STAND_IN_QEMU = """#!/bin/sh
 echo READY
 read -r line
@@ -141,13 +141,7 @@ class Container:
             env = dict(v.decode().partition("=")[::2] for v in f.read().split(b"\0") if v)
         with open(f"/proc/{pid}/status") as f:
             status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-        fds = {}
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                fds[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except FileNotFoundError:
-                pass
-        return {"pid": pid, "argv": argv[2:], "env": env, "status": status, "fds": fds}
+        return {"pid": pid, "argv": argv[2:], "env": env, "status": status, "fds": fd_targets(pid)}
 
     def pid(self) -> int:
         out = subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", self.name],
@@ -171,85 +165,84 @@ class Container:
         # podman made the cgroup parent in every hierarchy (and conmon's beside the container's)
         for top in glob.glob(f"/sys/fs/cgroup/*/{self.top}"):
             for path in sorted((d for d, _, _ in os.walk(top)), key=len, reverse=True):
-                for _ in range(50):
-                    try:
-                        os.rmdir(path)
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError:
-                        time.sleep(0.1)
+                rmdir_patiently(path)
 
 
-def _pod_port(netns: str, pod_uid: str):
-    h = HelperProcess().start()
-    install_cni(h)
-    conf = {"cniVersion": "1.0.0", "name": "vmnet-fast", "type": "vmnet", "socket": h.socket}
-    rc, result, err = cni_invoke(h, "ADD", conf, netns, pod_uid=pod_uid)
-    assert rc == 0, (result, err)
-    return h, conf, cni.port_name("c0ffee", "vmnet-fast", IFNAME)
+class PodPort:
+    """A helper, and a pod's port made by CNI ADD (DEL, and the helper's end, after)."""
+
+    def __init__(self, netns: str):
+        self.netns, self.uid = netns, str(uuid.uuid4())
+        self.helper = HelperProcess().start()
+        install_cni(self.helper)
+        self.conf = {"cniVersion": "1.0.0", "name": "vmnet-fast", "type": "vmnet", "socket": self.helper.socket}
+        rc, result, err = self.cni("ADD")
+        assert rc == 0, (result, err)
+        self.name = cni.port_name("c0ffee", "vmnet-fast", IFNAME)
+        self.boxes: list[Container] = []
+
+    def cni(self, command):
+        return cni_invoke(self.helper, command, self.conf, self.netns, pod_uid=self.uid)
+
+    def container(self, image: str, runtime: str, pod_uid: str | None = None) -> Container:
+        box = Container(image, self.helper, runtime, self.netns, pod_uid or self.uid)
+        self.boxes.append(box)
+        return box
+
+    def holder(self):
+        return self.helper.vmnet_json("port", "show", self.name)["holder"]
 
 
-def test_the_wrapper_in_a_container_without_python_takes_the_tap_over(test_netns, consumer_netns, image,
-                                                                      runtime_dir):
-    pod_uid = str(uuid.uuid4())
-    h, conf, port = _pod_port(consumer_netns, pod_uid)
-    box = None
+@pytest.fixture
+def pod(test_netns, consumer_netns):
+    p = PodPort(consumer_netns)
     try:
-        box = Container(image, h, runtime_dir, consumer_netns, pod_uid)
-        got = box.report()
-        assert "exit" not in got, got
-        # one argument replaced: the tap netdev by the port's af-xdp netdev, same id; -device kept
-        args = got["argv"]
-        netdev = json.loads(args[args.index("-netdev") + 1])
-        sock_fd = int(netdev["sock-fds"])
-        assert netdev == {"type": "af-xdp", "id": "hostua-fast", "ifname": IFNAME, "queues": 1,
-                          "start-queue": 0, "mode": netdev["mode"], "inhibit": True, "sock-fds": str(sock_fd)}
-        assert json.loads(args[args.index("-device") + 1])["netdev"] == "hostua-fast"
-        # the socket is there, the tap's fd is gone, and nothing else was let in
-        assert got["fds"][sock_fd].startswith("socket:["), got["fds"]
-        assert "/dev/net/tun" not in got["fds"].values(), got["fds"]
-        others = {fd for fd, target in got["fds"].items() if target != "/usr/libexec/qemu-kvm"}
-        assert others == {0, 1, 2, sock_fd}, str(got["fds"])        # (the shell reads its script)
-        # uid 107, no_new_privs, no capability but the memlock one the operator allowed
-        assert got["status"]["Uid"].split() == [str(LAUNCHER_UID)] * 4
-        assert got["status"]["NoNewPrivs"] == "1"
-        # (ambient too: what keeps it across the exec of a uid that is not root)
-        assert {got["status"][k] for k in ("CapEff", "CapPrm", "CapAmb")} == {"0000000000004000"}, got["status"]
-        # the environment podman gave, less vmnet's own; nothing of the wrapper's interpreter
-        assert not [k for k in got["env"] if k.startswith(("VMNET_", "LD_", "PYTHON"))], got["env"]
-        assert set(got["env"]) == {"PATH", "HOME", "TERM", "HOSTNAME", "container"}, got["env"]
-        # the helper handed the sockets to the container's process itself (pidfd-tracked holder)
-        assert h.vmnet_json("port", "show", port)["holder"]["pid"] == got["pid"]
-        box.stop()
-        deadline = time.monotonic() + 10
-        while h.vmnet_json("port", "show", port)["holder"] is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert h.vmnet_json("port", "show", port)["holder"] is None     # free again for a restart
+        yield p
     finally:
-        if box:
+        for box in p.boxes:
             box.stop()
-        rc, out, err = cni_invoke(h, "DEL", conf, consumer_netns, pod_uid=pod_uid)
-        h.cleanup()
+        rc, out, err = p.cni("DEL")
+        p.helper.cleanup()
         assert rc == 0, (out, err)
 
 
-def test_a_container_of_another_pod_is_refused_the_ports_sockets(test_netns, consumer_netns, image,
-                                                                 runtime_dir):
+def test_the_wrapper_in_a_container_without_python_takes_the_tap_over(pod, image, runtime_dir):
+    box = pod.container(image, runtime_dir)
+    got = box.report()
+    assert "exit" not in got, got
+    # one argument replaced: the tap netdev by the port's af-xdp netdev, same id; -device kept
+    args = got["argv"]
+    netdev = json.loads(args[args.index("-netdev") + 1])
+    sock_fd = int(netdev["sock-fds"])
+    assert netdev == {"type": "af-xdp", "id": "hostua-fast", "ifname": IFNAME, "queues": 1,
+                      "start-queue": 0, "mode": netdev["mode"], "inhibit": True, "sock-fds": str(sock_fd)}
+    assert json.loads(args[args.index("-device") + 1])["netdev"] == "hostua-fast"
+    # the socket is there, the tap's fd is gone, and nothing else was let in
+    assert got["fds"][sock_fd].startswith("socket:["), got["fds"]
+    assert "/dev/net/tun" not in got["fds"].values(), got["fds"]
+    others = {fd for fd, target in got["fds"].items() if target != "/usr/libexec/qemu-kvm"}
+    assert others == {0, 1, 2, sock_fd}, str(got["fds"])        # (the shell reads its script)
+    # uid 107, no_new_privs, no capability but the memlock one the operator allowed
+    assert got["status"]["Uid"].split() == [str(LAUNCHER_UID)] * 4
+    assert got["status"]["NoNewPrivs"] == "1"
+    # (ambient too: what keeps it across the exec of a uid that is not root)
+    assert {got["status"][k] for k in ("CapEff", "CapPrm", "CapAmb")} == {"0000000000004000"}, got["status"]
+    # the environment podman gave, less vmnet's own; nothing of the wrapper's interpreter
+    assert not [k for k in got["env"] if k.startswith(("VMNET_", "LD_", "PYTHON"))], got["env"]
+    assert set(got["env"]) == {"PATH", "HOME", "TERM", "HOSTNAME", "container"}, got["env"]
+    # the helper handed the sockets to the container's process itself (pidfd-tracked holder)
+    assert pod.holder()["pid"] == got["pid"]
+    box.stop()
+    deadline = time.monotonic() + 10
+    while pod.holder() is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pod.holder() is None     # free again for a restart
+
+
+def test_a_container_of_another_pod_is_refused_the_ports_sockets(pod, image, runtime_dir):
     """Same uid 107, same netns, same image: only the cgroup says it is another pod's."""
-    pod_uid = str(uuid.uuid4())
-    h, conf, port = _pod_port(consumer_netns, pod_uid)
-    box = None
-    try:
-        box = Container(image, h, runtime_dir, consumer_netns, str(uuid.uuid4()))
-        got = box.report()
-        assert got.get("exit", 0) != 0, got
-        assert "vmnet-qemu-wrapper: error:" in got["stderr"] and "pod" in got["stderr"], got["stderr"]
-        assert h.vmnet_json("port", "show", port)["holder"] is None
-        assert "refused fds-for-consumer" in h.read_log()
-    finally:
-        if box:
-            box.stop()
-        rc, out, err = cni_invoke(h, "DEL", conf, consumer_netns, pod_uid=pod_uid)
-        h.cleanup()
-        assert rc == 0, (out, err)
+    got = pod.container(image, runtime_dir, pod_uid=str(uuid.uuid4())).report()
+    assert got.get("exit", 0) != 0, got
+    assert "vmnet-qemu-wrapper: error:" in got["stderr"] and "pod" in got["stderr"], got["stderr"]
+    assert pod.holder() is None
+    assert "refused fds-for-consumer" in pod.helper.read_log()

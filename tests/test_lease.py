@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ import time
 import uuid
 
 import pytest
-from helpers import HelperProcess
+from helpers import HelperProcess, capture, responder_stats
 from lease_env import NetdevsimPair, require_netdevsim
 from test_handoff import in_netns, stop, wait_ready
 
@@ -86,30 +85,6 @@ def _exec_responder(helper, pod, port):
         preexec_fn=in_netns(pod), cwd="/")
 
 
-def _stats(proc) -> list[dict]:
-    proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("{") and json.loads(line).get("event") == "stats":
-            return json.loads(line)["queues"]
-    raise AssertionError("the responder sent no stats")
-
-
-def _capture(ifname, stop_event, found):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
-    s.bind((ifname, 0))
-    s.settimeout(0.2)
-    try:
-        while not stop_event.is_set():
-            try:
-                found.append(s.recv(2048))
-            except TimeoutError:
-                pass
-    finally:
-        s.close()
-
-
 def test_a_leased_port_receives_on_its_nic_queues_and_the_rest_reach_the_host(nic, pod, port_name):
     h = HelperProcess().start()
     proc = None
@@ -126,7 +101,7 @@ def test_a_leased_port_receives_on_its_nic_queues_and_the_rest_reach_the_host(ni
         ready = wait_ready(proc)
         assert ready["queues"] == [1, 2]
         stop_event, host_saw = threading.Event(), []
-        catcher = threading.Thread(target=_capture, args=(nic.nic, stop_event, host_saw))
+        catcher = threading.Thread(target=capture, args=(nic.nic, 0x88B5, stop_event, host_saw))
         catcher.start()
         try:
             frame = _frame(rec["mac"])
@@ -136,7 +111,7 @@ def test_a_leased_port_receives_on_its_nic_queues_and_the_rest_reach_the_host(ni
         finally:
             stop_event.set()
             catcher.join()
-        by_queue = {s["queue"]: s["rx"] for s in _stats(proc)}
+        by_queue = {s["queue"]: s["rx"] for s in responder_stats(proc)}
         assert by_queue == {1: 5, 2: 5}                         # each leased queue, on its own socket
         assert sum(1 for f in host_saw if f.endswith(bytes([3]))) == 5   # NIC queue 3: the host's
         assert not any(f.endswith(bytes([1])) or f.endswith(bytes([2])) for f in host_saw)

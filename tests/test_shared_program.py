@@ -19,7 +19,7 @@ import time
 import uuid
 
 import pytest
-from helpers import HelperProcess
+from helpers import HelperProcess, responder_stats
 from test_handoff import in_netns, stop, wait_ready
 
 from vmnet import probe
@@ -129,7 +129,7 @@ def test_each_ports_frames_reach_only_its_own_sockets(test_netns, instance, port
             return {t: ports.queue_stats(c.port.to_dict(), instance)[0]["redirected"] for t, c in made.items()}
 
         def echoes():
-            return {t: sum(q["icmp"] for q in _stats(p)) for t, p in zip(made, procs)}
+            return {t: sum(q["icmp"] for q in responder_stats(p)) for t, p in zip(made, procs)}
         before = redirected()
         assert probe.ping(nets["a"][1], count=6)["received"] == 6
         mid = redirected()
@@ -146,17 +146,6 @@ def test_each_ports_frames_reach_only_its_own_sockets(test_netns, instance, port
             ports.delete_port(c.port.spec.name, instance)
         for ns in spaces:
             netns.remove_named(ns)
-
-
-def _stats(proc) -> list[dict]:
-    import signal
-    proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("{") and json.loads(line).get("event") == "stats":
-            return json.loads(line)["queues"]
-    raise AssertionError("the responder sent no stats")
 
 
 def _make_port_the_old_way(name: str, consumer_ns: str, root: str) -> dict:

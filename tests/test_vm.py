@@ -29,10 +29,15 @@ QEMU = QEMUS[0] if QEMUS else None          # the libvirt cases boot the first o
 HOST_IP, GUEST_IP = "198.18.0.1", "198.18.0.2"
 
 
-def pytest_generate_tests(metafunc):
+def parametrize_qemu(metafunc, without: str = "no-qemu"):
+    """A test's `qemu` parameter: each VMNET_TEST_QEMU, labelled by its version; else one
+    None labelled `without`."""
     if "qemu" in metafunc.fixturenames:
-        named = qemu_compat.labels(QEMUS) if QEMUS else {None: "no-qemu"}
+        named = qemu_compat.labels(QEMUS) if QEMUS else {None: without}
         metafunc.parametrize("qemu", list(named), ids=list(named.values()))
+
+
+pytest_generate_tests = parametrize_qemu
 
 
 def _require_qemu(qemu=None):

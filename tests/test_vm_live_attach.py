@@ -23,20 +23,15 @@ import time
 import uuid
 
 import pytest
-from test_vm import GUEST_IP, HOST_IP, QEMUS, _require_qemu
+from test_vm import GUEST_IP, HOST_IP, _require_qemu
+from test_vm import pytest_generate_tests  # noqa: F401  (the qemu parameter)
 from test_vm_ipc_lock import ROOT_QEMU_CONF
 
-from vmnet import probe, qemu_compat, testguest
+from vmnet import probe, testguest
 from vmnet.libvirt import domain_xml as lx
 from vmnet.priv import links
 
 pytestmark = pytest.mark.system
-
-
-def pytest_generate_tests(metafunc):
-    if "qemu" in metafunc.fixturenames:
-        named = qemu_compat.labels(QEMUS) if QEMUS else {None: "no-qemu"}
-        metafunc.parametrize("qemu", list(named), ids=list(named.values()))
 
 
 @pytest.fixture(scope="module")

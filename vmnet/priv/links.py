@@ -43,6 +43,16 @@ def netlink(ip: IPRoute | None):
 _netlink = netlink
 
 
+def peer_attrs(ifname: str, mac: str, queues: int, netns_fd: int | None) -> list:
+    """The attributes of a pair's consumer end (veth's or netkit's peer): its name, MAC and
+    queues, and the netns it is made in. Pure."""
+    attrs = [("IFLA_IFNAME", ifname), ("IFLA_ADDRESS", mac),
+             ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues)]
+    if netns_fd is not None:
+        attrs.append(("IFLA_NET_NS_FD", netns_fd))
+    return attrs
+
+
 def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
                  netns_fd: int | None = None, peer_index: int = 0, host_index: int = 0,
                  host_tx_queues: int | None = None) -> ifinfmsg:
@@ -53,10 +63,7 @@ def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
     a peer's ifi_index only when the request names the host end's too
     (host_index).
     """
-    peer = [("IFLA_IFNAME", peer_ifname), ("IFLA_ADDRESS", mac),
-            ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues)]
-    if netns_fd is not None:
-        peer.append(("IFLA_NET_NS_FD", netns_fd))
+    peer = peer_attrs(peer_ifname, mac, queues, netns_fd)
     msg = ifinfmsg()
     msg["family"] = 0
     msg["index"] = host_index

@@ -124,10 +124,7 @@ def pair_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
     host_index: the ifindexes both get (0: the kernel's choice); as for
     veth, the kernel honours the peer's only when the primary's is given.
     """
-    peer = [("IFLA_IFNAME", peer_ifname), ("IFLA_ADDRESS", mac),
-            ("IFLA_NUM_TX_QUEUES", queues), ("IFLA_NUM_RX_QUEUES", queues)]
-    if netns_fd is not None:
-        peer.append(("IFLA_NET_NS_FD", netns_fd))
+    peer = links.peer_attrs(peer_ifname, mac, queues, netns_fd)
     msg = ifinfmsg()
     msg["family"] = 0
     msg["index"] = host_index
