@@ -187,3 +187,13 @@ def fd_targets(pid: int) -> dict[int, str]:
         except FileNotFoundError:
             pass
     return fds
+
+
+def file_shows(path: str, marker: str, timeout: float = 180) -> bool:
+    """Whether `marker` appears in file `path` (a guest's serial log) within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and marker in open(path, errors="replace").read():
+            return True
+        time.sleep(0.5)
+    return False

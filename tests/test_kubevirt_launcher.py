@@ -24,7 +24,7 @@ import time
 import uuid
 
 import pytest
-from helpers import SHARED_NETNS, HelperProcess, cni_invoke, install_cni
+from helpers import SHARED_NETNS, HelperProcess, cni_invoke, file_shows, install_cni
 from launcher_env import LAUNCHER_UID, FakePod, SessionLibvirt, cgroup_hierarchies
 from test_vm import GUEST_IP, HOST_IP, _tcp_to_guest, parametrize_qemu
 
@@ -154,15 +154,6 @@ def _guest(dirpath: str, name: str = "guest"):
     return vmlinuz, initrd
 
 
-def _wait_serial(path: str, marker: str, timeout: float = 240) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path) and marker in open(path, errors="replace").read():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def test_a_vmi_nic_through_libvirt_as_uid_107_and_the_wrapper_directory(
         test_netns, consumer_netns, runtime_dir, qemu):
     env = Launcher(runtime_dir, consumer_netns, qemu or DEBIAN_QEMU)
@@ -210,7 +201,8 @@ def test_a_vmi_nic_through_libvirt_as_uid_107_and_the_wrapper_directory(
         fds = {os.readlink(f"/proc/{qemu_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{qemu_pid}/fd")}
         assert "/dev/net/tun" not in fds                           # the placeholder's fd is closed
         links.add_address("vmn-" + env.port, HOST_IP, 24)
-        assert _wait_serial(env.serial, testguest.READY), open(env.serial, errors="replace").read()[-2000:]
+        assert file_shows(env.serial, testguest.READY, timeout=240), \
+            open(env.serial, errors="replace").read()[-2000:]
         assert probe.ping(GUEST_IP, count=5, timeout=2)["received"] == 5
         assert _tcp_to_guest(1 << 20) == 1 << 20               # 1 MiB to the guest's sink, read to its end
     finally:

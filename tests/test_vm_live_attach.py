@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
+from helpers import file_shows
 from test_vm import GUEST_IP, HOST_IP, _require_qemu
 from test_vm import pytest_generate_tests  # noqa: F401  (the qemu parameter)
 from test_vm_ipc_lock import ROOT_QEMU_CONF
@@ -45,15 +45,6 @@ def libvirt_root():
         yield env.start()
     finally:
         env.stop()
-
-
-def _serial_has(path: str, marker: str, timeout: float = 180) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path) and marker in open(path, errors="replace").read():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def _vmnet(env, *args):
@@ -88,7 +79,7 @@ def test_attach_plugs_a_port_into_a_running_domain_across_a_libvirtd_restart(lib
     try:
         out = env.virsh("start", name)
         assert out.returncode == 0, out.stderr
-        assert _serial_has(serial, testguest.WAITING), "the guest did not boot"
+        assert file_shows(serial, testguest.WAITING), "the guest did not boot"
         if declared:
             made = env.helper.vmnet_json("port", "show", pname)
             assert made["owner"] == "uuid:" + env.virsh("domuuid", name).stdout.strip()
@@ -100,7 +91,7 @@ def test_attach_plugs_a_port_into_a_running_domain_across_a_libvirtd_restart(lib
         shown = env.helper.vmnet_json("port", "show", pname)
         assert shown["holder"]["pid"] == qemu_pid           # QEMU holds them, not the CLI
         links.add_address("vmn-" + pname, HOST_IP, 24)
-        assert _serial_has(serial, testguest.READY), open(serial, errors="replace").read()[-2000:]
+        assert file_shows(serial, testguest.READY), open(serial, errors="replace").read()[-2000:]
         assert probe.ping(GUEST_IP, count=5, timeout=2)["received"] == 5
         env.restart_libvirtd()                               # the hook gets reconnect; QEMU runs on
         assert probe.ping(GUEST_IP, count=5, timeout=2)["received"] == 5

@@ -119,13 +119,8 @@ class Guard:
 
 
 def _open_pinned() -> Guard | None:
-    fds: dict[str, int] = {}
-    try:
-        for name in PINS:
-            fds[name] = libbpf.obj_get(os.path.join(VERSION_DIR, name))
-    except OSError:
-        for fd in fds.values():
-            os.close(fd)
+    fds = bpf.open_pins(VERSION_DIR, PINS)
+    if fds is None:
         return None
     guard = Guard(fds)
     prog = libbpf.prog_fd_by_id(libbpf.link_info(fds["link"]).prog_id)

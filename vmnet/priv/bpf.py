@@ -143,6 +143,19 @@ def pin_atomically(final: str, tmp: str, pins: dict[str, int]) -> bool:
         remove_pin_dir(tmp, pins)
 
 
+def open_pins(d: str, names) -> dict[str, int] | None:
+    """fds of every pin `names` in `d`, or None (and nothing left open) when one is missing."""
+    fds: dict[str, int] = {}
+    try:
+        for name in names:
+            fds[name] = libbpf.obj_get(os.path.join(d, name))
+    except OSError:
+        for fd in fds.values():
+            os.close(fd)
+        return None
+    return fds
+
+
 def remove_pin_dir(d: str, names=PORT_PINS) -> bool:
     """Unlink the pins `names` in `d`, then `d`; whether anything was there."""
     found = False

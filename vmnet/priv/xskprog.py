@@ -103,13 +103,8 @@ class XskProgram:
     @classmethod
     def _open_pinned(cls, root: str) -> "XskProgram | None":
         d = pin_dir(root)
-        fds: dict[str, int] = {}
-        try:
-            for name in PINS:
-                fds[name] = libbpf.obj_get(os.path.join(d, name))
-        except OSError:
-            for fd in fds.values():
-                os.close(fd)
+        fds = bpf.open_pins(d, PINS)
+        if fds is None:
             return None
         name = libbpf.prog_info(fds["prog"]).name.decode()
         if name != PROGRAM:
