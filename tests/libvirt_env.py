@@ -55,6 +55,22 @@ def _alive(pid):
         return False
 
 
+def _terminate(pid: int | None):
+    """SIGTERM a daemon this module started, and SIGKILL it if it is still there after 30 s
+    (libvirtd answers SIGTERM only once its start-up, QEMU probes included, is over)."""
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 class Libvirt:
     """qemu_conf: text that replaces /etc/libvirt/qemu.conf for this libvirtd only
     (bind-mounted in a mount namespace of its own; the file on disk is untouched)."""
@@ -106,13 +122,7 @@ class Libvirt:
 
     def restart_libvirtd(self):
         """Stop libvirtd and start it again (the hook gets `reconnect` for running domains)."""
-        pid = _pid("/run/libvirtd.pid")
-        if _alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not _alive(pid):
-                    break
-                time.sleep(0.1)
+        _terminate(_pid("/run/libvirtd.pid"))
         subprocess.run(self._daemon_argv("libvirtd"), check=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -133,13 +143,7 @@ class Libvirt:
                 self.virsh("destroy", dom)
                 self.virsh("undefine", dom)
         for pidfile in reversed(self.started):
-            pid = _pid(pidfile)
-            if _alive(pid):
-                os.kill(pid, signal.SIGTERM)
-                for _ in range(100):
-                    if not _alive(pid):
-                        break
-                    time.sleep(0.1)
+            _terminate(_pid(pidfile))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(HOOK)
         self.helper.cleanup()

@@ -30,6 +30,14 @@ MODES = ("auto", "native", "skb")
 BACKENDS = ("auto", "veth", "netkit", "netkit-lease")
 # netkit has no native XDP (no ndo_bpf); its XSK program runs in generic mode
 SKB_ONLY_BACKENDS = ("netkit",)
+# backends whose port is a pair, with a host end (vmn-<port>) in the helper's netns;
+# a netkit-lease port has only its consumer end (the NIC's queues are the other side)
+PAIR_BACKENDS = ("veth", "netkit")
+
+
+def has_host_end(record: dict) -> bool:
+    """Whether a port (its record) has a host end: a device of its own in the helper's netns."""
+    return record.get("backend") in PAIR_BACKENDS
 
 # AF_XDP frames are 4 KiB UMEM chunks; the kernel keeps XDP_PACKET_HEADROOM
 # (256 bytes) in front of the data in each, so a frame carries at most

@@ -29,7 +29,7 @@ def _ms(t0: float, t1: float) -> float:
 def measure(nic: str, iterations: int, progress=lambda *_: None) -> dict:
     netdev_genl.require_queue_create()
     nic_ifindex = links.require_link(nic)["ifindex"]
-    zero_copy = bool(netdev_genl.xdp_features(nic_ifindex) & netdev_genl.NETDEV_XDP_ACT_XSK_ZEROCOPY)
+    zero_copy = netdev_genl.has_zero_copy(nic_ifindex)
     instance = Instance("benchlease-" + uuid.uuid4().hex[:4])
     pod = "vmnet-benchlease-" + uuid.uuid4().hex[:4]
     netns.create_named(pod)

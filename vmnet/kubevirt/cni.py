@@ -177,7 +177,8 @@ def result(version: str, record: dict, netns: str, prev: dict | None = None) -> 
     it as a second interface of this network, and KubeVirt would take it for the pod's."""
     out = dict(prev or {})
     interfaces = list(out.get("interfaces") or [])
-    if record.get("backend") in ("veth", "netkit"):
+    from ..model import has_host_end
+    if has_host_end(record):
         interfaces.append({"name": record["host_ifname"]})
     interfaces.append({"name": record["consumer_ifname"], "mac": record["mac"], "sandbox": netns})
     out["interfaces"] = interfaces

@@ -60,9 +60,7 @@ def lease_capacity(nic: str, queues_per_port: int, reserved: int) -> int:
     state = links.link_state(nic)
     if state is None:
         return 0
-    queues = netdev_genl.rx_queues(state["ifindex"])
-    free = [q for q, v in queues.items() if q >= reserved and not v["leased"] and not v["xsk"]]
-    return len(free) // queues_per_port
+    return len(netdev_genl.free_queues(netdev_genl.rx_queues(state["ifindex"]), reserved)) // queues_per_port
 
 
 class Plugin:

@@ -22,7 +22,6 @@ vmnet interface gets its domain back byte for byte. The XML rules are pure
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -30,16 +29,15 @@ import threading
 import xml.etree.ElementTree as ET
 
 from ..errors import InvalidInput
+from ..libvirt.domain_xml import QEMU_NS, parse_domain, qemu_commandline
 
 log = logging.getLogger("vmnet.sidecar")
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 HOOK_DIR = "/var/run/kubevirt-hooks"
 POD_WRAPPER = "/var/run/vmnet/runtime/bin/vmnet-qemu-wrapper"
 POD_SOCKET = "/var/run/vmnet/consumer/consumer.sock"
 LAUNCHER_QEMU = "/usr/libexec/qemu-kvm"
 ENV_NAMES = ("VMNET_SOCKET", "VMNET_QEMU")
 VERSIONS = ("v1alpha3", "v1alpha2")
-ET.register_namespace("qemu", QEMU_NS)      # what libvirt and KubeVirt write
 
 
 class Settings:
@@ -63,25 +61,6 @@ def vmnet_interfaces(vmi: dict, binding: str) -> list[str]:
             if isinstance(i, dict) and isinstance(i.get("binding"), dict) and i["binding"].get("name") == binding]
 
 
-def _parse(xml: bytes) -> ET.Element:
-    """The domain, keeping comments and processing instructions, its prefixes registered so that
-    they come back as they were written."""
-    try:
-        for _, (prefix, uri) in ET.iterparse(io.BytesIO(xml), events=("start-ns",)):
-            if prefix:
-                try:
-                    ET.register_namespace(prefix, uri)
-                except ValueError:      # a prefix ElementTree keeps for itself (ns0, ...)
-                    pass
-        parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
-        root = ET.fromstring(xml, parser=parser)
-    except ET.ParseError as exc:
-        raise InvalidInput(f"the domain XML is not well-formed: {exc}") from None
-    if root.tag != "domain":
-        raise InvalidInput(f"the domain XML's root element is <{root.tag}>, not <domain>")
-    return root
-
-
 def edit_domain(xml: bytes, vmi_json: bytes, settings: Settings) -> bytes:
     """The domain for a VMI: pointed at the wrapper when the VMI has vmnet interfaces."""
     try:
@@ -91,7 +70,7 @@ def edit_domain(xml: bytes, vmi_json: bytes, settings: Settings) -> bytes:
     if not isinstance(vmi, dict):
         raise InvalidInput("the VMI is not a JSON object")
     names = vmnet_interfaces(vmi, settings.binding)
-    root = _parse(xml)                       # malformed XML is refused even when nothing changes
+    root = parse_domain(xml)                       # malformed XML is refused even when nothing changes
     if not names:
         return xml
     devices = root.find("devices")
@@ -121,9 +100,7 @@ def edit_domain(xml: bytes, vmi_json: bytes, settings: Settings) -> bytes:
     chosen = (emulator.text or "").strip()
     real = env.get("VMNET_QEMU") if chosen == settings.wrapper else chosen
     emulator.text = settings.wrapper
-    cmd = root.find(f"{{{QEMU_NS}}}commandline")
-    if cmd is None:
-        cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    cmd = qemu_commandline(root)
     for old in [e for e in cmd.findall(f"{{{QEMU_NS}}}env") if e.get("name") in ENV_NAMES]:
         cmd.remove(old)
     for name, value in (("VMNET_SOCKET", settings.socket), ("VMNET_QEMU", real or settings.qemu)):

@@ -57,6 +57,14 @@ def parse_domain(text: str | bytes) -> ET.Element:
     return root
 
 
+def qemu_commandline(root: ET.Element) -> ET.Element:
+    """The domain's <qemu:commandline>, made (last in <domain>) when it has none."""
+    cmd = root.find(f"{{{QEMU_NS}}}commandline")
+    if cmd is None:
+        cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    return cmd
+
+
 def port_from_element(el: ET.Element, validate: bool = True) -> dict:
     """One <vmnet:port> as port-create arguments (+ consumer_user).
 
@@ -193,9 +201,7 @@ def inject(text: str | bytes, ports: list[dict], emulator: str = WRAPPER,
     if commandline:
         emu.text = emulator
     # qemu:commandline: drop earlier vmnet -netdev/-device pairs, append ours
-    cmd = root.find(f"{{{QEMU_NS}}}commandline")
-    if cmd is None:
-        cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    cmd = qemu_commandline(root)
     args = list(cmd)
     keep: list[ET.Element] = []
     i = 0

@@ -402,8 +402,7 @@ class Helper:
         out["holder"] = (dict(entry.holder.to_dict(), alive=entry.holder.alive())
                          if entry.holder is not None else None)
         out["queue_counters"] = ports.queue_stats(entry.record, self.instance, self.program)
-        out.update(backends.get(entry.record["backend"]).describe(entry.record)
-                   if entry.record.get("backend") in ("netkit-lease",) else {})
+        out.update(backends.get(entry.record.get("backend", "veth")).describe(entry.record))
         guard = self.protection.guard
         if entry.sockets:
             out["sockets"] = []

@@ -31,6 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..config import parse_listen
 from ..errors import KernelError
+from ..model import has_host_end
 
 log = logging.getLogger("vmnet.helper")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -139,7 +140,7 @@ class _Collector:
         yield passed
         yield from xsk_families.values()
         yield from _link_counters([(name, r.get("host_ifname")) for name, r, _, _ in entries
-                                   if r.get("backend") in ("veth", "netkit")])
+                                   if has_host_end(r)])
 
 
 def _statistics(fd: int) -> dict:

@@ -184,6 +184,11 @@ def xdp_features(ifindex: int, session: Session | None = None) -> int:
     return 0
 
 
+def has_zero_copy(ifindex: int, session: Session | None = None) -> bool:
+    """Whether the device does AF_XDP zero-copy (its xdp-features)."""
+    return bool(xdp_features(ifindex, session) & NETDEV_XDP_ACT_XSK_ZEROCOPY)
+
+
 def zero_copy_devices() -> dict[int, bool]:
     """ifindex -> whether it has AF_XDP zero-copy, for every device of this netns (dev-get dump)."""
     msg = dev_msg()
@@ -211,6 +216,12 @@ def rx_queues(ifindex: int, session: Session | None = None) -> dict[int, dict]:
             "leased": reply.get_attr("NETDEV_A_QUEUE_LEASE") is not None,
             "xsk": reply.get_attr("NETDEV_A_QUEUE_XSK") is not None}
     return out
+
+
+def free_queues(queues: dict[int, dict], reserved: int) -> list[int]:
+    """The RX queues (from rx_queues) a lease may take: above the `reserved` the host keeps,
+    neither leased nor carrying an AF_XDP socket; lowest first. Pure."""
+    return [q for q in sorted(queues) if q >= reserved and not queues[q]["leased"] and not queues[q]["xsk"]]
 
 
 def queue_create_request(ifindex: int, lease_ifindex: int, lease_queue: int) -> queue_msg:

@@ -41,7 +41,7 @@ ZC_FIX = ("use a NIC with AF_XDP zero-copy on leased queues (mlx5, bnxt_en; `vmn
 
 
 def _leased_free(queues: dict[int, dict], reserved: int, count: int, nic: str) -> list[int]:
-    free = [q for q in sorted(queues) if q >= reserved and not queues[q]["leased"] and not queues[q]["xsk"]]
+    free = netdev_genl.free_queues(queues, reserved)
     if len(free) < count:
         raise NotSupported(
             f"{nic} has {len(free)} free queue(s) above the {reserved} the host keeps, "
@@ -99,7 +99,7 @@ class NetkitLease(Backend):
                                fix=netdev_genl.NIC_REQUIREMENT)
         reserved = ctx.config.lease_reserved_queues if ctx.config is not None else RESERVED_QUEUES
         nic_queues = choose_queues(queues, asked, reserved, spec.queues, nic)
-        zero_copy = bool(netdev_genl.xdp_features(nic_ifindex, nd) & netdev_genl.NETDEV_XDP_ACT_XSK_ZEROCOPY)
+        zero_copy = netdev_genl.has_zero_copy(nic_ifindex, nd)
         if not zero_copy and not spec.receive_only:
             raise NotSupported(
                 f"{nic} has no AF_XDP zero-copy: a queue leased from it receives, but nothing the "
