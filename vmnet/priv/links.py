@@ -92,32 +92,41 @@ def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
     queues = spec.start_queue + spec.queues
     msg = veth_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, peer_index, host_index,
                        host_tx_queues=queues + 1 if spec.mode == "skb" else queues)
-    msg["header"]["type"] = RTM_NEWLINK
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:
-        with _netlink(ip) as ip:
-            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
-            ip.nlm_request_batch([msg])
+        send_newlink(msg, spec.name, f"veth pair {spec.host_ifname}/{spec.consumer_ifname}", peer_index, ip)
     except NetlinkError as exc:
-        if exc.code == errno.EEXIST and host_index and index_taken(host_index, spec.host_ifname, ip):
-            # rtnetlink takes a request naming an existing ifindex for a change of that device,
-            # which NLM_F_EXCL refuses with EEXIST
-            raise IfindexTaken(f"ifindex {host_index}, which vmnet gives {spec.host_ifname}, is taken here",
-                               fix="delete the device that has it, or retry") from None
-        if exc.code == errno.EEXIST:
-            raise AlreadyExists(
-                f"port {spec.name} already exists (device {spec.host_ifname} or {spec.consumer_ifname} is present)",
-                fix=f"delete it with 'vmnet port del {spec.name}' or pick another port name") from None
-        if exc.code == errno.EBUSY and (peer_index or host_index):
-            raise IfindexTaken(
-                f"ifindex {host_index} or {peer_index}, which vmnet gives {spec.host_ifname} and "
-                f"{spec.consumer_ifname}, is taken in its netns",
-                fix="delete the device that has it, or retry (the next port gets another)") from None
         raise KernelError(f"cannot create veth pair {spec.host_ifname}/{spec.consumer_ifname}",
                           errno=exc.code) from None
     finally:
         if nsfd is not None:
             os.close(nsfd)
+
+
+def send_newlink(msg: ifinfmsg, port: str, what: str, peer_index: int = 0, ip: IPRoute | None = None):
+    """Send an RTM_NEWLINK that creates port `port`'s devices (`what`). The refusals every
+    backend meets become vmnet's errors; any other NetlinkError is the caller's to explain.
+
+    An ifindex vmnet chose that is taken: rtnetlink takes a request naming an existing
+    ifindex here for a change of that device, which NLM_F_EXCL refuses with EEXIST, and
+    answers EBUSY for a peer's ifindex taken in the peer's netns.
+    """
+    host_index, name = msg["index"], msg.get_attr("IFLA_IFNAME")
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    try:
+        with _netlink(ip) as sock:
+            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
+            sock.nlm_request_batch([msg])
+    except NetlinkError as exc:
+        if peer_index and (exc.code == errno.EBUSY or
+                           exc.code == errno.EEXIST and host_index and index_taken(host_index, name, ip)):
+            raise IfindexTaken(f"ifindex {host_index} or {peer_index}, which vmnet gives {what}, is taken "
+                               "(here, or in the consumer's netns)",
+                               fix="delete the device that has it, or retry (the next port gets another)") from None
+        if exc.code == errno.EEXIST:
+            raise AlreadyExists(f"port {port} already exists ({what} is present)",
+                                fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None
+        raise
 
 
 def index_taken(ifindex: int, ifname: str, ip: IPRoute | None = None) -> bool:

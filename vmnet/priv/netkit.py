@@ -35,12 +35,11 @@ import os
 from importlib import resources
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, nla
+from pyroute2.netlink import nla
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, ifinfveth
 
-from ..errors import AlreadyExists, IfindexTaken, InvalidInput, KernelError, NotFound, NotSupported
+from ..errors import InvalidInput, KernelError, NotFound, NotSupported
 from ..model import PortSpec
 from . import libbpf, links
 from . import netns as _netns
@@ -169,23 +168,9 @@ class NetkitUnavailable(NotSupported):
 
 def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1, peer_index: int = 0,
                   ip: IPRoute | None = None) -> None:
-    def host_taken() -> bool:       # EEXIST for an ifindex already used here (see links.create_veth)
-        return bool(msg["index"]) and links.index_taken(msg["index"], msg.get_attr("IFLA_IFNAME"), ip)
-
-    msg["header"]["type"] = RTM_NEWLINK
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:
-        with links.netlink(ip) as sock:
-            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
-            sock.nlm_request_batch([msg])
+        links.send_newlink(msg, port, what, peer_index, ip)
     except NetlinkError as exc:
-        if peer_index and (exc.code == errno.EBUSY or exc.code == errno.EEXIST and host_taken()):
-            raise IfindexTaken(f"ifindex {peer_index}, which vmnet gives the consumer end of {what}, "
-                               "is taken in the consumer's netns",
-                               fix="delete the device that has it, or retry") from None
-        if exc.code == errno.EEXIST:
-            raise AlreadyExists(f"port {port} already exists ({what} is present)",
-                                fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None
         if exc.code == errno.EOPNOTSUPP:
             # rtnl_newlink answers EOPNOTSUPP for a link kind it has no driver for; Linux
             # 7.x's netkit (seen on 7.3) answers it too for more than one TX queue, and
