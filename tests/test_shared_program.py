@@ -162,7 +162,7 @@ def _make_port_the_old_way(name: str, consumer_ns: str, root: str) -> dict:
     with netns.entered(consumer_ns):
         links.set_mtu_up(spec.consumer_ifname, 3506)
         bpf.pin(name, attached, root)
-        socks, _ = xsk.create_xsk_sockets(attached.map_fd, [0])
+        socks, _ = xsk.create_xsk_sockets([0], lambda key, sock: xsk.store(attached.map_fd, key, sock))
     for s in socks:
         s.close()
     ids = attached.ids

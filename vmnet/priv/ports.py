@@ -134,7 +134,8 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> Cr
         for slot, (ifindex, queue) in zip(slots, plugged.keys):
             program.assign(slot, spec.name, ifindex, queue)
         with netns.entered(spec.netns):
-            sockets, pending = _sockets(program, slots, plugged.consumer_ifindex, plugged.bind_queues, guard)
+            sockets, pending = xsk.create_xsk_sockets(slots, program.store, guard,
+                                                      [(plugged.consumer_ifindex, q) for q in plugged.bind_queues])
             if spec.placeholder_tap:
                 tap.create(spec.placeholder_tap, spec.name, spec.consumer_uid, spec.consumer_gid,
                            spec.queues > 1, cons_ip)
@@ -186,41 +187,34 @@ def _shared_attachment(program, instance: Instance, xdp: dict) -> tuple[str, int
         os.close(fd)
 
 
-def _sockets(program, slots, ifindex, queues, guard) -> tuple[list, list]:
-    """One socket per queue, in the current (consumer's) netns, confined, stored at its slot."""
-    socks: list[socket.socket] = []
-    pending: list[int] = []
-    try:
-        for slot, queue in zip(slots, queues):
-            s = xsk.new_socket()
-            socks.append(s)
-            if guard is not None:
-                guard.confine(s, ifindex, queue)
-            if not program.store(slot, s):
-                pending.append(slot)
-        return socks, pending
-    except BaseException:
-        for s in socks:
-            s.close()
-        raise
-
-
 def new_sockets(record: dict, instance: Instance = DEFAULT, guard=None, program=None) -> tuple[list, list]:
     """Fresh, unbound sockets for an existing port, in its map (for its next consumer)."""
     port = Port.from_dict(record)
-    if port.layout == 1:
-        attached = bpf.open_pinned(record["name"], instance.pin_root)
-        if attached is None:
+    with _socket_map(port, instance, program) as found:
+        if found is None:
             raise NotFound(f"port {record['name']} lost its pins", fix="delete and re-create the port")
-        try:
-            with netns.entered(record.get("netns")):
-                return xsk.create_xsk_sockets(attached.map_fd, port.queue_ids, guard,
-                                              [(port.consumer_ifindex, q) for q in port.queue_ids])
-        finally:
-            attached.close()
-    with _program(instance, program) as prog:
+        keys, store_at = found
         with netns.entered(record.get("netns")):
-            return _sockets(prog, port.slots, port.consumer_ifindex, port.queue_ids, guard)
+            return xsk.create_xsk_sockets(keys, store_at, guard, [(port.consumer_ifindex, q) for q in port.queue_ids])
+
+
+@contextlib.contextmanager
+def _socket_map(port: Port, instance: Instance, program=None):
+    """(keys, store_at) of where a port's sockets go: its slots in the shared program, or, for
+    a port made with a program of its own (layout 1), its queue ids in its own map; None
+    when that map's pins are gone."""
+    if port.layout != 1:
+        with _program(instance, program) as prog:
+            yield port.slots, prog.store
+        return
+    attached = bpf.open_pinned(port.spec.name, instance.pin_root)
+    if attached is None:
+        yield None
+        return
+    try:
+        yield port.queue_ids, lambda key, sock: xsk.store(attached.map_fd, key, sock)
+    finally:
+        attached.close()
 
 
 @contextlib.contextmanager
@@ -241,19 +235,12 @@ def _program(instance: Instance, program=None):
 def store_pending(record: dict, sockets: list, pending: list[int], instance: Instance = DEFAULT,
                   program=None) -> list[int]:
     """Retry storing the sockets of the pending slots (layout 1: map keys) of a port."""
-    port = Port.from_dict(record)
-    if port.layout == 1:
-        attached = bpf.open_pinned(record["name"], instance.pin_root)
-        if attached is None:
+    with _socket_map(Port.from_dict(record), instance, program) as found:
+        if found is None:
             return pending
-        by_key = dict(zip(port.queue_ids, sockets))
-        try:
-            return [key for key in pending if not xsk.store(attached.map_fd, key, by_key[key])]
-        finally:
-            attached.close()
-    by_slot = dict(zip(port.slots, sockets))
-    with _program(instance, program) as prog:
-        return [slot for slot in pending if not prog.store(slot, by_slot[slot])]
+        keys, store_at = found
+        by_key = dict(zip(keys, sockets))
+        return [key for key in pending if not store_at(key, by_key[key])]
 
 
 def queue_stats(record: dict, instance: Instance = DEFAULT, program=None) -> list[dict] | None:

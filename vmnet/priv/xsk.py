@@ -3,8 +3,8 @@
 The helper's half of the AF_XDP split: socket(AF_XDP) needs CAP_NET_RAW and
 an XSKMAP update needs the map, so the helper creates one socket per queue
 inside the consumer's netns and stores it in the map (at its slot in the
-shared program, vmnet.priv.xskprog; at key start_queue + i for ports made
-with a program of their own, create_xsk_sockets). The
+shared program, vmnet.priv.xskprog; at key start_queue + i in the map of a
+port made with a program of its own, store). The
 consumer registers its UMEM on the fd, sets up the rings and binds.
 XDP_STATISTICS can be read from the helper's copy of each socket.
 """
@@ -41,9 +41,10 @@ def new_socket() -> socket.socket:
                            fix="AF_XDP needs CONFIG_XDP_SOCKETS and CAP_NET_RAW") from None
 
 
-def create_xsk_sockets(map_fd: int, keys: list[int], guard=None,
+def create_xsk_sockets(keys: list[int], store_at, guard=None,
                        binds: list[tuple[int, int]] | None = None) -> tuple[list[socket.socket], list[int]]:
-    """One unbound AF_XDP socket per key, stored in the XSK map at that key.
+    """One unbound AF_XDP socket per key, stored with store_at(key, socket) -> bool (the
+    shared program's XskProgram.store at its slots, or store() into a port's own map).
 
     With a guard (vmnet.priv.bindguard), socket i may afterwards be bound to
     binds[i] = (ifindex, queue id) of this netns and nowhere else.
@@ -57,12 +58,12 @@ def create_xsk_sockets(map_fd: int, keys: list[int], guard=None,
     socks: list[socket.socket] = []
     pending: list[int] = []
     try:
-        for key in keys:
+        for i, key in enumerate(keys):
             s = new_socket()
             socks.append(s)
             if guard is not None:
-                guard.confine(s, *binds[len(socks) - 1])
-            if not store(map_fd, key, s):
+                guard.confine(s, *binds[i])
+            if not store_at(key, s):
                 pending.append(key)
         return socks, pending
     except BaseException:
