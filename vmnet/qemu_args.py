@@ -22,20 +22,14 @@ def netdev_id(port_name: str) -> str:
 
 
 def netdev_arg(port: Port, fds: list) -> str:
-    spec = port.spec
-    if len(fds) != spec.queues:
-        raise InvalidInput(f"port {spec.name} has {spec.queues} queues but {len(fds)} socket fds were given",
-                           fix="pass one socket fd per queue")
-    return ",".join([
-        "af-xdp",
-        f"id={netdev_id(spec.name)}",
-        f"ifname={spec.consumer_ifname}",
-        f"queues={spec.queues}",
-        f"start-queue={port.queue_ids[0]}",
-        f"mode={port.mode}",
-        "inhibit=on",
-        "sock-fds=" + ":".join(str(fd) for fd in fds),
-    ])
+    return render_opts(netdev_qapi(port.to_dict(), fds, netdev_id(port.spec.name)))
+
+
+def render_opts(netdev: dict) -> str:
+    """A QAPI netdev in QEMU's 'type,key=value,...' form (booleans on/off, ',' doubled)."""
+    def kv(v):
+        return "on" if v is True else "off" if v is False else str(v).replace(",", ",,")
+    return ",".join([netdev["type"]] + [f"{k}={kv(v)}" for k, v in netdev.items() if k != "type"])
 
 
 def device_arg(port: Port, driver: str = "virtio-net-pci") -> str:

@@ -31,7 +31,7 @@ import json
 import struct
 
 from ..errors import InvalidInput
-from ..qemu_args import parse_opts
+from ..qemu_args import parse_opts, render_opts
 
 ALIAS_PREFIX = "vmnet placeholder of port "
 TUNGETIFF = 0x800454D2
@@ -117,12 +117,7 @@ def replace(argv: list[str], tap: TapNetdev, netdev: dict) -> list[str]:
           and str(nd.get("id")) == tap.id]
     if len(at) != 1:
         raise InvalidInput(f"the command line has {len(at)} tap netdevs of id {tap.id!r}, not one")
-    if tap.json:
-        value = json.dumps(netdev, separators=(",", ":"))
-    else:
-        def kv(v):
-            return "on" if v is True else "off" if v is False else str(v).replace(",", ",,")
-        value = ",".join([netdev["type"]] + [f"{k}={kv(v)}" for k, v in netdev.items() if k != "type"])
+    value = json.dumps(netdev, separators=(",", ":")) if tap.json else render_opts(netdev)
     out = list(argv)
     out[at[0]] = value
     return out
