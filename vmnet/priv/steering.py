@@ -104,12 +104,7 @@ def rss_context_create_request(indir_size: int, queues) -> bytearray:
     The table must have the device's own size; the hash key and function
     stay the device's (key_size 0, hfunc 0).
     """
-    queues = _queue_list(queues)
-    if not isinstance(indir_size, int) or not 0 < indir_size <= 65536:
-        raise InvalidInput(f"RSS indirection table size {indir_size!r} is not usable")
-    table = [queues[i % len(queues)] for i in range(indir_size)]
-    return bytearray(RXFH.pack(ETHTOOL_SRSSH, ETH_RXFH_CONTEXT_ALLOC, indir_size, 0, 0, 0, 0)
-                     + struct.pack(f"={indir_size}I", *table))
+    return _table_request(ETH_RXFH_CONTEXT_ALLOC, indir_size, queues)
 
 
 def default_table_request(indir_size: int, host_queues) -> bytearray:
@@ -118,11 +113,16 @@ def default_table_request(indir_size: int, host_queues) -> bytearray:
     indir_size 0: back to the device's default table."""
     if not host_queues:
         return bytearray(RXFH.pack(ETHTOOL_SRSSH, 0, 0, 0, 0, 0, 0))
-    queues = _queue_list(host_queues)
+    return _table_request(0, indir_size, host_queues)
+
+
+def _table_request(context: int, indir_size: int, queues) -> bytearray:
+    """ETHTOOL_SRSSH setting context `context`'s table to spread over `queues`."""
+    queues = _queue_list(queues)
     if not isinstance(indir_size, int) or not 0 < indir_size <= 65536:
         raise InvalidInput(f"RSS indirection table size {indir_size!r} is not usable")
     table = [queues[i % len(queues)] for i in range(indir_size)]
-    return bytearray(RXFH.pack(ETHTOOL_SRSSH, 0, indir_size, 0, 0, 0, 0) + struct.pack(f"={indir_size}I", *table))
+    return bytearray(RXFH.pack(ETHTOOL_SRSSH, context, indir_size, 0, 0, 0, 0) + struct.pack(f"={indir_size}I", *table))
 
 
 def parse_rss_context(buf: bytes) -> int:
@@ -198,14 +198,19 @@ def _ioctl(ifname: str, buf: bytearray, what: str) -> bytearray:
     return buf
 
 
+def _indir_size(ifname: str) -> int:
+    """The size of the NIC's RSS indirection table; NotSupported for a NIC without one."""
+    indir_size, _ = parse_rss_sizes(_ioctl(ifname, rss_sizes_request(), "report its RSS indirection table size"))
+    if indir_size == 0:
+        raise NotSupported(f"device {ifname} has no RSS indirection table", fix=NIC_FIX)
+    return indir_size
+
+
 def create_steering(ifname: str, queues, match: Match) -> Steering:
     """An RSS context over `queues` of NIC `ifname` and a rule sending `match` to it."""
     validate_ifname(ifname)
     queues = _queue_list(queues)
-    sizes = _ioctl(ifname, rss_sizes_request(), "report its RSS indirection table size")
-    indir_size, _ = parse_rss_sizes(sizes)
-    if indir_size == 0:
-        raise NotSupported(f"device {ifname} has no RSS indirection table", fix=NIC_FIX)
+    indir_size = _indir_size(ifname)
     created = _ioctl(ifname, rss_context_create_request(indir_size, queues),
                      f"create an RSS context over queues {queues}")
     context = parse_rss_context(created)
@@ -239,10 +244,7 @@ def keep_host_off(ifname: str, queue_count: int, leased) -> str:
     (all of them again once none is). What was done, for status."""
     leased = set(leased)
     host = [q for q in range(queue_count) if q not in leased]
-    sizes = _ioctl(ifname, rss_sizes_request(), "report its RSS indirection table size")
-    indir_size, _ = parse_rss_sizes(sizes)
-    if indir_size == 0:
-        raise NotSupported(f"device {ifname} has no RSS indirection table", fix=NIC_FIX)
+    indir_size = _indir_size(ifname)
     if not host:
         raise InvalidInput(f"every queue of {ifname} would be leased: the host keeps none",
                            fix="keep at least one queue for the host (lease_reserved_queues)")
