@@ -150,20 +150,31 @@ def _self_test(guard: Guard) -> None:
         s.close()
 
 
-def ensure() -> Guard:
-    """The host's guard: reopened from its pins, or loaded, attached, tested and pinned."""
+def _lsm_problem() -> str | None:
+    """Why the bpf LSM cannot run the guard here, or None when it is active."""
     lsms = lsm_names()
     if lsms is None:
-        raise GuardUnavailable(f"{LSM_LIST} cannot be read, so whether the bpf LSM runs is unknown")
+        return f"{LSM_LIST} cannot be read, so whether the bpf LSM runs is unknown"
     if "bpf" not in lsms:
-        raise GuardUnavailable(f"the bpf LSM is not active (active LSMs: {','.join(lsms)})")
+        return f"the bpf LSM is not active (active LSMs: {','.join(lsms)})"
+    return None
+
+
+def _object_path() -> str:
+    return str(resources.files("vmnet.bpf") / "bind_guard.o")
+
+
+def ensure() -> Guard:
+    """The host's guard: reopened from its pins, or loaded, attached, tested and pinned."""
+    problem = _lsm_problem()
+    if problem:
+        raise GuardUnavailable(problem)
     bpf.require_bpffs()
     guard = _open_pinned()
     if guard is not None:
         return guard
-    path = str(resources.files("vmnet.bpf") / "bind_guard.o")
     try:
-        with libbpf.BpfObject(path) as obj:
+        with libbpf.BpfObject(_object_path()) as obj:
             obj.load()
             fds = {"rules": os.dup(obj.map_fd(RULES_MAP)), "refused": os.dup(obj.map_fd(REFUSED_MAP))}
             try:
@@ -217,12 +228,11 @@ def probe() -> tuple[bool, str]:
                           f"{VERSION_DIR}), {d['refused_binds']} bind(s) refused so far")
         finally:
             guard.close()
-    lsms = lsm_names()
-    if lsms is None or "bpf" not in lsms:
-        return False, ("the bpf LSM is not active" + (f" (active LSMs: {','.join(lsms)})" if lsms else ""))
-    path = str(resources.files("vmnet.bpf") / "bind_guard.o")
+    problem = _lsm_problem()
+    if problem:
+        return False, problem
     try:
-        with libbpf.BpfObject(path) as obj:
+        with libbpf.BpfObject(_object_path()) as obj:
             obj.load()
     except OSError as exc:
         return False, (f"this kernel refuses to load BPF LSM programs "
