@@ -23,7 +23,6 @@ never sees a port half made or a socket being closed:
 from __future__ import annotations
 
 import logging
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -173,16 +172,3 @@ def _link_counters(hosts: list[tuple[str, str]]):
             for d, k in LINK_COUNTERS:
                 families[(d, k)].add_metric([port], s.get(f"{d}_{k}", 0))
     yield from families.values()
-
-
-def timed(histogram):
-    """A context manager observing a block's wall time in `histogram` (when there is one)."""
-    class _T:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            if histogram is not None and exc[0] is None:
-                histogram.observe(time.perf_counter() - self.t0)
-    return _T()
-
