@@ -9,12 +9,14 @@ host), never from inside a libvirt hook: it calls back into libvirt.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 from .. import client, qemu_compat
 from ..errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
 from ..qemu_args import netdev_id, netdev_qapi
+from . import domain
 
 
 def _libvirt():
@@ -57,15 +59,12 @@ def _qmp(dom, command: str, arguments: dict, fds: list[int] = ()):
 
 
 def _shown(socket_path: str, name: str) -> dict | None:
-    try:
-        return client.call(socket_path, "port-show", name=name)
-    except NotFound:
-        return None
+    return domain.shown(functools.partial(client.call, socket_path), name)
 
 
 def owner_of(dom) -> str:
-    """A domain's ports are owned by its uuid, spelled as the hook spells it (vmnet.libvirt.domain)."""
-    return f"uuid:{dom.UUIDString()}"
+    """A running domain's owner, as the hook spells it."""
+    return domain.owner_of(dom.UUIDString(), dom.name())
 
 
 def qemu_pid(name: str, run_dir: str = "/run/libvirt/qemu") -> int:

@@ -34,12 +34,18 @@ from ..errors import AlreadyExists, InvalidInput, NotFound, VmnetError
 from .domain_xml import domain_identity, parse_domain, parse_ports
 
 
+def owner_of(uuid: str | None, name: str) -> str:
+    """Who owns a domain's ports: uuid:<uuid>, or name:<name> for a domain without one (kept
+    apart, so that a domain named like another's uuid owns nothing of it)."""
+    return f"uuid:{uuid}" if uuid else f"name:{name}"
+
+
 def parse(xml: str | bytes) -> tuple[str, str, list[dict], int | None]:
     """(name, owner, declared ports, the running domain's id); owner is uuid:<uuid>,
     or name:<name> without one; the id is what libvirt puts in the hook's XML."""
     root = parse_domain(xml)
     name, uuid = domain_identity(root)
-    owner = f"uuid:{uuid}" if uuid else f"name:{name}"
+    owner = owner_of(uuid, name)
     value = root.get("id")
     domain_id = int(value) if value and value.isascii() and value.isdigit() else None
     return name, owner, parse_ports(root, validate=False), domain_id   # port-create validates each
@@ -89,7 +95,7 @@ def consumer(port: dict, default_user: str) -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
-def _shown(call, port: str) -> dict | None:
+def shown(call, port: str) -> dict | None:
     """The port's record, or None when it does not exist."""
     try:
         return call("port-show", name=port)
@@ -132,7 +138,7 @@ def release(call, xml) -> dict:
     name, owner, ports, _ = parse(xml)
     deleted = []
     for port in ports:
-        existing = _shown(call, port["name"])
+        existing = shown(call, port["name"])
         if existing is not None and existing.get("owner") == owner:
             call("port-delete", name=port["name"], missing_ok=True)
             deleted.append(port["name"])
@@ -141,5 +147,5 @@ def release(call, xml) -> dict:
 
 def check(call, xml) -> dict:
     name, owner, ports, _ = parse(xml)
-    missing = [port["name"] for port in ports if _shown(call, port["name"]) is None]
+    missing = [port["name"] for port in ports if shown(call, port["name"]) is None]
     return {"domain": name, "owner": owner, "missing": missing}
