@@ -194,16 +194,22 @@ def _pin_port(port: str, pins: dict[str, int], root: str) -> None:
                             fix=f"delete the port with 'vmnet port del {port}'")
 
 
-def link_ifindex(port: str, root: str = PIN_ROOT) -> int | None:
-    """The ifindex a port's pinned link is attached to (0: its device went), or None without a pin."""
+def pinned_link_info(port: str, root: str = PIN_ROOT):
+    """The kernel's bpf_link_info of a port's pinned link, or None without a pin."""
     try:
         fd = libbpf.obj_get(os.path.join(pin_dir(port, root), "link"))
     except OSError:
         return None
     try:
-        return libbpf.link_info(fd).xdp_ifindex
+        return libbpf.link_info(fd)
     finally:
         os.close(fd)
+
+
+def link_ifindex(port: str, root: str = PIN_ROOT) -> int | None:
+    """The ifindex a port's pinned link is attached to (0: its device went), or None without a pin."""
+    info = pinned_link_info(port, root)
+    return None if info is None else info.xdp_ifindex
 
 
 def remove_abandoned_pins(root: str = PIN_ROOT) -> list[str]:

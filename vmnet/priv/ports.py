@@ -169,15 +169,10 @@ def _shared_attachment(program, instance: Instance, xdp: dict) -> tuple[str, int
     """The link all ports on one device share (a NIC whose queues are leased): made by the
     first of them, kept while any has a slot on that device. (mode, link id)."""
     name = xdp["shared"]
-    ifindex = bpf.link_ifindex(name, instance.pin_root)
-    if ifindex:
-        from . import libbpf
-        fd = libbpf.obj_get(os.path.join(bpf.pin_dir(name, instance.pin_root), "link"))
-        try:
-            return xdp["mode"], libbpf.link_info(fd).id      # the backend read the mode it runs in
-        finally:
-            os.close(fd)
-    if ifindex == 0:                        # its device went: a stale pin
+    info = bpf.pinned_link_info(name, instance.pin_root)
+    if info is not None and info.xdp_ifindex:
+        return xdp["mode"], info.id          # the backend read the mode it runs in
+    if info is not None:                    # its device went: a stale pin
         bpf.unpin(name, instance.pin_root)
     fd, mode = program.attach(xdp["ifindex"], xdp["ifname"], xdp["mode"])
     try:
@@ -301,13 +296,7 @@ def port_exists(name: str, instance: Instance = DEFAULT) -> bool:
     validate_port_name(name)
     if bpf.pinned(name, instance.pin_root) or links.link_state("vmn-" + name) is not None:
         return True
-    prog = xskprog.opened(instance.pin_root)
-    if prog is None:
-        return False
-    try:
-        return any(port == name for port, _, _ in prog.claims().values())
-    finally:
-        prog.close()
+    return name in claimed_ports(instance)
 
 
 def why_broken(record: dict, instance: Instance) -> str | None:
