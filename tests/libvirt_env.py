@@ -131,6 +131,15 @@ class Libvirt:
             time.sleep(0.2)
         raise RuntimeError("libvirtd did not come back")
 
+    def define(self, name: str, xml: str) -> str:
+        """Define domain `name` from `xml` (written to a file, as virsh reads it); its name."""
+        path = os.path.join(self.helper.dir, name + ".xml")
+        with open(path, "w") as f:
+            f.write(xml)
+        out = self.virsh("define", path)
+        assert out.returncode == 0, out.stderr
+        return name
+
     def virsh(self, *args, check=False):
         return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
                               timeout=120, check=check)

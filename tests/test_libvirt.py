@@ -21,14 +21,8 @@ pytestmark = pytest.mark.system
 
 def _domain(env, ports_, emulator=None, name=None):
     name = name or "vmnet-t" + uuid.uuid4().hex[:6]
-    xml = lx.inject(BASE_DOMAIN.format(name=name, qemu=QEMU), ports_, emulator or env.wrapper,
-                    commandline=emulator is None)
-    path = os.path.join(env.helper.dir, name + ".xml")
-    with open(path, "w") as f:
-        f.write(xml)
-    out = env.virsh("define", path)
-    assert out.returncode == 0, out.stderr
-    return name
+    return env.define(name, lx.inject(BASE_DOMAIN.format(name=name, qemu=QEMU), ports_, emulator or env.wrapper,
+                                      commandline=emulator is None))
 
 
 def _undefine(env, name):
@@ -128,10 +122,7 @@ def test_invalid_metadata_refuses_the_start(libvirt_env):
     xml = BASE_DOMAIN.format(name=name, qemu=QEMU).replace(
         "<devices>", '<metadata><vmnet:ports xmlns:vmnet="urn:vmnet:domain:1">'
         '<vmnet:port name="ok1" queues="99"/></vmnet:ports></metadata><devices>')
-    path = os.path.join(env.helper.dir, name + ".xml")
-    with open(path, "w") as f:
-        f.write(xml)
-    assert env.virsh("define", path).returncode == 0
+    env.define(name, xml)
     try:
         out = env.virsh("start", name)
         assert out.returncode != 0 and "queue count 99 is out of range" in out.stderr

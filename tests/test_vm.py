@@ -230,10 +230,7 @@ def _boot_under_libvirt(env, vmlinuz, moddir) -> dict:
       <devices><emulator>{wrapper}</emulator><serial type="file"><source path="{serial}"/></serial></devices>
       <qemu:commandline>{firmware}</qemu:commandline>
     </domain>"""
-    path = os.path.join(d, name + ".xml")
-    with open(path, "w") as f:
-        f.write(lx.inject(xml, [lx.port_option(pname)], wrapper))
-    assert env.virsh("define", path).returncode == 0
+    env.define(name, lx.inject(xml, [lx.port_option(pname)], wrapper))
     try:
         out = env.virsh("start", name)
         assert out.returncode == 0, out.stderr

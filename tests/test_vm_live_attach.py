@@ -72,10 +72,7 @@ def test_attach_plugs_a_port_into_a_running_domain_across_a_libvirtd_restart(lib
     </domain>"""
     if declared:        # the stock emulator stays: the port is declared only, as in vm-live-attach.xml
         xml = lx.inject(xml, [lx.port_option(pname)], commandline=False)
-    path = os.path.join(env.helper.dir, name + ".xml")
-    with open(path, "w") as f:
-        f.write(xml)
-    assert env.virsh("define", path).returncode == 0
+    env.define(name, xml)
     try:
         out = env.virsh("start", name)
         assert out.returncode == 0, out.stderr
