@@ -30,6 +30,10 @@ from vmnet.qemu_args import device_arg, netdev_arg
 pytestmark = pytest.mark.netns
 
 NOBODY = 65534
+# a uid per responder that no other test uses: the kernel charges UMEM to the uid and
+# releases it only some time after its process exits (15-35 ms here, seconds in a loaded
+# guest), so a uid an earlier test's consumer used may still be charged when the next starts
+RESPONDER_UIDS = {"a": 64101, "b": 64102}
 
 
 def _fresh_netns() -> str:
@@ -91,18 +95,16 @@ def test_an_ifindex_taken_in_the_consumer_netns_is_passed_over(test_netns, insta
         netns.remove_named(ns)
 
 
-def _respond(created, ns, ip, already_locked=0):
+def _respond(created, ns, ip, uid):
     from vmnet.memlock import plan_memlock
     from vmnet.priv.launch import spawn_consumer
     from vmnet.selftest import _memlock_facts
     soft, hard, can = _memlock_facts()
-    # UMEM is charged to the uid (nobody) of every responder together
-    plan = plan_memlock(created.port.spec.queues, soft=soft, hard=hard, can_raise_hard=can, allow_ipc_lock=True,
-                        already_locked=already_locked)
+    plan = plan_memlock(created.port.spec.queues, soft=soft, hard=hard, can_raise_hard=can, allow_ipc_lock=True)
     fds = [s.fileno() for s in created.sockets]
     argv = [sys.executable, "-I", "-m", "vmnet", "respond", "--netdev", netdev_arg(created.port, fds),
             "--device", device_arg(created.port), "--ip", ip]
-    return spawn_consumer(argv, fds, uid=NOBODY, gid=NOBODY, netns_ref=ns, plan=plan,
+    return spawn_consumer(argv, fds, uid=uid, gid=uid, netns_ref=ns, plan=plan,
                           stderr=subprocess.PIPE)
 
 
@@ -118,7 +120,7 @@ def test_each_ports_frames_reach_only_its_own_sockets(test_netns, instance, port
             c = ports.create_port(PortSpec(name=port_name[:-1] + tag, netns=ns), instance)
             made[tag] = c
             links.add_address(c.port.spec.host_ifname, nets[tag][0], 24)
-            procs.append(_respond(c, ns, nets[tag][1], already_locked=len(procs) * 32 * 2**20))
+            procs.append(_respond(c, ns, nets[tag][1], uid=RESPONDER_UIDS[tag]))
         for p in procs:
             wait_ready(p)
         for c in made.values():
