@@ -27,7 +27,7 @@ PIN_ROOT = "/sys/fs/bpf/vmnet"          # the default instance's root
 PROGRAM_NAME = "vmnet_xsk_v1"      # the version tag; matches bpf/xsk_redirect.c
 MAP_NAME = "vmnet_xsks"
 BPF_FS_MAGIC = 0xCAFE4A11
-PORT_PINS = ("link", "xsks")             # a port's pins (xsks: first-version ports only)
+PORT_PINS = ("link", "filter", "xsks")   # a port's pins (xsks: first-version ports only)
 MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "skb": libbpf.XDP_FLAGS_SKB_MODE}
 
 
@@ -185,6 +185,12 @@ def pin_link(port: str, link_fd: int, root: str = PIN_ROOT) -> None:
     _pin_port(port, {"link": link_fd}, root)
 
 
+def pin_port_links(port: str, links: dict[str, int], root: str = PIN_ROOT) -> None:
+    """Pin a port's bpf_links at once: its XSK link ("link") and its host end's filter
+    ("filter"), complete or not at all."""
+    _pin_port(port, links, root)
+
+
 def _pin_port(port: str, pins: dict[str, int], root: str) -> None:
     require_bpffs()
     os.makedirs(root, mode=0o700, exist_ok=True)
@@ -192,6 +198,66 @@ def _pin_port(port: str, pins: dict[str, int], root: str) -> None:
     if os.path.exists(d) or not pin_atomically(d, os.path.join(root, f"_{port}-{os.getpid()}"), pins):
         raise AlreadyExists(f"port {port} already has pins in {d}",
                             fix=f"delete the port with 'vmnet port del {port}'")
+
+
+# ---- objects one helper instance shares: <root>/+<name>/ ----------------------
+
+def load_object(path: str, programs: dict[str, str], maps: dict[str, str], what: str) -> dict[str, int]:
+    """Load a BPF object; fds of the named programs and maps, under the keys given."""
+    try:
+        with libbpf.BpfObject(path) as obj:
+            obj.load()
+            fds = {key: os.dup(obj.program_fd(name)) for key, name in programs.items()}
+            fds.update({key: os.dup(obj.map_fd(name)) for key, name in maps.items()})
+            return fds
+    except OSError as exc:
+        raise KernelError(f"the kernel refused to load {what}", errno=exc.errno,
+                          fix="run 'vmnet doctor': loading needs CAP_BPF and a kernel with BTF") from None
+
+
+def open_shared(d: str, pins, tag_key: str, tag: str) -> dict[str, int] | None:
+    """fds of a shared object's pins in `d`, or None when it is not (completely) pinned;
+    refused when its program `tag_key` is not named `tag` (the version tag)."""
+    fds = open_pins(d, pins)
+    if fds is None:
+        return None
+    name = libbpf.prog_info(fds[tag_key]).name.decode()
+    if name != tag:
+        close_fds(fds)
+        raise KernelError(f"{d} holds program {name!r}, not vmnet's {tag}",
+                          fix=f"delete the instance's ports and remove {d}")
+    return fds
+
+
+def pin_shared(root: str, d: str, fds: dict[str, int], tag_key: str, tag: str) -> dict[str, int]:
+    """Pin a shared object's fds in `d`, complete or not at all; the fds to use from now on:
+    these, or, when another process pinned its own first, that one's (these are closed)."""
+    if os.path.isdir(d):
+        return fds
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    tmp = os.path.join(root, f"_{os.path.basename(d)}-{os.getpid()}")
+    if pin_atomically(d, tmp, fds):
+        return fds
+    other = open_shared(d, list(fds), tag_key, tag)
+    if other is None:
+        raise KernelError(f"{d} appeared but cannot be opened")
+    close_fds(fds)
+    return other
+
+
+def unpin_shared(root: str, d: str, pins) -> None:
+    """Remove a shared object's pins (and the instance's root when that was its last entry)."""
+    remove_pin_dir(d, pins)
+    if root != PIN_ROOT:
+        try:
+            os.rmdir(root)
+        except OSError:
+            pass
+
+
+def close_fds(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
 
 
 def pinned_link_info(port: str, root: str = PIN_ROOT):

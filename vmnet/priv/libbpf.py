@@ -16,6 +16,7 @@ from ..errors import NotSupported
 
 BPF_XDP = 37                  # enum bpf_attach_type
 BPF_LSM_MAC = 27
+BPF_TCX_INGRESS = 46          # Linux >= 6.6
 BPF_ANY, BPF_NOEXIST = 0, 1
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
@@ -149,6 +150,13 @@ def link_create_xdp(prog_fd: int, ifindex: int, flags: int) -> int:
     opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=flags)
     return _check(lib().bpf_link_create(prog_fd, ifindex, BPF_XDP, ctypes.byref(opts)),
                   f"attach XDP program to ifindex {ifindex}")
+
+
+def link_create_tcx_ingress(prog_fd: int, ifindex: int) -> int:
+    """Attach a tc program to a device's ingress through a tcx bpf_link (Linux >= 6.6), after
+    the programs already there."""
+    return _check(lib().bpf_link_create(prog_fd, ifindex, BPF_TCX_INGRESS, None),
+                  f"attach tc program to ingress of ifindex {ifindex}")
 
 
 def obj_pin(fd: int, path: str):

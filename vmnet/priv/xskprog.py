@@ -85,15 +85,7 @@ class XskProgram:
         found = cls._open_pinned(root)
         if found is not None:
             return found
-        try:
-            with libbpf.BpfObject(object_path()) as obj:
-                obj.load()
-                fds = {"prog": os.dup(obj.program_fd(PROGRAM))}
-                fds.update({key: os.dup(obj.map_fd(name)) for key, name in MAPS.items()})
-        except OSError as exc:
-            raise KernelError("the kernel refused to load vmnet's shared XSK program", errno=exc.errno,
-                              fix="run 'vmnet doctor': loading needs CAP_BPF and a kernel with BTF and AF_XDP") from None
-        prog = cls(root, fds)
+        prog = cls(root, bpf.load_object(object_path(), {"prog": PROGRAM}, MAPS, "vmnet's shared XSK program"))
         try:
             return prog.pin()
         except BaseException:
@@ -102,46 +94,22 @@ class XskProgram:
 
     @classmethod
     def _open_pinned(cls, root: str) -> "XskProgram | None":
-        d = pin_dir(root)
-        fds = bpf.open_pins(d, PINS)
-        if fds is None:
-            return None
-        name = libbpf.prog_info(fds["prog"]).name.decode()
-        if name != PROGRAM:
-            for fd in fds.values():
-                os.close(fd)
-            raise KernelError(f"{d} holds program {name!r}, not vmnet's {PROGRAM}",
-                              fix=f"delete the instance's ports and remove {d}")
-        return cls(root, fds)
+        fds = bpf.open_shared(pin_dir(root), PINS, "prog", PROGRAM)
+        return None if fds is None else cls(root, fds)
 
     def pin(self) -> "XskProgram":
         """Pin program and maps (again, after the last port took the pins along).
 
         A process that finds the instance's pins made by another meanwhile
         uses those, and drops its own program."""
-        d = pin_dir(self.root)
-        if os.path.isdir(d):
-            return self
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        tmp = os.path.join(self.root, f"_+xsk-{os.getpid()}")
-        if not bpf.pin_atomically(d, tmp, {name: self.fds[name] for name in PINS}):
-            other = self._open_pinned(self.root)
-            if other is None:
-                raise KernelError(f"{d} appeared but cannot be opened") from None
-            self.close()
-            self.fds = other.fds
+        self.fds = bpf.pin_shared(self.root, pin_dir(self.root), self.fds, "prog", PROGRAM)
         return self
 
     def unpin_if_unused(self) -> bool:
         """Remove the pins when no slot is claimed any more (the last port went)."""
         if self.claims():
             return False
-        bpf.remove_pin_dir(pin_dir(self.root), PINS)
-        if self.root != bpf.PIN_ROOT:
-            try:
-                os.rmdir(self.root)
-            except OSError:
-                pass
+        bpf.unpin_shared(self.root, pin_dir(self.root), PINS)
         return True
 
     def hold_in_dispatcher(self) -> None:
