@@ -7,7 +7,7 @@ from pyroute2.ethtool import Ethtool
 
 from vmnet.errors import AlreadyExists, InvalidInput, NotFound
 from vmnet.model import PortSpec
-from vmnet.priv import bpf, links, netns, ports, xsk, xskprog
+from vmnet.priv import bpf, hostfilter, links, netns, ports, xsk, xskprog
 
 pytestmark = pytest.mark.netns
 
@@ -19,8 +19,11 @@ def test_port_owns_devices_a_link_to_the_shared_program_slots_and_one_socket_per
     try:
         assert len(c.sockets) == 4
         assert c.port.mode == "native" and c.port.layout == 2 and len(c.port.slots) == 4
-        assert sorted(os.listdir(bpf.pin_dir(port_name, root))) == ["link"]
+        # the XSK program's link on the consumer end, the anti-spoofing filter's on the host end
+        assert sorted(os.listdir(bpf.pin_dir(port_name, root))) == ["filter", "link"]
         assert sorted(os.listdir(xskprog.pin_dir(root))) == sorted(xskprog.PINS)
+        assert sorted(os.listdir(hostfilter.pin_dir(root))) == sorted(hostfilter.PINS)
+        assert c.port.filter == {"hook": "tc"}
         assert links.link_state(c.port.spec.host_ifname)["mtu"] == c.port.mtu
         with netns.entered(consumer_netns):
             cons = links.link_state(c.port.spec.consumer_ifname)

@@ -106,7 +106,11 @@ def doctor(ctx, qemu):
     integrations.
     """
     from . import doctor as dr
-    checks = dr.run_checks(qemu)
+    try:
+        cfg = _config()
+    except VmnetError:
+        cfg = None
+    checks = dr.run_checks(qemu, cfg)
     _emit(ctx, {"checks": [c.to_dict() for c in checks]}, dr.format_checks(checks))
     missing = [c.name for c in checks if c.name in ESSENTIAL_CHECKS and c.status == "missing"]
     if missing:
@@ -122,11 +126,14 @@ def doctor(ctx, qemu):
               help="UDP port echoed back.")
 @click.option("--allow-privileged", is_flag=True,
               help="Run even with capabilities (debugging by hand only).")
+@click.option("--tap-fd", type=int, metavar="FD",
+              help="Instead of answering, pass frames between the sockets and this inherited tap fd "
+                   "(the tap's netns then plays the guest; for tests).")
 @click.option("--program-check/--no-program-check", default=True, show_default=True,
               help="Refuse a port whose XSK program is not on ifname in mode=, as QEMU <= 10.0 "
                    "does; QEMU 10.1 and later do not check (and a netkit-lease port's program "
                    "is on the NIC).")
-def respond(netdev, device, ip, udp_port, allow_privileged, program_check):
+def respond(netdev, device, ip, udp_port, allow_privileged, tap_fd, program_check):
     """Play QEMU's part: bind inherited AF_XDP sockets and answer ARP/ICMP/UDP/TCP.
 
     Started by vmnet (selftest, exec) with the socket fds inherited, exactly
@@ -134,7 +141,7 @@ def respond(netdev, device, ip, udp_port, allow_privileged, program_check):
     'ready' with its credentials, 'stats' on SIGUSR1 and when stopped.
     """
     from .consumer import responder
-    responder.run(netdev, device, ip, udp_port, allow_privileged, program_check)
+    responder.run(netdev, device, ip, udp_port, allow_privileged, program_check, tap_fd)
 
 
 # ---- the helper and its clients -------------------------------------------
@@ -217,7 +224,36 @@ def _port_text(r: dict) -> str:
             f" mode {r['mode']}, mtu {r['mtu']}, mac {r['mac']}, consumer uid {r.get('consumer_uid')}"
             + (f", pod {r['consumer_pod']['uid']}" if r.get("consumer_pod") else "")
             + (f", placeholder tap {r['placeholder_tap']}" if r.get("placeholder_tap") else "")
-            + (f", owner {r['owner']}" if r.get("owner") else ""))
+            + (f", owner {r['owner']}" if r.get("owner") else "")
+            + f"\n  network: {_attachment_text(r)}")
+
+
+def _attachment_text(r: dict) -> str:
+    from .network import Attachment
+    att = Attachment.from_dict(r.get("attachment"))
+    text = att.describe()
+    if r.get("mtu_reason"):
+        text += f"; mtu {r['mtu']} ({r['mtu_reason']})"
+    if not att.spoofcheck:
+        text += "; anti-spoofing off"
+    return text
+
+
+def _network_text(r: dict) -> list[str]:
+    net = r.get("network") or {}
+    lines = []
+    if net.get("missing"):
+        lines.append(f"  NOT PLUGGED: {net['missing']}")
+    for note in net.get("notes") or ():
+        lines.append(f"  note: {note}")
+    spoofed = net.get("spoofed")
+    if spoofed is not None:
+        lines.append("  anti-spoofing dropped: " + ", ".join(f"{k} {v}" for k, v in spoofed.items()))
+    addr = net.get("addr_server")
+    if addr is not None:
+        lines.append(f"  address server: pid {addr['pid']}" if addr.get("alive") else
+                     "  address server: NOT RUNNING (see the helper's log)")
+    return lines
 
 
 @port.command("add")
@@ -254,9 +290,37 @@ def _port_text(r: dict) -> str:
 @click.option("--pod-uid", metavar="UID",
               help="Hand the sockets only to processes of this pod (its netns and cgroup, and the "
                    "consumer's uid and gid); the vmnet CNI plugin sets it.")
+@click.option("--bridge", metavar="NAME", help="Plug the host end into Linux bridge NAME (docs/networks.md).")
+@click.option("--ovs", metavar="BRIDGE", help="Plug the host end into Open vSwitch bridge BRIDGE.")
+@click.option("--network", "libvirt_network", metavar="NAME",
+              help="Plug the host end into libvirt network NAME (its bridge; its DHCP serves the guest).")
+@click.option("--routed", is_flag=True,
+              help="Route the VM's --address(es) through the host end (host routes, proxy ARP/NDP, "
+                   "gateway 169.254.1.1 / fe80::1).")
+@click.option("--attach", "attach_kind", type=click.Choice(["none", "bridge", "ovs", "routed", "network"]),
+              help="The attachment by name; 'none' (the default) leaves the host end unplugged.")
+@click.option("--vlan", type=int, help="Access VLAN (or a trunk's native VLAN) of a --bridge/--ovs port.")
+@click.option("--trunk", metavar="LIST", help="Tagged VLANs of a --bridge/--ovs port, e.g. 10,20-30.")
+@click.option("--address", "addresses", multiple=True, metavar="CIDR",
+              help="The VM's address (repeatable; IPv4 and IPv6): served by DHCP/RA, enforced by "
+                   "anti-spoofing, routed with --routed.")
+@click.option("--gateway", "gateways", multiple=True, metavar="IP",
+              help="The guest's gateway (one IPv4, one IPv6; --routed defaults to 169.254.1.1 and fe80::1).")
+@click.option("--route", "routes", multiple=True, metavar="'DST [via GW]'", help="Another route for the guest.")
+@click.option("--dns", "dns", multiple=True, metavar="IP", help="A name server for the guest (repeatable).")
+@click.option("--search", "search", multiple=True, metavar="DOMAIN", help="A DNS search domain (repeatable).")
+@click.option("--hostname", help="The guest's host name (DHCP option 12).")
+@click.option("--iface-id", help="--ovs: external_ids:iface-id (default: the port's name).")
+@click.option("--vm-uuid", help="--ovs: external_ids:vm-uuid.")
+@click.option("--dhcp/--no-dhcp", default=True, show_default=True,
+              help="Serve the guest its --address(es) by DHCP and router advertisements.")
+@click.option("--spoofcheck/--no-spoofcheck", default=True, show_default=True,
+              help="Drop frames from the VM with another MAC or (with --address) another address.")
 @click.pass_obj
 def port_add(ctx, name, queues, start_queue, mode, backend, lease_from, receive_only, netns, mac, mtu,
-             consumer, consumer_group, consumer_cgroup, owner, consumer_name, placeholder_tap, pod_uid):
+             consumer, consumer_group, consumer_cgroup, owner, consumer_name, placeholder_tap, pod_uid,
+             bridge, ovs, libvirt_network, routed, attach_kind, vlan, trunk, addresses, gateways, routes, dns,
+             search, hostname, iface_id, vm_uuid, dhcp, spoofcheck):
     """Create port NAME for a consumer.
 
     \b
@@ -275,8 +339,27 @@ def port_add(ctx, name, queues, start_queue, mode, backend, lease_from, receive_
             args[key] = value
     if pod_uid is not None:
         args["pod"] = {"uid": pod_uid}
+    attachment = _attachment(attach_kind, bridge=bridge, ovs=ovs, network=libvirt_network, routed=routed,
+                             vlan=vlan, trunk=trunk, addresses=addresses, gateways=gateways, routes=routes,
+                             dns=dns, search=search, hostname=hostname, iface_id=iface_id, vm_uuid=vm_uuid,
+                             dhcp=dhcp, spoofcheck=spoofcheck)
+    if attachment is not None:
+        args["attachment"] = attachment
     record = _call("port-create", **args)
     _emit(ctx, record, "created " + _port_text(record))
+
+
+def _attachment(kind, *, gateways=(), **options) -> dict | None:
+    """The attachment the options describe, checked here (the helper checks it again); None
+    when none was asked for."""
+    from .network import attachment_from_options
+    gw4 = [g for g in gateways if ":" not in g]
+    gw6 = [g for g in gateways if ":" in g]
+    if len(gw4) > 1 or len(gw6) > 1:
+        raise click.BadParameter("give at most one IPv4 and one IPv6 gateway", param_hint="--gateway")
+    att = attachment_from_options(kind, gateway4=gw4[0] if gw4 else None, gateway6=gw6[0] if gw6 else None,
+                                  **options)
+    return None if att.to_dict() == {"kind": "none"} else att.to_dict()
 
 
 @port.command("del")
@@ -331,6 +414,7 @@ def _status_text(ports: list) -> str:
                                         "; not confined to its queue (no bind guard on this kernel)"))
         if _lease_text(r):
             lines.append(_lease_text(r))
+        lines += _network_text(r)
         if r.get("sockets") is None:
             lines.append(f"  {r.get('sockets_note', 'no counters')}")
             continue

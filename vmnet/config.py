@@ -39,6 +39,10 @@ SETTINGS = {
     "qemu_multiqueue_fixed": (bool, False),
     "lease_reserved_queues": (int, 1),  # netkit-lease: NIC queues 0..N-1 stay with the host
     "metrics": (str, None),             # ADDRESS:PORT of the helper's Prometheus endpoint; off unless set
+    # attachments (docs/networks.md)
+    "ovsdb": (str, "unix:/run/openvswitch/db.sock"),   # Open vSwitch's database, for --ovs ports
+    "libvirt_run_dir": (str, "/run/libvirt"),  # where libvirt keeps its networks' status (network=)
+    "addr_server_user": (str, "nobody"),   # the unprivileged user a port's address server runs as
 }
 
 
@@ -93,7 +97,7 @@ def parse(text: str, origin: str = "config") -> Config:
             raise InvalidInput(f"{origin}: {key} = {value!r} is not a {want.__name__}")
         values[name] = value
     cfg = Config(**values)
-    for key in ("socket", "state_dir", "qemu"):
+    for key in ("socket", "state_dir", "qemu", "libvirt_run_dir"):
         if not os.path.isabs(getattr(cfg, key)):
             raise InvalidInput(f"{origin}: {key} must be an absolute path")
     if cfg.consumer_socket and not os.path.isabs(cfg.consumer_socket):

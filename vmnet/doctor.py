@@ -24,7 +24,8 @@ from .memlock import INFINITY, UMEM_BYTES_PER_QUEUE, mib
 
 OK, MISSING, WARN = "ok", "missing", "warn"
 CHECK_NAMES = ("kernel", "af-xdp", "btf", "bpf-link", "netkit", "queue-lease", "bpffs",
-               "bind-guard", "memlock", "qemu", "libvirt", "privileges")
+               "bind-guard", "memlock", "qemu", "libvirt", "privileges", "anti-spoofing", "bridge-vlans",
+               "openvswitch", "libvirt-networks", "addr-server", "ports")
 AF_XDP = 44
 # netkit_new_link/netkit_xmit exist only in drivers/net/netkit.c; names such
 # as netkit_peer_dev also show up without netkit (inline stubs in
@@ -87,17 +88,23 @@ def check_bpf_link(release: str) -> Check:
                  "XDP cannot be attached through a bpf_link", "boot a kernel >= 5.9")
 
 
-def netkit_config(release: str) -> str | None:
-    """'y', 'm' or 'n' ('n' also when the option is absent: kernel < 6.7 or
-    unmet dependencies); None when there is no config to read."""
+def kernel_config(release: str, option: str) -> str | None:
+    """'y', 'm' or 'n' for CONFIG_<option> ('n' also when it is absent); None when there is no
+    config to read."""
     for path, opener in ((f"/boot/config-{release}", open), ("/proc/config.gz", gzip.open)):
         try:
             with opener(path, "rt") as f:
-                m = re.search(r"^CONFIG_NETKIT=([ym])$", f.read(), re.M)
+                m = re.search(rf"^CONFIG_{option}=([ym])$", f.read(), re.M)
             return m.group(1) if m else "n"
         except OSError:
             continue
     return None
+
+
+def netkit_config(release: str) -> str | None:
+    """'y', 'm' or 'n' ('n' also when the option is absent: kernel < 6.7 or
+    unmet dependencies); None when there is no config to read."""
+    return kernel_config(release, "NETKIT")
 
 
 def netkit_evidence(release: str) -> str | None:
@@ -251,7 +258,112 @@ def check_privileges() -> Check:
                  "run the vmnet helper as root (or with CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW)")
 
 
-def run_checks(qemu: str | None = None) -> list[Check]:
+# ---- networks (docs/networks.md) ---------------------------------------------
+
+def check_anti_spoofing(release: str) -> Check:
+    version = kernel_version(release)
+    if version is None:
+        return Check("anti-spoofing", WARN, f"unknown: cannot parse kernel release {release!r}")
+    if version >= (6, 6):
+        return Check("anti-spoofing", OK, f"tcx (kernel {version[0]}.{version[1]} >= 6.6): every port's host "
+                     "end drops frames from other MACs and addresses")
+    return Check("anti-spoofing", MISSING, f"kernel {version[0]}.{version[1]} has no tcx (>= 6.6): ports "
+                 "with anti-spoofing cannot be made", "boot a kernel >= 6.6, or make ports with --no-spoofcheck")
+
+
+def check_bridge_vlans(release: str) -> Check:
+    state = kernel_config(release, "BRIDGE_VLAN_FILTERING")
+    if state is None:
+        filtering = [d for d in _bridges() if os.path.exists(f"/sys/class/net/{d}/bridge/vlan_filtering")]
+        if filtering:
+            return Check("bridge-vlans", OK, f"bridge {filtering[0]} has VLAN filtering: --vlan/--trunk on "
+                         "bridges whose vlan_filtering is on")
+        return Check("bridge-vlans", WARN, "unknown: no kernel config tells whether bridges can filter VLANs")
+    if state == "n":
+        return Check("bridge-vlans", MISSING, f"kernel {release} is built without CONFIG_BRIDGE_VLAN_FILTERING: "
+                     "bridge ports cannot have VLANs (Open vSwitch ports can)",
+                     "boot a kernel with it (Debian's have it)")
+    off = [d for d in _bridges() if _read(f"/sys/class/net/{d}/bridge/vlan_filtering") == "0"]
+    detail = "--vlan/--trunk work on bridges whose vlan_filtering is on"
+    if off:
+        detail += f"; off on {', '.join(off[:6])} (ip link set BRIDGE type bridge vlan_filtering 1)"
+    return Check("bridge-vlans", OK, detail)
+
+
+def _bridges() -> list[str]:
+    try:
+        return sorted(d for d in os.listdir("/sys/class/net") if os.path.isdir(f"/sys/class/net/{d}/bridge"))
+    except OSError:
+        return []
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def check_openvswitch(config=None) -> Check:
+    from .priv import ovsdb      # imports nothing of ovsdbapp until it connects
+    endpoint = ovsdb.endpoint_of(config)
+    if ovsdb.reachable(endpoint):
+        tool = shutil.which("ovs-vsctl")
+        return Check("openvswitch", OK, f"an OVSDB is at {endpoint}: --ovs BRIDGE works" +
+                     ("" if tool else " (ovs-vsctl is not installed, which vmnet does not need)"))
+    installed = shutil.which("ovsdb-server") or os.path.exists("/usr/sbin/ovsdb-server")
+    return Check("openvswitch", MISSING, f"no OVSDB at {endpoint}: --ovs ports cannot be made",
+                 "start Open vSwitch (systemctl start openvswitch-switch)" if installed else
+                 "apt-get install openvswitch-switch (or point vmnet.toml's ovsdb at yours)")
+
+
+def check_libvirt_networks(config=None) -> Check:
+    run = getattr(config, "libvirt_run_dir", None) or "/run/libvirt"
+    try:
+        active = sorted(f[:-4] for f in os.listdir(os.path.join(run, "network")) if f.endswith(".xml"))
+    except OSError:
+        active = []
+    if active:
+        return Check("libvirt-networks", OK, f"active: {', '.join(active)} (--network NAME, network= in a domain)")
+    return Check("libvirt-networks", WARN, f"no active libvirt network ({run}/network): network= ports "
+                 "cannot be made", "virsh net-start default (and virsh net-autostart default)")
+
+
+def check_addr_server(config=None) -> Check:
+    import platform
+    import pwd
+    user = getattr(config, "addr_server_user", None) or "nobody"
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        return Check("addr-server", MISSING, f"addr_server_user {user!r} does not exist: guests of ports with "
+                     "--address get no DHCP", "create it, or set addr_server_user in vmnet.toml")
+    if platform.machine() != "x86_64":
+        return Check("addr-server", MISSING, f"the address server confines itself with seccomp on x86_64 only, "
+                     f"not {platform.machine()}", "give ports --no-dhcp and configure guests yourself")
+    return Check("addr-server", OK, f"guests of ports with --address get DHCP/RA from a server running as "
+                 f"{pw.pw_name} (uid {pw.pw_uid}), no capabilities, seccomp")
+
+
+def check_ports(config=None) -> Check:
+    """Where the running helper's ports are plugged, and which are not."""
+    from .client import call
+    from .errors import VmnetError
+    try:
+        status = call(config.socket if config else "/run/vmnet/helper.sock", "status")
+    except VmnetError as exc:
+        return Check("ports", OK, f"no helper answers ({exc.message}): nothing to check")
+    ports = status.get("ports") or []
+    broken = [f"{p['name']} ({(p.get('network') or {}).get('missing')})" for p in ports
+              if (p.get("network") or {}).get("missing")]
+    if broken:
+        return Check("ports", WARN, f"{len(broken)} of {len(ports)} port(s) are not plugged as declared: "
+                     + "; ".join(broken[:8]), "see 'vmnet port show NAME'; recreate a port whose network came back")
+    return Check("ports", OK, f"{len(ports)} port(s), each plugged where it was declared")
+
+
+def run_checks(qemu: str | None = None, config=None) -> list[Check]:
     release = os.uname().release
     probes = [
         ("kernel", lambda: Check("kernel", OK, release)),
@@ -261,6 +373,9 @@ def run_checks(qemu: str | None = None) -> list[Check]:
         ("memlock", check_memlock),
         ("qemu", lambda: check_qemu(qemu)), ("libvirt", check_libvirt),
         ("privileges", check_privileges),
+        ("anti-spoofing", lambda: check_anti_spoofing(release)), ("bridge-vlans", lambda: check_bridge_vlans(release)),
+        ("openvswitch", lambda: check_openvswitch(config)), ("libvirt-networks", lambda: check_libvirt_networks(config)),
+        ("addr-server", lambda: check_addr_server(config)), ("ports", lambda: check_ports(config)),
     ]
     return [_guarded(name, probe) for name, probe in probes]
 

@@ -11,6 +11,7 @@ import hashlib
 import re
 
 from .errors import InvalidInput
+from .network import Attachment
 
 # Ports are named by users; devices are derived from the name. Linux
 # interface names hold at most 15 bytes: "vmn-" + 11 characters.
@@ -209,6 +210,8 @@ class PortSpec:
     # traffic: what libvirt opens for <interface type='ethernet'> until the wrapper swaps
     # it for the port (KubeVirt's domainAttachmentType: tap; docs/kubevirt.md)
     placeholder_tap: str | None = None
+    # where the host end is plugged and what the guest is told (vmnet.network)
+    attachment: Attachment = Attachment()
 
     def __post_init__(self):
         validate_port_name(self.name)
@@ -244,6 +247,11 @@ class PortSpec:
             raise InvalidInput(f"consumer interface name {self.consumer_name!r} needs a netns of the "
                                "consumer's own", fix="give the netns (--netns), or leave the name out "
                                                     f"to get vmc-{self.name}")
+        object.__setattr__(self, "attachment", Attachment.from_dict(self.attachment))
+        if self.attachment != Attachment() and self.backend == "netkit-lease":
+            raise InvalidInput(f"a netkit-lease port has no host end to attach ({self.attachment.describe()}): "
+                               "the NIC it leases from is its network",
+                               fix="leave the attachment options out, or use --backend veth")
         for label, ident in (("consumer uid", self.consumer_uid), ("consumer gid", self.consumer_gid)):
             if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)
                                       or not 0 <= ident < 2**32 - 1):
@@ -263,7 +271,9 @@ class PortSpec:
         return [self.start_queue + i for i in range(self.queues)]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["attachment"] = self.attachment.to_dict()
+        return out
 
 
 @dataclasses.dataclass
@@ -287,6 +297,9 @@ class Port:
     bind_queues: list | None = None     # queue ids the consumer binds (None: spec.map_keys)
     xdp: dict = dataclasses.field(default_factory=dict)   # where the program is attached
     extra: dict = dataclasses.field(default_factory=dict)  # what the backend adds (leases, ...)
+    attached: dict = dataclasses.field(default_factory=dict)  # what the attachment did (vmnet.network)
+    mtu_reason: str = ""                                      # why the MTU is what it is
+    filter: dict | None = None      # anti-spoofing on the host end: {"hook": "tc"|"xdp"}, or None
 
     @property
     def queue_ids(self) -> list[int]:
@@ -308,7 +321,8 @@ class Port:
                    backend_reason=record.get("backend_reason", ""),
                    layout=record.get("layout", 1), slots=list(record.get("slots") or []),
                    bind_queues=record.get("bind_queues"), xdp=dict(record.get("xdp") or {}),
-                   extra=dict(record.get("extra") or {}))
+                   extra=dict(record.get("extra") or {}), attached=dict(record.get("attached") or {}),
+                   mtu_reason=record.get("mtu_reason", ""), filter=record.get("filter"))
 
     def to_dict(self) -> dict:
         out = self.spec.to_dict()
@@ -318,5 +332,6 @@ class Port:
                    map_keys=self.queue_ids, prog_id=self.prog_id, link_id=self.link_id,
                    map_id=self.map_id, backend_requested=self.backend_requested or self.spec.backend,
                    backend_reason=self.backend_reason, layout=self.layout, slots=list(self.slots),
-                   bind_queues=self.queue_ids, xdp=dict(self.xdp), extra=dict(self.extra))
+                   bind_queues=self.queue_ids, xdp=dict(self.xdp), extra=dict(self.extra),
+                   attached=dict(self.attached), mtu_reason=self.mtu_reason, filter=self.filter)
         return out

@@ -61,8 +61,50 @@ class Counters(dict):
                          bad_checksum=0, oversized=0)
 
 
+def relay(queues: list, tap_fd: int, mtu: int, counters: list, stop: list) -> None:
+    """Pass frames between the port's queues and a tap device, as QEMU passes them between
+    af-xdp and its guest's virtio-net: the tap's network namespace then stands in for the
+    guest, with the kernel's own stack (ping, TCP, a DHCP client, VLAN devices) behind the
+    port. What the tap sends goes out on the first queue."""
+    import os
+    os.set_blocking(tap_fd, False)
+    poller = select.poll()
+    by_fd = {}
+    for q, c in zip(queues, counters):
+        poller.register(q.fd, select.POLLIN)
+        by_fd[q.fd] = (q, c)
+    poller.register(tap_fd, select.POLLIN)
+    while not stop:
+        try:
+            events = poller.poll(100)
+        except InterruptedError:
+            continue
+        for fd, _ in events:
+            if fd == tap_fd:
+                frames = []
+                while len(frames) < 64:
+                    try:
+                        frames.append(os.read(tap_fd, 65536))
+                    except BlockingIOError:
+                        break
+                frames = [f for f in frames if len(f) <= mtu + ETH_HLEN + 4]
+                if frames:
+                    counters[0]["tx"] += queues[0].transmit(frames)
+                continue
+            q, c = by_fd[fd]
+            for _, frame in q.receive():
+                c["rx"] += 1
+                c["other"] += 1
+                try:
+                    os.write(tap_fd, frame)
+                except OSError:
+                    pass
+        for q in queues:
+            q.reclaim()
+
+
 def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: bool = False,
-        program_check: bool = True) -> int:
+        program_check: bool = True, tap_fd: int | None = None) -> int:
     creds = check_unprivileged(allow_privileged)
     nd = parse_af_xdp_netdev(netdev)
     _, dev = parse_opts(device)
@@ -92,6 +134,12 @@ def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: 
     signal.signal(signal.SIGUSR1, lambda *_: _emit("stats", queues=stats()))
     _emit("ready", ifname=nd["ifname"], ifindex=ifindex, mode=nd["mode"], mac=mac, ip=ip, mtu=mtu,
           queues=[q.queue_id for q in queues], credentials=creds)
+    if tap_fd is not None:
+        relay(queues, tap_fd, mtu, counters, stop)
+        _emit("stats", queues=stats(), final=True)
+        for q in queues:
+            q.close()
+        return 0
     poller = select.poll()
     by_fd = {}
     for q, c in zip(queues, counters):

@@ -35,7 +35,7 @@ from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenie
 from ..libvirt import domain
 from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, MemlockPlan, mib, plan_memlock
 from ..model import PortSpec, validate_port_name
-from . import authz, backends, bindguard, bpf, netns, ports, state, xsk, xskprog
+from . import addrserver, attachments, authz, backends, bindguard, bpf, hostfilter, netns, ports, state, xsk, xskprog
 from .confine import apply_memlock
 from .holders import Holder
 from .instance import Instance
@@ -50,6 +50,8 @@ class Entry:
     sockets: list = dataclasses.field(default_factory=list)   # the helper's copies
     pending: list = dataclasses.field(default_factory=list)   # map keys whose socket waits for rings
     holder: Holder | None = None                              # the live process that has the sockets
+    addr: addrserver.Running | None = None                    # the port's address server
+    addr_restarts: list = dataclasses.field(default_factory=list)   # when it was last restarted
 
 
 class Helper:
@@ -62,6 +64,7 @@ class Helper:
         self.protection = protection or bindguard.Protection.detect(cfg.allow_unconfined)
         self.ports: dict[str, Entry] = {}
         self.program: xskprog.XskProgram | None = None      # the instance's shared XSK program
+        self.host_filter: hostfilter.HostFilter | None = None   # the instance's anti-spoofing filter
         self.started = time.time()
         self.starts = 1                                     # of this instance, this one included
         # held while a request or an event changes state; a metrics scrape (another thread) reads
@@ -95,10 +98,11 @@ class Helper:
         self.starts = self.state.count_start()
         self.program = xskprog.XskProgram.ensure(self.root)
         self.program.hold_in_dispatcher()
+        self.host_filter = hostfilter.HostFilter.ensure(self.root)
         for name, intent in self.state.intents().items():
             if self.state.read(name) is None:
                 log.warning("removing port %s: the helper stopped while making it", name)
-                ports.delete_port(name, self.instance, record=intent, program=self.program)
+                self._delete(name, intent)
                 removed.append(name)
             self.state.remove_intent(name)
         for name in self.state.names():
@@ -113,20 +117,46 @@ class Helper:
                 kept.append(name)
             else:
                 log.warning("removing port %s: %s", name, why)
-                ports.delete_port(name, self.instance, record=record or None, program=self.program)
+                self._delete(name, record or None)
                 self.state.remove(name)
                 removed.append(name)
         removed += bpf.remove_abandoned_pins(self.root)
         for name in sorted(set(bpf.pinned_ports(self.root)) | ports.claimed_ports(self.instance)):
             if name not in self.ports:
-                ports.delete_port(name, self.instance, program=self.program)
+                self._delete(name, None)
                 removed.append(name)
         for name in self._my_devices_here():
             if name not in self.ports:
-                ports.delete_port(name, self.instance, program=self.program)
+                self._delete(name, None)
                 removed.append(name)
+        removed += self._collect_attachments()
+        kept_ifindexes = {e.record.get("host_ifindex") for e in self.ports.values()}
+        for ifindex in self.host_filter.ports():
+            if ifindex not in kept_ifindexes:
+                self.host_filter.clear_port(ifindex)
         self.program.unpin_if_unused()
+        self.host_filter.unpin_if_unused()
+        for name, entry in self.ports.items():
+            self._start_addr_server(name, entry)
         return {"kept": kept, "removed": sorted(set(removed))}
+
+    def _delete(self, name: str, record: dict | None) -> bool:
+        return ports.delete_port(name, self.instance, record=record, program=self.program, config=self.cfg,
+                                 host_filter=self.host_filter)
+
+    def _collect_attachments(self) -> list[str]:
+        """What plugging left behind of ports this helper no longer has (an OVSDB row after a
+        crash): found by this instance's markers, never anyone else's."""
+        ctx = attachments.Context(self.instance, self.cfg)
+        found = []
+        for kind in attachments.KINDS:
+            try:
+                found += attachments.get(kind).collect(set(self.ports), ctx)
+            except VmnetError as exc:
+                log.warning("cannot look for what %s attachments left behind: %s", kind, exc.message)
+        if found:
+            log.warning("removed what a crash left plugged of port(s) %s", ", ".join(found))
+        return found
 
     def _my_devices_here(self) -> list[str]:
         with IPRoute() as ip:
@@ -147,7 +177,7 @@ class Helper:
         self.policy.require_admin(peer, "create ports")
         known = {"name", "queues", "start_queue", "mode", "netns", "mac", "mtu", "backend", "lease_from",
                  "receive_only", "consumer_uid", "consumer_gid", "consumer_cgroup", "consumer_scope", "owner",
-                 "consumer_name", "placeholder_tap", "pod"}
+                 "consumer_name", "placeholder_tap", "pod", "attachment"}
         unknown = set(args) - known
         if unknown:
             raise InvalidInput(f"unknown port-create argument(s): {', '.join(sorted(unknown))}")
@@ -165,7 +195,8 @@ class Helper:
                         consumer_uid=consumer_uid,
                         consumer_gid=protocol.require(args, "consumer_gid", int, None),
                         consumer_name=protocol.require(args, "consumer_name", str, None),
-                        placeholder_tap=protocol.require(args, "placeholder_tap", str, None))
+                        placeholder_tap=protocol.require(args, "placeholder_tap", str, None),
+                        attachment=protocol.require(args, "attachment", dict, None))
         pod = protocol.require(args, "pod", dict, None)
         netns_id = None
         if pod is not None:
@@ -199,9 +230,11 @@ class Helper:
         started = time.perf_counter()
         self.state.write_intent(spec.name, {"name": spec.name, "netns": spec.netns, "backend": spec.backend,
                                             "consumer_ifname": spec.consumer_ifname,
-                                            "placeholder_tap": spec.placeholder_tap})
+                                            "placeholder_tap": spec.placeholder_tap,
+                                            "attachment": spec.attachment.to_dict()})
         try:
-            created = ports.create_port(spec, self.instance, self.protection.guard, self.program, self.cfg)
+            created = ports.create_port(spec, self.instance, self.protection.guard, self.program, self.cfg,
+                                        self.host_filter)
         except BaseException:
             self.state.remove_intent(spec.name)
             raise
@@ -213,11 +246,12 @@ class Helper:
             self.state.write(spec.name, record)
         except BaseException:
             created.close()
-            ports.delete_port(spec.name, self.instance, record=record, program=self.program)
+            self._delete(spec.name, record)
             raise
         finally:
             self.state.remove_intent(spec.name)
-        self.ports[spec.name] = Entry(record, created.sockets, created.pending)
+        entry = self.ports[spec.name] = Entry(record, created.sockets, created.pending)
+        self._start_addr_server(spec.name, entry)
         if self.metrics is not None:
             self.metrics.create.observe(time.perf_counter() - started)
         log.info("created port %s (%s, %d queue(s), consumer uid %s) for %s",
@@ -234,8 +268,9 @@ class Helper:
             _close_sockets(entry)
             if entry.holder:
                 entry.holder.close()
-        found = ports.delete_port(name, self.instance, record=entry.record if entry else None,
-                                  program=self.program)
+            if entry.addr:
+                entry.addr.stop()
+        found = self._delete(name, entry.record if entry else None)
         found = self.state.remove(name) or found or entry is not None
         if not found and not missing_ok:
             raise NotFound(f"port {name} does not exist", fix="list ports with 'vmnet port list'")
@@ -338,9 +373,58 @@ class Helper:
                  record["name"], holder.pid, peer.describe())
         return record, [s.fileno() for s in entry.sockets]
 
-    def watched(self) -> dict[int, str]:
-        """pidfd -> port of every live holder (the server's loop watches them)."""
-        return {e.holder.pidfd: name for name, e in self.ports.items() if e.holder is not None}
+    def watched(self) -> dict[int, tuple[str, str]]:
+        """pidfd -> ("holder" | "addr", port) of every process the server's loop watches: the
+        holders of ports' sockets, and the ports' address servers."""
+        out = {e.holder.pidfd: ("holder", name) for name, e in self.ports.items() if e.holder is not None}
+        out.update({e.addr.holder.pidfd: ("addr", name) for name, e in self.ports.items()
+                    if e.addr is not None and e.addr.holder.pidfd >= 0})
+        return out
+
+    def process_exited(self, kind: str, name: str) -> None:
+        if kind == "holder":
+            self.consumer_exited(name)
+        else:
+            self.addr_server_exited(name)
+
+    # ---- address servers --------------------------------------------------
+
+    ADDR_RESTARTS = 5               # at most this many restarts of one port's server ...
+    ADDR_RESTART_WINDOW = 60.0      # ... in this many seconds
+
+    def _start_addr_server(self, name: str, entry: Entry) -> None:
+        if not addrserver.needs_server(entry.record):
+            return
+        record = entry.record
+        try:
+            from . import links
+            host = links.require_link(record["host_ifname"])
+            entry.addr = addrserver.start(name, record["host_ifname"], host["ifindex"],
+                                          addrserver.guest_config(record, host["address"]),
+                                          self.cfg.addr_server_user)
+            log.info("port %s: address server started (pid %d)", name, entry.addr.pid)
+        except VmnetError as exc:
+            log.warning("port %s: cannot start its address server: %s", name, exc)
+            entry.addr = None
+
+    def addr_server_exited(self, name: str) -> None:
+        with self.lock:
+            entry = self.ports.get(name)
+            if entry is None or entry.addr is None:
+                return
+            code = entry.addr.proc.wait()
+            entry.addr.stop()
+            entry.addr = None
+            now = time.monotonic()
+            entry.addr_restarts = [t for t in entry.addr_restarts if now - t < self.ADDR_RESTART_WINDOW]
+            if len(entry.addr_restarts) >= self.ADDR_RESTARTS:
+                log.warning("port %s: its address server exited (status %s) %d times in %d s; not starting "
+                            "it again until the helper restarts", name, code, len(entry.addr_restarts),
+                            self.ADDR_RESTART_WINDOW)
+                return
+            entry.addr_restarts.append(now)
+            log.warning("port %s: its address server exited (status %s); starting it again", name, code)
+            self._start_addr_server(name, entry)
 
     def consumer_exited(self, name: str) -> None:
         """The holder of port `name` is gone: fresh sockets for the next consumer."""
@@ -403,6 +487,7 @@ class Helper:
                          if entry.holder is not None else None)
         out["queue_counters"] = ports.queue_stats(entry.record, self.instance, self.program)
         out.update(backends.get(entry.record.get("backend", "veth")).describe(entry.record))
+        out["network"] = self._network_state(entry)
         guard = self.protection.guard
         if entry.sockets:
             out["sockets"] = []
@@ -415,6 +500,23 @@ class Helper:
         else:
             out["sockets"] = None
             out["sockets_note"] = "counters unavailable: the helper restarted after handing the sockets out"
+        return out
+
+    def _network_state(self, entry: Entry) -> dict:
+        """Where the port is plugged, live; what anti-spoofing dropped; its address server."""
+        record = entry.record
+        att = attachments.of_record(record)
+        out = {"attachment": att.describe(), "kind": att.kind}
+        try:
+            out.update(attachments.get(att.kind).describe(record, attachments.Context(self.instance, self.cfg)))
+        except VmnetError as exc:
+            out.update(plugged=False, missing=exc.message)
+        if record.get("filter") and self.host_filter is not None:
+            out["spoofed"] = self.host_filter.stats(record.get("host_ifindex") or 0)
+        else:
+            out["spoofed"] = None
+        if addrserver.needs_server(record):
+            out["addr_server"] = entry.addr.to_dict() if entry.addr else {"alive": False}
         return out
 
     def raise_memlock_for_peer(self, peer, args):
@@ -496,6 +598,12 @@ class Helper:
             _close_sockets(entry)
             if entry.holder:
                 entry.holder.close()
+            if entry.addr:
+                entry.addr.stop()
+        if self.host_filter is not None:
+            self.host_filter.close()
+        from . import ovsdb
+        ovsdb.close_all()
         if self.protection.guard is not None:
             self.protection.guard.close()
         if self.program is not None:

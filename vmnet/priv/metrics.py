@@ -13,7 +13,11 @@ never sees a port half made or a socket being closed:
   vmnet_port_xdp_passed_packets_total (no socket yet), the sockets' kernel
   statistics vmnet_port_xsk_<counter>_total while the helper holds them,
   and the host end's link counters vmnet_port_host_{rx,tx}_{packets,bytes,
-  dropped}_total;
+  dropped}_total; where it is plugged, vmnet_port_attachment_info{kind,
+  network, vlan} and vmnet_port_plugged (0: what it was plugged into is
+  gone), the frames anti-spoofing dropped, vmnet_port_spoofed_packets_total
+  {reason}, and vmnet_port_addr_server_alive for ports whose guest vmnet
+  serves its addresses;
 - vmnet_port_create_seconds / vmnet_port_delete_seconds (histograms),
   vmnet_requests_total{verb}, vmnet_refusals_total{verb, code},
   vmnet_consumer_handoffs_total, vmnet_consumer_exits_total;
@@ -94,6 +98,7 @@ class _Collector:
                         e.holder is not None and e.holder.alive()) for name, e in sorted(h.ports.items())]
             queues = {name: _quiet(h.queue_counters, name) for name, *_ in entries}
             xsk = {name: [_quiet(_statistics, fd) for fd in fds] for name, _, fds, _ in entries}
+            nets = {name: _quiet(h._network_state, h.ports[name]) for name, *_ in entries}
         yield GaugeMetricFamily("vmnet_helper_start_time_seconds", "When this helper started.",
                                 value=h.started)
         restarts = CounterMetricFamily("vmnet_helper_restarts", "Earlier starts of this helper instance.")
@@ -138,8 +143,32 @@ class _Collector:
         yield red
         yield passed
         yield from xsk_families.values()
+        yield from _network_families(entries, nets)
         yield from _link_counters([(name, r.get("host_ifname")) for name, r, _, _ in entries
                                    if has_host_end(r)])
+
+
+def _network_families(entries, nets: dict):
+    att_info = GaugeMetricFamily("vmnet_port_attachment_info", "Where the port's host end is plugged.",
+                                 labels=["port", "kind", "network", "vlan"])
+    plugged = GaugeMetricFamily("vmnet_port_plugged", "1 while the port is plugged where it was declared.",
+                                labels=["port"])
+    spoofed = CounterMetricFamily("vmnet_port_spoofed_packets", "Frames from the VM anti-spoofing dropped, by reason.",
+                                  labels=["port", "reason"])
+    addr = GaugeMetricFamily("vmnet_port_addr_server_alive", "1 while the port's address server runs.",
+                             labels=["port"])
+    for name, r, _, _ in entries:
+        att = r.get("attachment") or {"kind": "none"}
+        network = att.get("network") or att.get("bridge") or ("routed" if att.get("kind") == "routed" else "")
+        att_info.add_metric([name, att.get("kind", "none"), network, str(att.get("vlan") or "")], 1)
+        net = nets.get(name) or {}
+        if "plugged" in net and att.get("kind", "none") != "none":
+            plugged.add_metric([name], 1 if net["plugged"] else 0)
+        for reason, value in (net.get("spoofed") or {}).items():
+            spoofed.add_metric([name, reason], value)
+        if net.get("addr_server") is not None:
+            addr.add_metric([name], 1 if net["addr_server"].get("alive") else 0)
+    yield from (att_info, plugged, spoofed, addr)
 
 
 def _statistics(fd: int) -> dict:

@@ -6,9 +6,12 @@ plug the devices (the consumer end gets the ifindex the first slot
 implies), attach the program where the backend says (a link of the port's
 own, pinned at <instance root>/<port>/link, or one shared by the ports
 leasing queues of one NIC, <instance root>/+nic-<ifindex>/link), let the
-backend configure its devices, point each (ifindex, queue) at its slot,
-and make one socket per queue inside the consumer's netns — confined by
-the bind guard when there is one — stored at its slot.
+backend configure its devices, put the host end's anti-spoofing filter on
+it (vmnet.priv.hostfilter, pinned at <port>/filter) and plug it where its
+attachment says (vmnet.priv.attachments: checked and resolved before
+anything is made, its network's MTU honoured), point each (ifindex, queue)
+at its slot, and make one socket per queue inside the consumer's netns —
+confined by the bind guard when there is one — stored at its slot.
 
 create_port either returns a complete, working port or leaves nothing
 behind; delete_port removes whatever of a port exists and is idempotent.
@@ -26,8 +29,8 @@ import socket
 from pyroute2 import IPRoute
 
 from ..errors import AlreadyExists, IfindexTaken, NotFound, VmnetError
-from ..model import Port, PortSpec, validate_port_name
-from . import backends, bpf, links, netns, tap, xsk, xskprog
+from ..model import Port, PortSpec, has_host_end, validate_port_name
+from . import attachments, backends, bpf, hostfilter, links, netns, tap, xsk, xskprog
 from .instance import DEFAULT, Instance
 
 LAYOUT = 2
@@ -55,7 +58,8 @@ class CreatedPort:
 
 
 def create_port(spec: PortSpec, instance: Instance = DEFAULT, guard=None,
-                program: xskprog.XskProgram | None = None, config=None) -> CreatedPort:
+                program: xskprog.XskProgram | None = None, config=None,
+                host_filter: hostfilter.HostFilter | None = None) -> CreatedPort:
     bpf.require_bpffs()
     if bpf.pinned(spec.name, instance.pin_root):
         raise AlreadyExists(f"port {spec.name} already exists (pins in {bpf.pin_dir(spec.name, instance.pin_root)})",
@@ -73,7 +77,7 @@ def create_port(spec: PortSpec, instance: Instance = DEFAULT, guard=None,
             host_ip = stack.enter_context(IPRoute())
             with netns.entered(spec.netns):
                 cons_ip = stack.enter_context(IPRoute()) if spec.netns else host_ip
-            return _create(spec, host_ip, cons_ip, instance, guard, program, config)
+            return _create(spec, host_ip, cons_ip, instance, guard, program, config, host_filter)
     finally:
         if own:
             program.close()
@@ -107,11 +111,22 @@ def _plug(spec, ctx, program) -> tuple[list[int], backends.Plugged]:
         program.release(held)
 
 
-def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> CreatedPort:
+def _create(spec, host_ip, cons_ip, instance, guard, program, config=None, host_filter=None) -> CreatedPort:
     requested = spec.backend
-    ctx = backends.Context(instance=instance, host_ip=host_ip, cons_ip=cons_ip, ifindex=0, config=config)
+    att_ctx = attachments.Context(instance=instance, config=config, ip=host_ip)
+    kind = attachments.get(spec.attachment.kind)
+    try:
+        prepared = kind.prepare(spec, att_ctx)          # refusals come before anything is made
+    except BaseException:
+        program.unpin_if_unused()
+        raise
+    spec = dataclasses.replace(spec, attachment=prepared.attachment)
+    ctx = backends.Context(instance=instance, host_ip=host_ip, cons_ip=cons_ip, ifindex=0, config=config,
+                           network_mtu=(prepared.mtu, prepared.mtu_of) if prepared.mtu else None)
     sockets: list[socket.socket] = []
-    link_fd = -1
+    link_fd = filter_fd = -1
+    own_filter = None
+    attached: dict = {}
     try:
         # a backend that fails undoes its own half-made devices: a device of the same name
         # that was there before (another port's) is not ours to delete
@@ -129,8 +144,29 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> Cr
                 link_fd, xdp["mode"] = program.attach(xdp["ifindex"], xdp["ifname"], xdp["mode"])
                 link_id = libbpf_link_id(link_fd)
         configured = backends.get(spec.backend).configure(plugged, ctx)
-        if link_fd >= 0:
-            bpf.pin_link(spec.name, link_fd, instance.pin_root)
+        port = Port(spec=spec, mode=xdp["mode"], mtu=configured.mtu, host_ifindex=configured.host_ifindex,
+                    consumer_ifindex=plugged.consumer_ifindex, prog_id=program.prog_id, link_id=link_id,
+                    map_id=0, backend_requested=requested, backend_reason=plugged.reason,
+                    layout=LAYOUT, slots=slots, bind_queues=plugged.bind_queues, xdp=xdp,
+                    extra=plugged.extra, mtu_reason=configured.mtu_reason)
+        att = spec.attachment
+        if att.spoofcheck and has_host_end({"backend": spec.backend}):
+            # before the host end joins anything: nothing the VM sends may get there unchecked
+            if host_filter is None:
+                host_filter = own_filter = hostfilter.HostFilter.ensure(instance.pin_root)
+            else:
+                host_filter.pin()
+            host_filter.set_port(port.host_ifindex, spec.mac, att.addresses,
+                                 (bool(att.ipv4) or att.kind == "routed", bool(att.ipv6) or att.kind == "routed"))
+            filter_fd = host_filter.attach(port.host_ifindex, spec.host_ifname, prepared.filter_hook)
+            port.filter = {"hook": prepared.filter_hook}
+        attached = kind.plug(port, prepared, att_ctx)
+        port.attached = attached
+        pins = {"link": link_fd} if link_fd >= 0 else {}
+        if filter_fd >= 0:
+            pins["filter"] = filter_fd
+        if pins:
+            bpf.pin_port_links(spec.name, pins, instance.pin_root)
         for slot, (ifindex, queue) in zip(slots, plugged.keys):
             program.assign(slot, spec.name, ifindex, queue)
         with netns.entered(spec.netns):
@@ -139,11 +175,6 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> Cr
             if spec.placeholder_tap:
                 tap.create(spec.placeholder_tap, spec.name, spec.consumer_uid, spec.consumer_gid,
                            spec.queues > 1, cons_ip)
-        port = Port(spec=spec, mode=xdp["mode"], mtu=configured.mtu, host_ifindex=configured.host_ifindex,
-                    consumer_ifindex=plugged.consumer_ifindex, prog_id=program.prog_id, link_id=link_id,
-                    map_id=0, backend_requested=requested, backend_reason=plugged.reason,
-                    layout=LAYOUT, slots=slots, bind_queues=plugged.bind_queues, xdp=xdp,
-                    extra=plugged.extra)
         return CreatedPort(port=port, sockets=sockets, offloads_off=configured.offloads_off,
                            pending=pending, instance=instance)
     except BaseException:
@@ -153,11 +184,16 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None) -> Cr
                                       "netns": spec.netns, "backend": plugged.spec.backend,
                                       "consumer_ifname": spec.consumer_ifname,
                                       "placeholder_tap": spec.placeholder_tap,
-                                      "xdp": plugged.xdp, "extra": plugged.extra}, program, slots)
+                                      "xdp": plugged.xdp, "extra": plugged.extra,
+                                      "attachment": spec.attachment.to_dict(), "attached": attached,
+                                      "host_ifindex": ctx.host_ifindex}, program, slots, config, host_filter)
         raise
     finally:
-        if link_fd >= 0:
-            os.close(link_fd)
+        for fd in (link_fd, filter_fd):
+            if fd >= 0:
+                os.close(fd)
+        if own_filter is not None:
+            own_filter.close()
 
 
 def libbpf_link_id(link_fd: int) -> int:
@@ -247,15 +283,23 @@ def queue_stats(record: dict, instance: Instance = DEFAULT, program=None) -> lis
         return [dict(prog.stats(slot), queue=q, slot=slot) for slot, q in zip(port.slots, port.queue_ids)]
 
 
-def _remove(name: str, instance: Instance, record: dict | None, program=None, slots=None) -> bool:
-    """Remove what exists of a port: slots, attachment, devices, pins. Idempotent."""
+def _remove(name: str, instance: Instance, record: dict | None, program=None, slots=None, config=None,
+            host_filter=None) -> bool:
+    """Remove what exists of a port: where it is plugged, slots, attachment, devices, pins,
+    filter rules. Idempotent."""
     found = False
+    kind = attachments.of_record(record).kind
+    found = attachments.get(kind).unplug(name, record, attachments.Context(instance, config)) or found
     layout = (record or {}).get("layout", LAYOUT if record else None)
+    # the host end's ifindex keys its anti-spoofing rules: recorded, or implied by the first slot
+    host_ifindexes = {(record or {}).get("host_ifindex")} - {None, 0}
     if layout != 1:
         with contextlib.suppress(NotFound):
             with _program(instance, program) as prog:
                 claims = prog.claims()
                 mine = slots if slots is not None else [s for s, (port, _, _) in claims.items() if port == name]
+                if not host_ifindexes and mine:
+                    host_ifindexes = {xskprog.host_ifindex(s) for s in mine}
                 devices = {claims[s][1] for s in mine if s in claims}
                 xdp = (record or {}).get("xdp") or {}
                 if xdp.get("ifindex"):
@@ -268,9 +312,28 @@ def _remove(name: str, instance: Instance, record: dict | None, program=None, sl
                     found = bpf.unpin(f"+nic-{ifindex}", instance.pin_root) or found
                 prog.unpin_if_unused()
     found = bpf.unpin(name, instance.pin_root) or found
+    found = _clear_filter(host_ifindexes, attachments.of_record(record).addresses if record else None,
+                          instance, host_filter) or found
     found = _remove_placeholder(name, record) or found
     kind = (record or {}).get("backend") or "veth"          # a pair is found by its host end
     return backends.get("veth" if kind == "auto" else kind).unplug(name, record, instance) or found
+
+
+def _clear_filter(ifindexes: set, addresses, instance: Instance, host_filter=None) -> bool:
+    """The port's anti-spoofing rules, by its host end's ifindex (what a crash left without one
+    is pruned at the helper's start)."""
+    filt = host_filter or hostfilter.HostFilter.opened(instance.pin_root)
+    if filt is None:
+        return False
+    try:
+        found = False
+        for ifindex in ifindexes:
+            found = filt.clear_port(ifindex, addresses) or found
+        filt.unpin_if_unused()
+        return found
+    finally:
+        if host_filter is None:
+            filt.close()
 
 
 def _remove_placeholder(name: str, record: dict | None) -> bool:
@@ -286,10 +349,10 @@ def _remove_placeholder(name: str, record: dict | None) -> bool:
 
 
 def delete_port(name: str, instance: Instance = DEFAULT, record: dict | None = None,
-                program=None) -> bool:
+                program=None, config=None, host_filter=None) -> bool:
     """Remove everything port `name` owns; False when nothing was there."""
     validate_port_name(name)
-    return _remove(name, instance, record, program)
+    return _remove(name, instance, record, program, config=config, host_filter=host_filter)
 
 
 def port_exists(name: str, instance: Instance = DEFAULT) -> bool:

@@ -96,7 +96,7 @@ class Server:
         self.conns: dict[socket.socket, Conn] = {}
         self.closer = Closer()
         self.sel = selectors.DefaultSelector()
-        self.watching: dict[int, str] = {}
+        self.watching: dict[int, tuple[str, str]] = {}
         self.passrights_off = False
 
     def serve(self, ready=None):
@@ -167,20 +167,20 @@ class Server:
                 self.sel.unregister(fd)
             except (KeyError, ValueError):
                 pass
-        for fd, name in now.items():
+        for fd, what in now.items():
             if fd not in self.watching:
                 self.sel.register(fd, selectors.EVENT_READ, "holder")
         self.watching = now
 
     def _holder_exited(self, fd: int):
-        name = self.watching.get(fd)
+        what = self.watching.get(fd)
         try:
             self.sel.unregister(fd)
         except (KeyError, ValueError):
             pass
         self.watching.pop(fd, None)
-        if name is not None:
-            self.helper.consumer_exited(name)
+        if what is not None:
+            self.helper.process_exited(*what)
 
     # ---- connections ----------------------------------------------------
 

@@ -38,6 +38,7 @@ class Context:
     ifindex: int                # the ifindex vmnet gives the consumer end (unique per instance)
     host_ifindex: int = 0       # ... and the host end of a pair
     config: object = None       # the helper's Config, when there is a helper
+    network_mtu: tuple | None = None    # (MTU, whose) of the network the host end joins
 
 
 @dataclasses.dataclass
@@ -56,6 +57,7 @@ class Configured:
     mtu: int
     host_ifindex: int = 0
     offloads_off: list = dataclasses.field(default_factory=list)
+    mtu_reason: str = ""
 
 
 class Backend:

@@ -18,15 +18,33 @@ from .. import bpf, links
 from . import Backend, Configured, Context, Plugged
 
 
-def choose_mtu(spec: PortSpec, host_max_mtu: int | None) -> int:
+def choose_mtu(spec: PortSpec, host_max_mtu: int | None, network: tuple | None = None) -> tuple[int, str]:
+    """The port's MTU and why: the largest one UMEM frame carries in this mode, lowered to its
+    network's (a bridge's, an Open vSwitch bridge's) as libvirt lowers a tap's to its bridge's,
+    or the one asked for. A network whose MTU is larger than the port can carry would have the
+    VM drop the network's larger frames silently: refused, unless a smaller MTU is asked for."""
     limit = min(MTU_FRAME_MAX, host_max_mtu or MTU_FRAME_MAX)
-    if spec.mtu is None:
-        return limit
-    if spec.mtu > limit:
+    net_mtu, net_name = network if network and network[0] else (None, "")
+    if spec.mtu is not None and spec.mtu > limit:
         raise InvalidInput(
             f"MTU {spec.mtu} is larger than port {spec.name} can carry in this mode ({limit})",
             fix=f"give --mtu {limit} or less, or leave it out to get the largest")
-    return spec.mtu
+    if net_mtu is None:
+        return (spec.mtu, "asked for") if spec.mtu is not None else (limit, "the largest one frame carries")
+    if spec.mtu is not None:
+        if spec.mtu > net_mtu:
+            raise InvalidInput(f"MTU {spec.mtu} of port {spec.name} is larger than the MTU of {net_name} "
+                               f"({net_mtu}): the network would drop the VM's larger frames",
+                               fix=f"give --mtu {net_mtu} or less, or leave it out to take the network's")
+        return spec.mtu, "asked for" + (f" (below {net_name}'s {net_mtu}: larger frames from it are dropped)"
+                                        if spec.mtu < net_mtu else "")
+    if net_mtu > limit:
+        raise InvalidInput(
+            f"{net_name} has MTU {net_mtu}, and port {spec.name} carries at most {limit} bytes per frame in "
+            "this mode: the VM would silently lose the network's larger frames",
+            fix=f"lower the network's MTU to {limit} or less, or ask for a smaller port MTU explicitly "
+                f"(--mtu {min(limit, 1500)}) if nothing on the network sends larger frames to the VM")
+    return net_mtu, f"the MTU of {net_name}"
 
 
 class PairBackend(Backend):
@@ -50,10 +68,10 @@ class PairBackend(Backend):
         spec = plugged.spec
         offloads = links.disable_offloads(spec.host_ifname)
         host = links.require_link(spec.host_ifname, ctx.host_ip)
-        mtu = choose_mtu(spec, host["max_mtu"])
+        mtu, why = choose_mtu(spec, host["max_mtu"], ctx.network_mtu)
         links.set_mtu_up(spec.host_ifname, mtu, ctx.host_ip)
         links.set_mtu_up(spec.consumer_ifname, mtu, ctx.cons_ip)
-        return Configured(mtu=mtu, host_ifindex=host["ifindex"], offloads_off=offloads)
+        return Configured(mtu=mtu, host_ifindex=host["ifindex"], offloads_off=offloads, mtu_reason=why)
 
     def unplug(self, name, record, instance):
         # deleting the host end deletes the pair, in whatever netns its peer is

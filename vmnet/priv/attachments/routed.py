@@ -1,0 +1,166 @@
+"""Routed: the VM's addresses are host routes through the host end (as Calico routes pods).
+
+For each address a route <address>/32 (/128) dev vmn-<port>, so the VM is
+reachable through the host's routing table and whatever routing daemon
+redistributes its kernel routes. The guest has a link-local gateway:
+169.254.1.1 (answered by proxy ARP on the host end, which Linux does for
+an address it has a route to through another device — its default route)
+and fe80::1 (a proxy NDP entry on the host end). The host end forwards
+(its own forwarding switch: the host's other devices are the operator's),
+and nothing else of the host is changed. Removing the host end takes its
+routes, proxy entries and settings along.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ...errors import AlreadyExists, KernelError, NotFound
+from .. import links
+from . import Kind, Prepared, of_record
+
+NTF_PROXY = 0x08
+RTPROT_STATIC = 4
+
+
+def _sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise KernelError(f"cannot set {path} to {value}", errno=exc.errno) from None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def host_settings(ifname: str, v4: bool, v6: bool) -> dict[str, str]:
+    """The host end's settings a routed port needs (/proc/sys paths). Pure."""
+    out = {}
+    if v4:
+        out.update({f"/proc/sys/net/ipv4/conf/{ifname}/forwarding": "1",
+                    f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp": "1",
+                    f"/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay": "0"})
+    if v6:
+        out.update({f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6": "0",
+                    f"/proc/sys/net/ipv6/conf/{ifname}/forwarding": "1",
+                    f"/proc/sys/net/ipv6/conf/{ifname}/proxy_ndp": "1"})
+    return out
+
+
+def route_oif(ip, address: str) -> int | None:
+    """The device (ifindex) of the main table's host route for `address`, or None."""
+    iface = ipaddress.ip_interface(address)
+    for msg in ip.get_routes(family=10 if iface.version == 6 else 2, table=254):
+        if msg.get("RTA_DST") == str(iface.ip) and msg["dst_len"] == iface.network.prefixlen:
+            return msg.get("RTA_OIF")
+    return None
+
+
+def _ifname(ip, ifindex: int) -> str:
+    found = ip.get_links(ifindex) if ifindex else []
+    return found[0].get("IFLA_IFNAME") if found else str(ifindex)
+
+
+def gateway_routable(ip, gateway: str, ifindex: int | None = None) -> bool:
+    """Whether the host routes `gateway` through a device other than the port's (what proxy
+    ARP needs to answer for it)."""
+    try:
+        routes = ip.route("get", dst=gateway)
+    except NetlinkError:
+        return False
+    return any(r.get("RTA_OIF") not in (None, ifindex) for r in routes)
+
+
+class Routed(Kind):
+    name = "routed"
+
+    def prepare(self, spec, ctx):
+        att = spec.attachment
+        with links.netlink(ctx.ip) as ip:
+            # a host route that is there already is found when the port's is added (EEXIST)
+            if att.ipv4 and not gateway_routable(ip, att.gateway4):
+                raise NotFound(f"the host has no route for the guest's gateway {att.gateway4}: proxy ARP (how "
+                               "the host answers the guest for it) needs one through another device",
+                               fix="a default route provides it (ip route add default via ROUTER); or give "
+                                   f"{att.gateway4} a route of its own, e.g. ip route add {att.gateway4}/32 dev lo")
+        return Prepared(att)
+
+    def plug(self, port, prepared, ctx):
+        att = prepared.attachment
+        ifname, ifindex = port.spec.host_ifname, port.host_ifindex
+        for path, value in host_settings(ifname, bool(att.ipv4), bool(att.ipv6)).items():
+            _sysctl(path, value)
+        routes = []
+        with links.netlink(ctx.ip) as ip:
+            try:
+                for address in att.addresses:
+                    iface = ipaddress.ip_interface(address)
+                    ip.route("add", dst=str(iface.ip), dst_len=iface.network.prefixlen, oif=ifindex,
+                             scope=253, proto=RTPROT_STATIC, family=10 if iface.version == 6 else 2)
+                    routes.append(address)
+                if att.ipv6:
+                    ip.neigh("add", dst=att.gateway6, ifindex=ifindex, flags=NTF_PROXY, family=10)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    oif = route_oif(ip, address)
+                    raise AlreadyExists(f"{address} is already routed"
+                                        + (f" through {_ifname(ip, oif)}" if oif else ""),
+                                        fix="give the VM an address the host does not route elsewhere, or "
+                                            "delete the port or route that has it") from None
+                raise KernelError(f"cannot route {', '.join(att.addresses)} through {ifname}",
+                                  errno=exc.code) from None
+        return {"routes": routes, "gateway4": att.gateway4, "gateway6": att.gateway6}
+
+    def unplug(self, name, record, ctx):
+        att = of_record(record)
+        found = False
+        with links.netlink(ctx.ip) as ip:
+            idx = ip.link_lookup(ifname="vmn-" + name)
+            if not idx:
+                return False        # its routes and proxy entries went with it
+            for address in att.addresses:
+                iface = ipaddress.ip_interface(address)
+                try:
+                    ip.route("del", dst=str(iface.ip), dst_len=iface.network.prefixlen, oif=idx[0],
+                             family=10 if iface.version == 6 else 2)
+                    found = True
+                except NetlinkError as exc:
+                    if exc.code not in (errno.ESRCH, errno.ENOENT):
+                        raise KernelError(f"cannot delete the route to {address}", errno=exc.code) from None
+            if att.gateway6:
+                try:
+                    ip.neigh("del", dst=att.gateway6, ifindex=idx[0], flags=NTF_PROXY, family=10)
+                except NetlinkError:
+                    pass
+        return found
+
+    def describe(self, record, ctx):
+        att = of_record(record)
+        out = {"plugged": True, "routes": list(att.addresses)}
+        ifindex = record.get("host_ifindex")
+        notes = []
+        with links.netlink(ctx.ip) as ip:
+            missing = [a for a in att.addresses if route_oif(ip, a) != ifindex]
+            if att.ipv4 and not gateway_routable(ip, att.gateway4, ifindex):
+                notes.append(f"no route covers the guests' gateway {att.gateway4} (proxy ARP needs one)")
+        if missing:
+            out["plugged"] = False
+            out["missing"] = "no host route for " + ", ".join(missing)
+        if att.ipv4 and _read("/proc/sys/net/ipv4/ip_forward") == "0":
+            notes.append("the host does not forward IPv4 (net.ipv4.ip_forward = 0): the VM is reachable from "
+                         "this host only")
+        if att.ipv6 and _read("/proc/sys/net/ipv6/conf/all/forwarding") == "0":
+            notes.append("the host does not forward IPv6 (net.ipv6.conf.all.forwarding = 0): the VM is "
+                         "reachable from this host only")
+        if notes:
+            out["notes"] = notes
+        return out
