@@ -95,14 +95,18 @@ def test_add_check_del_twice_leaves_nothing(cni_helper, consumer_netns, queues):
         assert invoke(h, "DEL", conf, pod)[:2] == (0, None)                # DEL is idempotent
 
 
-def test_add_again_is_the_same_port_and_del_without_add_succeeds(cni_helper, consumer_netns):
+def test_a_second_add_for_the_same_interface_fails_and_del_without_add_succeeds(cni_helper, consumer_netns):
+    """CNI spec: "If an interface of the requested name already exists in the container, the CNI
+    plugin MUST return with an error"."""
     h, pod = cni_helper, consumer_netns
     conf = conf_for(h)
     assert invoke(h, "DEL", conf, pod, container="never-added")[:2] == (0, None)
     rc, first, _ = invoke(h, "ADD", conf, pod)
-    rc2, second, err = invoke(h, "ADD", conf, pod)
-    assert (rc, rc2) == (0, 0), err
-    assert first == second
+    rc2, err, _ = invoke(h, "ADD", conf, pod)
+    assert rc == 0 and rc2 != 0
+    assert err["code"] == cni.E_ALREADY_EXISTS and "pod1a2b3c4d5e6 of container c0ffee already exists" in err["msg"]
+    assert "DEL it first" in err["details"]
+    assert len(h.vmnet_json("port", "list")["ports"]) == 1          # the first is untouched
     assert invoke(h, "DEL", conf, pod)[0] == 0
 
 
@@ -152,7 +156,12 @@ def test_add_into_a_netns_that_vanished_is_container_unknown_and_makes_nothing(c
     ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "mac": "01:00:00:00:00:01"}, 7, "multicast"),
     ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "backend": "sriov"}, 7, "backend 'sriov'"),
     ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "colour": "red"}, 2, "unknown field(s) in network 'n': colour"),
-    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "ipam": {"type": "host-local"}}, 2, "field ipam"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "ipam": {"type": "no-such-ipam"}}, 7,
+     "the IPAM plugin 'no-such-ipam' is not in CNI_PATH"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "routed": True}, 7, "a routed network needs addresses"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "vlanTrunk": [{"id": 5000}]}, 7, "5000 is not a VLAN"),
+    ({"cniVersion": "1.0.0", "name": "n", "type": "vmnet", "bridge": "br0", "ovsBridge": "br1"}, 7,
+     "bridge and ovs were both given"),
 ])
 def test_bad_configuration_is_a_cni_error_naming_the_field(cni_helper, consumer_netns, conf, code, words):
     h = cni_helper
@@ -250,3 +259,66 @@ def test_a_pod_netns_with_other_devices_needs_the_bind_guard(cni_helper, consume
         assert rc != 0 and out["code"] == 108 and "could bind its AF_XDP sockets to eth0" in out["msg"]
         assert "bpf LSM" in out["details"] and h.vmnet_json("port", "list")["ports"] == []
         assert set(pod_links(pod)) == {"lo", "eth0"}
+
+
+# ---- IPAM, delegated ----------------------------------------------------------
+
+def host_local_store(h) -> str:
+    return os.path.join(h.dir, "ipam")
+
+
+def ipam_conf(h, **extra):
+    return conf_for(h, ipam={"type": "host-local", "dataDir": host_local_store(h),
+                             "ranges": [[{"subnet": "10.30.0.0/24", "gateway": "10.30.0.1"}],
+                                        [{"subnet": "fd30::/64"}]],
+                             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.40.0.0/16"}]},
+                    dns={"nameservers": ["10.30.0.53"], "search": ["example.test"]}, **extra)
+
+
+def leases(h) -> list[str]:
+    store = os.path.join(host_local_store(h), "vmnet-fast")
+    return sorted(f for f in os.listdir(store) if f[0].isdigit() or ":" in f) if os.path.isdir(store) else []
+
+
+def test_ipam_host_local_addresses_go_to_the_result_and_the_port_and_del_releases_them(cni_helper, consumer_netns):
+    h, pod = cni_helper, consumer_netns
+    conf = ipam_conf(h)
+    rc, res, err = invoke(h, "ADD", conf, pod)
+    assert rc == 0, (res, err)
+    assert_result_shape(res)
+    pod_side = [i for i, iface in enumerate(res["interfaces"]) if iface.get("sandbox")]
+    assert [ip["interface"] for ip in res["ips"]] == pod_side * 2
+    assert {ip["address"] for ip in res["ips"]} == {"10.30.0.2/24", "fd30::2/64"}
+    assert {"dst": "10.40.0.0/16"} in res["routes"]
+    assert leases(h) == ["10.30.0.2", "fd30::2"]
+    record = h.vmnet_json("port", "show", cni.port_name("c0ffee", "vmnet-fast", "pod1a2b3c4d5e6"))
+    att = record["attachment"]
+    assert att["addresses"] == ["10.30.0.2/24", "fd30::2/64"] and att["gateway4"] == "10.30.0.1"
+    assert att["routes"] == [{"dst": "10.40.0.0/16", "gw": "10.30.0.1"}]
+    assert att["dns"] == ["10.30.0.53"] and att["search"] == ["example.test"]
+    assert record["network"]["addr_server"]["alive"]
+    assert invoke(h, "DEL", conf, pod)[:2] == (0, None)
+    assert leases(h) == []
+    assert invoke(h, "DEL", conf, pod)[:2] == (0, None)       # again: IPAM's DEL is idempotent too
+
+
+def test_a_failed_add_gives_the_ipam_address_back(cni_helper, consumer_netns):
+    h, pod = cni_helper, consumer_netns
+    conf = ipam_conf(h, bridge="no-such-br")
+    rc, err, _ = invoke(h, "ADD", conf, pod)
+    assert rc != 0 and "bridge no-such-br does not exist" in err["msg"], err
+    assert leases(h) == [] and h.vmnet_json("port", "list")["ports"] == []
+
+
+def test_static_ipam_on_a_bridge(cni_helper, consumer_netns):
+    from guest_env import make_bridge
+    h, pod = cni_helper, consumer_netns
+    make_bridge("br1")
+    conf = conf_for(h, bridge="br1", ipam={"type": "static", "addresses": [
+        {"address": "10.50.0.7/24", "gateway": "10.50.0.1"}]})
+    rc, res, err = invoke(h, "ADD", conf, pod)
+    assert rc == 0, (res, err)
+    assert res["ips"][0]["address"] == "10.50.0.7/24"
+    record = h.vmnet_json("port", "show", cni.port_name("c0ffee", "vmnet-fast", "pod1a2b3c4d5e6"))
+    assert record["attachment"]["bridge"] == "br1" and record["network"]["plugged"]
+    assert invoke(h, "DEL", conf, pod)[0] == 0

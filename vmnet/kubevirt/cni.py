@@ -18,11 +18,24 @@ whether the helper answers. The port's name is derived from (container id,
 network name, ifname), the triple CNI identifies an attachment by, so DEL
 and GC find it without any state of their own.
 
+Where the port's host end is plugged takes the reference `bridge` plugin's
+keys where they mean the same (bridge, vlan, vlanTrunk, mtu, macspoofchk),
+plus ovsBridge and routed (docs/networks.md). An `ipam` section is
+delegated as libcni and the reference plugins delegate: the IPAM plugin
+named by its type is run from CNI_PATH with the same environment and
+configuration; its ips, routes and dns go into the result (the ips on the
+pod-side interface) and to the port, whose address server serves them to
+the guest. DEL delegates too; an ADD that fails after IPAM gave an address
+gives it back.
+
 Configuration (the NAD's `config`):
   {"cniVersion": "1.0.0", "name": "vmnet-fast", "type": "vmnet",
    "queues": 1, "backend": "veth", "mode": "auto", "mtu": 3506, "mac": "02:...",
    "leaseFrom": "eth1", "consumerUid": 107, "consumerGid": 107,
    "placeholderTap": true, "socket": "/run/vmnet/helper.sock",
+   "bridge": "br1", "vlan": 10, "vlanTrunk": [{"id": 20}, {"minID": 30, "maxID": 39}],
+   "macspoofchk": true, "ovsBridge": "br-int", "routed": false,
+   "ipam": {"type": "host-local", "subnet": "10.10.0.0/24", "gateway": "10.10.0.1"},
    "runtimeConfig": {"mac": "02:..."}}
 """
 
@@ -31,9 +44,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 
-from ..errors import AlreadyExists, HelperUnavailable, InvalidInput, NotFound, VmnetError
+from ..errors import HelperUnavailable, InvalidInput, NotFound, VmnetError
 
 SPEC_VERSION = "1.1.0"
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -41,12 +55,14 @@ COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 KEYS = {"cniVersion", "name", "type", "queues", "backend", "mode", "mtu", "mac", "leaseFrom",
         "consumerUid", "consumerGid", "placeholderTap", "socket", "runtimeConfig", "args",
         "prevResult", "capabilities", "cniVersions", "disableCheck", "disableGC",
-        "cni.dev/valid-attachments", "cni.dev/attachments", "ipam", "dns"}
+        "cni.dev/valid-attachments", "cni.dev/attachments", "ipam", "dns",
+        "bridge", "vlan", "vlanTrunk", "macspoofchk", "ovsBridge", "routed"}
 KUBEVIRT_UID = 107
 
 # CNI's well-known error codes
 E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG = 1, 2, 3, 4, 5, 6, 7
 E_TRY_AGAIN, E_UNAVAILABLE = 11, 50
+E_ALREADY_EXISTS = 104              # vmnet's own: 100 + AlreadyExists' exit code
 
 
 class CniError(Exception):
@@ -102,15 +118,71 @@ def parse_config(data: bytes) -> dict:
     return conf
 
 
-def port_args(conf: dict, env: dict) -> dict:
-    """The helper's port-create arguments for an ADD, every field checked first."""
+def check_keys(conf: dict) -> None:
     unknown = sorted(set(conf) - KEYS)
     if unknown:
         raise CniError(E_FIELD, f"unknown field(s) in network {conf.get('name')!r}: {', '.join(unknown)}",
                        "vmnet knows: " + ", ".join(sorted(KEYS - {"prevResult", "args"})))
-    if conf.get("ipam"):
-        raise CniError(E_FIELD, "field ipam: vmnet gives the VM its NIC, not an address; the guest "
-                                "configures its own", "remove ipam from the network configuration")
+
+
+def trunk_of(value) -> list:
+    """The bridge plugin's vlanTrunk ([{"id": 10}, {"minID": 20, "maxID": 29}]) as VLAN ranges."""
+    if not isinstance(value, list) or not value:
+        raise CniError(E_CONFIG, "field vlanTrunk must be a non-empty list of {\"id\"} or {\"minID\", \"maxID\"}")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict) or not (set(entry) == {"id"} or set(entry) == {"minID", "maxID"}):
+            raise CniError(E_CONFIG, f"vlanTrunk entry {json.dumps(entry)} is not {{\"id\": N}} or "
+                                     "{\"minID\": N, \"maxID\": M}")
+        out.append([entry["id"], entry["id"]] if "id" in entry else [entry["minID"], entry["maxID"]])
+    return out
+
+
+def attachment(conf: dict, ipam: dict | None = None):
+    """Where the port is plugged and what its guest is told: the configuration's keys and the
+    IPAM plugin's result (its ips, routes and dns)."""
+    from ..network import attachment_from_options
+    routed = _field(conf, "routed", bool, False)
+    if routed and not ipam:
+        raise InvalidInput("a routed network needs addresses for its VMs", fix='add an "ipam" section')
+    options = {"bridge": _field(conf, "bridge", str, None), "ovs": _field(conf, "ovsBridge", str, None),
+               "routed": routed, "vlan": _field(conf, "vlan", int, None),
+               "spoofcheck": _field(conf, "macspoofchk", bool, True)}
+    if "vlanTrunk" in conf:
+        options["trunk"] = trunk_of(conf["vlanTrunk"])
+    if ipam:
+        ips = [ip for ip in ipam.get("ips") or [] if isinstance(ip, dict) and isinstance(ip.get("address"), str)]
+        if routed:          # a routed VM's addresses are its own: host routes, whatever the subnet
+            options["addresses"] = [ip["address"].split("/")[0] for ip in ips]
+        else:
+            options["addresses"] = [ip["address"] for ip in ips]
+            for ip in ips:
+                if isinstance(ip.get("gateway"), str):
+                    key = "gateway6" if ":" in ip["gateway"] else "gateway4"
+                    options.setdefault(key, ip["gateway"])
+        gateways = {4: options.get("gateway4"), 6: options.get("gateway6")}
+        routes = []
+        for r in ipam.get("routes") or []:
+            if not isinstance(r, dict) or not isinstance(r.get("dst"), str):
+                continue
+            gw = r.get("gw") or gateways[6 if ":" in r["dst"] else 4]
+            if routed or not gw or r["dst"] in ("0.0.0.0/0", "::/0"):
+                continue        # a routed guest's routes are vmnet's; default routes go with the gateway
+            routes.append({"dst": r["dst"], "gw": gw})
+        options["routes"] = routes
+        dns = ipam.get("dns") or conf.get("dns") or {}      # as the bridge plugin: the network's own dns
+        if isinstance(dns, dict):
+            options["dns"] = [n for n in dns.get("nameservers") or [] if isinstance(n, str)]
+            search = [s for s in dns.get("search") or [] if isinstance(s, str)]
+            if not search and isinstance(dns.get("domain"), str):
+                search = [dns["domain"]]
+            options["search"] = search
+    return attachment_from_options(**options)
+
+
+def port_args(conf: dict, env: dict, ipam: dict | None = None) -> dict:
+    """The helper's port-create arguments for an ADD, every field checked first."""
+    check_keys(conf)
     network = _field(conf, "name", str)
     args = parse_cni_args(env.get("CNI_ARGS", ""))
     pod_uid = args.get("K8S_POD_UID")
@@ -148,6 +220,11 @@ def port_args(conf: dict, env: dict) -> dict:
         if not isinstance(mac, str):
             raise CniError(E_CONFIG, "field mac (or runtimeConfig.mac) must be a string")
         out["mac"] = mac
+    try:
+        if ipam is not None or not conf.get("ipam"):      # else checked once IPAM has answered
+            out["attachment"] = attachment(conf, ipam).to_dict()
+    except InvalidInput as exc:
+        raise CniError(E_CONFIG, f"network {network!r}: {exc.message}", exc.fix or "") from None
     # the same rules the helper applies, before anything is asked of it
     from ..model import PortSpec
     try:
@@ -171,10 +248,12 @@ def _field(conf: dict, key: str, kind, default=...):
     return value
 
 
-def result(version: str, record: dict, netns: str, prev: dict | None = None) -> dict:
+def result(version: str, record: dict, netns: str, prev: dict | None = None, ipam: dict | None = None,
+           dns: dict | None = None) -> dict:
     """The ADD result: the previous plugin's, plus the port's interfaces (the host end without a
-    sandbox, the consumer end in the pod). The placeholder tap is not listed: Multus would report
-    it as a second interface of this network, and KubeVirt would take it for the pod's."""
+    sandbox, the consumer end in the pod) and what IPAM gave (its ips on the pod-side interface).
+    The placeholder tap is not listed: Multus would report it as a second interface of this
+    network, and KubeVirt would take it for the pod's."""
     out = dict(prev or {})
     interfaces = list(out.get("interfaces") or [])
     from ..model import has_host_end
@@ -184,6 +263,16 @@ def result(version: str, record: dict, netns: str, prev: dict | None = None) -> 
     out["interfaces"] = interfaces
     out.setdefault("ips", [])
     out.setdefault("dns", {})
+    if ipam:
+        pod_side = len(interfaces) - 1
+        out["ips"] = list(out["ips"]) + [dict({k: v for k, v in ip.items() if k != "interface"}, interface=pod_side)
+                                         for ip in ipam.get("ips") or [] if isinstance(ip, dict)]
+        if ipam.get("routes"):
+            out["routes"] = list(out.get("routes") or []) + list(ipam["routes"])
+        if ipam.get("dns"):
+            out["dns"] = ipam["dns"]
+    if dns and not out.get("dns"):
+        out["dns"] = dns            # the network's own, as the bridge plugin reports it
     return convert(out, version)
 
 
@@ -222,30 +311,87 @@ def _call(conf: dict, verb: str, **args) -> dict:
     return call(_socket(conf), verb, **args)
 
 
-def cmd_add(conf: dict, env: dict) -> dict:
-    _env(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
-    args = port_args(conf, env)
+def _exists(conf: dict, name: str) -> dict | None:
     try:
+        return _call(conf, "port-show", name=name)
+    except NotFound:
+        return None
+
+
+def cmd_add(conf: dict, env: dict, stdin: bytes = b"") -> dict:
+    _env(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
+    port_args(conf, env)                    # refuse a bad configuration before IPAM gives anything
+    name = port_name(env["CNI_CONTAINERID"], conf["name"], env["CNI_IFNAME"])
+    if _exists(conf, name) is not None:
+        raise CniError(E_ALREADY_EXISTS, f"interface {env['CNI_IFNAME']} of container {env['CNI_CONTAINERID']} "
+                                         f"already exists on network {conf['name']!r} (port {name})",
+                       "the CNI spec refuses a second ADD for the same container and interface: DEL it first")
+    ipam = delegate("ADD", conf, env, stdin) if conf.get("ipam") else None
+    try:
+        args = port_args(conf, env, ipam)
         record = _call(conf, "port-create", **args)
-    except AlreadyExists:
-        # the same attachment again (a runtime that retried an ADD): the port it made, if whole
-        record = _call(conf, "port-show", name=args["name"])
-        if record.get("owner") != args["owner"] or record.get("health") \
-                or (record.get("consumer_pod") or {}).get("uid") != args["pod"]["uid"]:
-            raise
-    return result(conf["cniVersion"], record, env["CNI_NETNS"], conf.get("prevResult"))
+    except BaseException:
+        if ipam is not None:
+            try:
+                delegate("DEL", conf, env, stdin)       # give the address back
+            except CniError:
+                pass
+        raise
+    return result(conf["cniVersion"], record, env["CNI_NETNS"], conf.get("prevResult"), ipam, conf.get("dns"))
 
 
-def cmd_del(conf: dict, env: dict) -> None:
+def cmd_del(conf: dict, env: dict, stdin: bytes = b"") -> None:
     _env(env, "CNI_CONTAINERID", "CNI_IFNAME")
     name = port_name(env["CNI_CONTAINERID"], _field(conf, "name", str), env["CNI_IFNAME"])
+    record = _exists(conf, name)
+    if record is not None:
+        if record.get("owner") != owner(conf["name"]):
+            raise CniError(E_CONFIG, f"port {name} does not belong to network {conf['name']!r}; not deleted")
+        _call(conf, "port-delete", name=name, missing_ok=True)
+    if conf.get("ipam"):
+        delegate("DEL", conf, env, stdin)      # also when the port was gone: DEL is idempotent
+
+
+# ---- IPAM, delegated as libcni delegates -------------------------------------
+
+def find_plugin(kind: str, env: dict) -> str:
+    if not isinstance(kind, str) or not kind or "/" in kind or kind.startswith("."):
+        raise CniError(E_CONFIG, f"ipam type {kind!r} is not a plugin name", 'give e.g. "host-local"')
+    for d in (env.get("CNI_PATH") or "").split(":"):
+        path = os.path.join(d, kind)
+        if d and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise CniError(E_CONFIG, f"the IPAM plugin {kind!r} is not in CNI_PATH ({env.get('CNI_PATH') or 'unset'})",
+                   "install it (Debian: containernetworking-plugins) or fix ipam.type")
+
+
+def delegate(command: str, conf: dict, env: dict, stdin: bytes) -> dict | None:
+    """Run the IPAM plugin with the same configuration and environment; its result (ADD)."""
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CniError(E_CONFIG, "field ipam must be an object with a type")
+    plugin = find_plugin(ipam.get("type"), env)
     try:
-        record = _call(conf, "port-show", name=name)
-    except NotFound:
-        return                          # deleted already, or never made: DEL succeeds
-    if record.get("owner") != owner(conf["name"]):
-        raise CniError(E_CONFIG, f"port {name} does not belong to network {conf['name']!r}; not deleted")
-    _call(conf, "port-delete", name=name, missing_ok=True)
+        out = subprocess.run([plugin], input=stdin, env=dict(env, CNI_COMMAND=command), capture_output=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CniError(E_IO, f"the IPAM plugin {ipam['type']} could not run ({exc})") from None
+    body = None
+    if out.stdout.strip():
+        try:
+            body = json.loads(out.stdout)
+        except ValueError:
+            raise CniError(E_DECODE, f"the IPAM plugin {ipam['type']} printed something that is not JSON") from None
+    if out.returncode != 0:
+        err = body if isinstance(body, dict) else {}
+        raise CniError(err.get("code") if isinstance(err.get("code"), int) else E_IO,
+                       f"IPAM {ipam['type']} {command}: {err.get('msg') or out.stderr.decode(errors='replace').strip()}",
+                       str(err.get("details") or ""))
+    if command == "ADD":
+        if not isinstance(body, dict):
+            raise CniError(E_DECODE, f"the IPAM plugin {ipam['type']} returned no result")
+        return body
+    return None
 
 
 def cmd_check(conf: dict, env: dict) -> None:
@@ -315,9 +461,10 @@ def run(command: str, stdin: bytes, env: dict) -> dict | None:
                                   f"{conf['cniVersion']}")
     if command == "CHECK" and conf["cniVersion"] in ("0.3.0", "0.3.1"):
         raise CniError(E_VERSION, f"CHECK needs cniVersion 0.4.0 or later, not {conf['cniVersion']}")
-    handler = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}[command]
     try:
-        return handler(conf, env)
+        if command in ("ADD", "DEL"):
+            return (cmd_add if command == "ADD" else cmd_del)(conf, env, stdin)
+        return {"CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}[command](conf, env)
     except CniError:
         raise
     except HelperUnavailable as exc:
