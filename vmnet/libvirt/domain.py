@@ -112,6 +112,10 @@ def prepare(call, xml, default_user: str) -> dict:
             uid, gid = consumer(port, default_user)
             args = {k: v for k, v in port.items() if k != "consumer_user"}
             args.update(consumer_uid=uid, consumer_gid=gid, owner=owner)
+            att = args.get("attachment")
+            if att and att.get("kind") in ("ovs", "network") and "vm_uuid" not in att and owner.startswith("uuid:"):
+                # what libvirt puts in an Open vSwitch port's external_ids:vm-uuid
+                args["attachment"] = dict(att, vm_uuid=owner[5:])
             if scope:
                 args["consumer_scope"] = scope
             try:

@@ -37,6 +37,12 @@ ATTRS = {"name": "name", "queues": "queues", "start-queue": "start_queue", "back
          "mode": "mode", "netns": "netns", "mac": "mac", "mtu": "mtu"}
 INT_ATTRS = ("queues", "start-queue", "mtu")
 EXTRA_ATTRS = ("consumer-user",)
+# metadata attribute -> where the port is plugged (vmnet.network.attachment_from_options)
+ATTACH_ATTRS = {"bridge": "bridge", "ovs-bridge": "ovs", "network": "network", "routed": "routed",
+                "vlan": "vlan", "trunk": "trunk", "address": "addresses", "gateway": "gateways",
+                "route": "routes", "dns": "dns", "search": "search", "hostname": "hostname",
+                "iface-id": "iface_id", "vm-uuid": "vm_uuid", "dhcp": "dhcp", "spoofcheck": "spoofcheck"}
+BOOL_ATTRS = ("routed", "dhcp", "spoofcheck")
 
 
 def parse_domain(text: str | bytes) -> ET.Element:
@@ -71,10 +77,10 @@ def port_from_element(el: ET.Element, validate: bool = True) -> dict:
     validate applies every rule of a port here; without it the helper applies
     the same rules when the port is created (the hook's fast path).
     """
-    unknown = set(el.attrib) - set(ATTRS) - set(EXTRA_ATTRS)
+    unknown = set(el.attrib) - set(ATTRS) - set(EXTRA_ATTRS) - set(ATTACH_ATTRS)
     if unknown:
         raise InvalidInput(f"<vmnet:port> has unknown attribute(s) {', '.join(sorted(unknown))}",
-                           fix=f"known attributes: {', '.join(list(ATTRS) + list(EXTRA_ATTRS))}")
+                           fix=f"known attributes: {', '.join(list(ATTRS) + list(EXTRA_ATTRS) + list(ATTACH_ATTRS))}")
     args: dict = {}
     for attr, field in ATTRS.items():
         if attr not in el.attrib:
@@ -87,6 +93,9 @@ def port_from_element(el: ET.Element, validate: bool = True) -> dict:
         args[field] = value
     if "name" not in args:
         raise InvalidInput("<vmnet:port> has no name attribute", fix='add name="..." (at most 11 characters)')
+    attachment = attachment_of(el)
+    if attachment is not None:
+        args["attachment"] = attachment
     if validate:
         from ..model import PortSpec, validate_netns
         PortSpec(**args)        # every rule of a port, before anything is created
@@ -95,6 +104,32 @@ def port_from_element(el: ET.Element, validate: bool = True) -> dict:
     if "consumer-user" in el.attrib:
         args["consumer_user"] = el.attrib["consumer-user"]
     return args
+
+
+def attachment_of(el: ET.Element) -> dict | None:
+    """The attachment a <vmnet:port>'s attributes describe (None: none is declared)."""
+    given = {field: el.attrib[attr] for attr, field in ATTACH_ATTRS.items() if attr in el.attrib}
+    if not given:
+        return None
+    for attr in BOOL_ATTRS:
+        field = ATTACH_ATTRS[attr]
+        if field in given:
+            value = given[field].lower()
+            if value not in ("yes", "no", "true", "false", "on", "off"):
+                raise InvalidInput(f'<vmnet:port {attr}="{given[field]}"> is not yes or no')
+            given[field] = value in ("yes", "true", "on")
+    if "vlan" in given:
+        if not given["vlan"].isascii() or not given["vlan"].isdigit():
+            raise InvalidInput(f'<vmnet:port vlan="{given["vlan"]}"> is not a number')
+        given["vlan"] = int(given["vlan"])
+    gateways = given.pop("gateways", "")
+    from ..network import _split, attachment_from_options
+    gw = _split(gateways)
+    gw4, gw6 = [g for g in gw if ":" not in g], [g for g in gw if ":" in g]
+    if len(gw4) > 1 or len(gw6) > 1:
+        raise InvalidInput(f'<vmnet:port gateway="{gateways}"> names more than one gateway per IP version')
+    att = attachment_from_options(gateway4=gw4[0] if gw4 else None, gateway6=gw6[0] if gw6 else None, **given)
+    return att.to_dict()
 
 
 def parse_ports(domain: ET.Element, validate: bool = True) -> list[dict]:
@@ -125,7 +160,45 @@ def _port_element(port: dict) -> ET.Element:
             attrib[attr] = str(port[field])
     if port.get("consumer_user"):
         attrib["consumer-user"] = port["consumer_user"]
+    attrib.update(attachment_attrs(port.get("attachment")))
     return ET.Element(f"{{{NS}}}port", attrib)
+
+
+def attachment_attrs(attachment: dict | None) -> dict:
+    """A port's attachment as <vmnet:port> attributes (attachment_of's inverse)."""
+    from ..network import Attachment, format_trunk
+    att = Attachment.from_dict(attachment)
+    out = {}
+    if att.kind in ("bridge", "ovs"):
+        out["bridge" if att.kind == "bridge" else "ovs-bridge"] = att.bridge
+    elif att.kind == "network":
+        out["network"] = att.network
+    elif att.kind == "routed":
+        out["routed"] = "yes"
+    if att.vlan is not None:
+        out["vlan"] = str(att.vlan)
+    if att.trunk:
+        out["trunk"] = format_trunk(att.trunk)
+    if att.addresses:
+        out["address"] = " ".join(att.addresses)
+    from ..network import GATEWAY4, GATEWAY6
+    routed_defaults = (GATEWAY4, GATEWAY6) if att.kind == "routed" else ()
+    gateways = [g for g in (att.gateway4, att.gateway6) if g and g not in routed_defaults]
+    if gateways:
+        out["gateway"] = " ".join(gateways)
+    if att.routes:
+        out["route"] = "; ".join(d + (f" via {g}" if g else "") for d, g in att.routes)
+    for key, attr in (("dns", "dns"), ("search", "search")):
+        if getattr(att, key):
+            out[attr] = " ".join(getattr(att, key))
+    for key, attr in (("hostname", "hostname"), ("iface_id", "iface-id"), ("vm_uuid", "vm-uuid")):
+        if getattr(att, key):
+            out[attr] = getattr(att, key)
+    if not att.dhcp:
+        out["dhcp"] = "no"
+    if not att.spoofcheck:
+        out["spoofcheck"] = "no"
+    return out
 
 
 def qemu_args_for(port: dict) -> list[str]:
