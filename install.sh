@@ -44,6 +44,10 @@ apt-get install -y -q --no-install-recommends \
     kmod xz-utils flex bison bc binutils pkgconf libelf-dev libssl-dev
 # The VM tests' guest enables every queue of a multi-queue NIC with ethtool.
 apt-get install -y -q --no-install-recommends ethtool
+# Network attachments: Open vSwitch for `ovs` ports (the tests run a private ovsdb-server
+# and ovs-vswitchd with the userspace datapath), dnsmasq for libvirt's `default` network,
+# dhcpcd as the DHCPv6 client the address-server tests use (udhcpc comes with busybox).
+apt-get install -y -q --no-install-recommends openvswitch-switch dnsmasq-base dhcpcd-base
 # The CNI tests chain vmnet's plugin with Debian's reference plugins (/usr/lib/cni); the node
 # image is built with mmdebstrap and podman (scripts/build-images) and its test runs it with runc.
 apt-get install -y -q --no-install-recommends containernetworking-plugins mmdebstrap podman runc

@@ -156,3 +156,72 @@ class Libvirt:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(HOOK)
         self.helper.cleanup()
+
+
+class PrivateLibvirt:
+    """A system-mode libvirtd of the test's own: in a netns and a mount namespace of its own,
+    with private /run/libvirt, /etc/libvirt (a copy of the host's, with the vmnet hook),
+    /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt, so that its networks (virbr0,
+    their dnsmasq and firewall rules) never touch the host's. virsh reaches it through its
+    socket; the helper reads its networks' status where its /run/libvirt really is
+    (libvirt_run_dir)."""
+
+    DIRS = {"run": "/run/libvirt", "etc": "/etc/libvirt", "lib": "/var/lib/libvirt",
+            "cache": "/var/cache/libvirt", "log": "/var/log/libvirt"}
+
+    def __init__(self, netns_name: str, helper_config: str = ""):
+        import tempfile
+        self.netns = netns_name
+        self.dir = tempfile.mkdtemp(prefix="vmnet-libvirt-")
+        self.run_dir = os.path.join(self.dir, "run")
+        self.helper = HelperProcess(f'libvirt_run_dir = "{self.run_dir}"\n' + helper_config)
+        self.uri = f"qemu:///system?socket={self.run_dir}/libvirt-sock"
+
+    def start(self) -> "PrivateLibvirt":
+        from vmnet.priv import netns
+        for name in self.DIRS:
+            os.makedirs(os.path.join(self.dir, name))
+        subprocess.run(["cp", "-a", "/etc/libvirt/.", os.path.join(self.dir, "etc")], check=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, "etc", "hooks", "qemu.d", "vmnet"))    # the host's, if any
+        with netns.entered(self.netns):
+            self.helper.start()
+        subprocess.run([PYTHON, "-I", "-m", "vmnet", "libvirt", "install-hook", "--config", self.helper.config,
+                        "--path", os.path.join(self.dir, "etc", "hooks", "qemu.d", "vmnet")],
+                       check=True, capture_output=True)
+        # /run/libvirt exists only once a libvirtd has run on this machine: the mount point is made
+        # (empty, as libvirtd would make it) and left, as libvirtd leaves it
+        mounts = " && ".join(f"mkdir -p {target} && mount --bind {self.dir}/{name} {target}"
+                             for name, target in self.DIRS.items())
+        daemons = (f"virtlogd -d -p {self.dir}/virtlogd.pid && libvirtd -d -p {self.dir}/libvirtd.pid")
+        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f"{mounts} && exec nsenter --net=/run/netns/{self.netns} sh -c '{daemons}'"], check=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.virsh("version").returncode == 0:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError("the private libvirtd did not come up")
+
+    def virsh(self, *args):
+        return subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True, timeout=120)
+
+    def define(self, name: str, xml: str) -> str:
+        path = os.path.join(self.dir, name + ".xml")
+        with open(path, "w") as f:
+            f.write(xml)
+        out = self.virsh("define", path)
+        assert out.returncode == 0, out.stderr
+        return name
+
+    def stop(self):
+        listed = self.virsh("list", "--all", "--name")
+        for dom in listed.stdout.split() if listed.returncode == 0 else []:
+            self.virsh("destroy", dom)
+            self.virsh("undefine", dom)
+        for net in ("default",):
+            self.virsh("net-destroy", net)
+        for name in ("libvirtd", "virtlogd"):
+            _terminate(_pid(os.path.join(self.dir, f"{name}.pid")))
+        self.helper.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -42,6 +42,17 @@ def read_network(name: str, config=None) -> dict:
     return parse_libvirt_network_status(text, name)
 
 
+def as_plugged(att):
+    """The bridge or ovs attachment a resolved network attachment plugs as.
+
+    The domain's uuid and an iface-id only mean something to Open vSwitch:
+    on a Linux bridge network they are dropped, not refused.
+    """
+    via = att.via or "bridge"
+    ovs_only = {} if via == "ovs" else {"iface_id": None, "vm_uuid": None}
+    return att.resolved(kind=via, network=None, via=None, **ovs_only)
+
+
 class LibvirtNetwork(Kind):
     name = "network"
 
@@ -51,21 +62,21 @@ class LibvirtNetwork(Kind):
         net = read_network(att.network, ctx.config)
         via = "ovs" if net["ovs"] else "bridge"
         resolved = att.resolved(bridge=net["bridge"], via=via)
-        prepared = get(via).prepare(dataclasses.replace(spec, attachment=resolved.resolved(
-            kind=via, network=None, via=None)), ctx)
+        resolved = resolved if via == "ovs" else as_plugged(resolved).resolved(kind="network", network=att.network,
+                                                                                 via=via)
+        prepared = get(via).prepare(dataclasses.replace(spec, attachment=as_plugged(resolved)), ctx)
         prepared.attachment = resolved
         prepared.mtu_of = f"libvirt network {att.network} ({prepared.mtu_of})"
         return prepared
 
     def _as_via(self, record):
         att = of_record(record)
-        return get(att.via or "bridge"), dict(record, attachment=att.resolved(kind=att.via or "bridge", network=None,
-                                                                              via=None).to_dict())
+        return get(att.via or "bridge"), dict(record, attachment=as_plugged(att).to_dict())
 
     def plug(self, port, prepared, ctx):
         import dataclasses
         att = prepared.attachment
-        as_via = att.resolved(kind=att.via, network=None, via=None)
+        as_via = as_plugged(att)
         inner = dataclasses.replace(prepared, attachment=as_via)
         port = dataclasses.replace(port, spec=dataclasses.replace(port.spec, attachment=as_via))
         return dict(get(att.via).plug(port, inner, ctx), network=att.network)

@@ -1,0 +1,97 @@
+"""A port on a libvirt network, with a real libvirtd: the hook resolves network="default" to
+the bridge libvirt runs it on, reading the status libvirt keeps for active networks (never
+calling libvirt from the hook), and refuses a stopped or unknown network with the fix.
+
+The libvirtd here is private (tests/libvirt_env.py PrivateLibvirt: its own netns and mount
+namespace), so starting its `default` network — virbr0, Debian's dnsmasq-base, firewall
+rules — never touches the host. Debian's QEMU has no af-xdp: the domain runs with the stock
+emulator and its ports declared in metadata (what live attach uses), so the port exists, on
+the network, while the domain runs. A guest taking its lease from libvirt's dnsmasq runs in
+the VM tier (tests/test_vm_networks.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from helpers import SHARED_NETNS
+from libvirt_env import BASE_DOMAIN, QEMU, PrivateLibvirt, missing
+
+from vmnet.libvirt import domain_xml as lx
+from vmnet.priv import links, netns
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(scope="module")
+def lv():
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("needs root: starts libvirtd")
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    name = "vmnet-lv" + uuid.uuid4().hex[:6]
+    netns.create_named(name)
+    env = PrivateLibvirt(name, SHARED_NETNS)
+    try:
+        env.start()
+        if env.virsh("net-info", "default").returncode != 0:
+            assert env.virsh("net-define", "/usr/share/libvirt/networks/default.xml").returncode == 0
+        out = env.virsh("net-start", "default")
+        assert out.returncode == 0, out.stderr
+        yield env
+    finally:
+        env.stop()
+        netns.remove_named(name)
+
+
+def domain(env, port: str) -> str:
+    name = "vmnet-t" + uuid.uuid4().hex[:6]
+    return env.define(name, lx.inject(BASE_DOMAIN.format(name=name, qemu=QEMU), [lx.port_option(port)],
+                                      QEMU, commandline=False))
+
+
+def test_a_domains_port_on_network_default_joins_its_bridge(lv):
+    pname = "ln" + uuid.uuid4().hex[:6]
+    name = domain(lv, f"{pname},network=default")
+    try:
+        out = lv.virsh("start", name)
+        assert out.returncode == 0, out.stderr
+        record = lv.helper.vmnet_json("port", "show", pname)
+        att = record["attachment"]
+        assert att == {"kind": "network", "network": "default", "bridge": "virbr0", "via": "bridge"}
+        assert record["mtu"] == 1500 and "libvirt network default" in record["mtu_reason"]
+        assert record["network"]["plugged"]
+        with netns.entered(lv.netns):
+            assert links.get_link("vmn-" + pname).get("IFLA_MASTER") == links.link_state("virbr0")["ifindex"]
+        assert "libvirt network default (bridge virbr0)" in lv.helper.vmnet("port", "show", pname).stdout
+        assert lv.virsh("destroy", name).returncode == 0
+        assert lv.helper.vmnet("port", "show", pname).returncode == 3
+    finally:
+        lv.virsh("destroy", name)
+        lv.virsh("undefine", name)
+
+
+def test_a_stopped_network_refuses_the_start_with_the_fix(lv):
+    pname = "ln" + uuid.uuid4().hex[:6]
+    name = domain(lv, f"{pname},network=default")
+    try:
+        assert lv.virsh("net-destroy", "default").returncode == 0
+        out = lv.virsh("start", name)
+        assert out.returncode != 0
+        assert "libvirt network default is not running" in out.stderr and "virsh net-start default" in out.stderr
+        assert lv.helper.vmnet_json("port", "list")["ports"] == []
+        with netns.entered(lv.netns):
+            assert links.link_state("vmn-" + pname) is None
+    finally:
+        lv.virsh("net-start", "default")
+        lv.virsh("undefine", name)
+
+
+def test_an_unknown_network_is_refused(lv):
+    with netns.entered(lv.netns):
+        out = lv.helper.vmnet("port", "add", "ln" + uuid.uuid4().hex[:6], "--consumer-user", "nobody",
+                              "--network", "nope")
+    assert out.returncode == 3 and "libvirt network nope is not running or does not exist" in out.stderr
+    assert "virsh net-list --all" in out.stderr
