@@ -6,15 +6,16 @@
  * advertisements). One program instance serves every port of a helper
  * instance; a port's settings are keyed by its host end's ifindex.
  *
- * Two entry points run the same check: a tcx ingress program (the
- * default: after the device's packet taps, before the bridge, Open
- * vSwitch's kernel datapath and the IP stack) and an XDP program for a
- * host end that a packet socket reads before tc runs (Open vSwitch's
- * userspace datapath reads its ports that way).
+ * Two entry points run the same check: a tc classifier (the default:
+ * cls_bpf in direct-action mode on the device's clsact ingress, after its
+ * packet taps, before the bridge, Open vSwitch's kernel datapath and the
+ * IP stack) and an XDP program for a host end that a packet socket reads
+ * before tc runs (Open vSwitch's userspace datapath reads its ports that
+ * way).
  *
- * A frame that passes goes on untouched (TCX_NEXT: other tc programs on
- * the device, such as netkit's protocol fix-up, still run); one that does
- * not is dropped and counted per port and per reason.
+ * A frame that passes goes on untouched (TCX_NEXT, TC_ACT_UNSPEC: the
+ * classifiers after it still run); one that does not is dropped and
+ * counted per port and per reason.
  *
  * The program names are the version tag.
  */

@@ -1,6 +1,7 @@
 """Port lifecycle on real kernel objects: what a port owns, bad input, teardown."""
 
 import os
+import subprocess
 
 import pytest
 from pyroute2.ethtool import Ethtool
@@ -19,11 +20,15 @@ def test_port_owns_devices_a_link_to_the_shared_program_slots_and_one_socket_per
     try:
         assert len(c.sockets) == 4
         assert c.port.mode == "native" and c.port.layout == 2 and len(c.port.slots) == 4
-        # the XSK program's link on the consumer end, the anti-spoofing filter's on the host end
-        assert sorted(os.listdir(bpf.pin_dir(port_name, root))) == ["filter", "link"]
+        # the XSK program's link on the consumer end; the anti-spoofing filter is a classifier
+        # on the host end's clsact, which the device owns (no pin)
+        assert sorted(os.listdir(bpf.pin_dir(port_name, root))) == ["link"]
         assert sorted(os.listdir(xskprog.pin_dir(root))) == sorted(xskprog.PINS)
         assert sorted(os.listdir(hostfilter.pin_dir(root))) == sorted(hostfilter.PINS)
         assert c.port.filter == {"hook": "tc"}
+        shown = subprocess.run(["tc", "filter", "show", "dev", c.port.spec.host_ifname, "ingress"],
+                               capture_output=True, text=True).stdout
+        assert hostfilter.PROGRAMS["tc"] in shown and "direct-action" in shown, shown
         assert links.link_state(c.port.spec.host_ifname)["mtu"] == c.port.mtu
         with netns.entered(consumer_netns):
             cons = links.link_state(c.port.spec.consumer_ifname)

@@ -261,14 +261,18 @@ def check_privileges() -> Check:
 # ---- networks (docs/networks.md) ---------------------------------------------
 
 def check_anti_spoofing(release: str) -> Check:
-    version = kernel_version(release)
-    if version is None:
-        return Check("anti-spoofing", WARN, f"unknown: cannot parse kernel release {release!r}")
-    if version >= (6, 6):
-        return Check("anti-spoofing", OK, f"tcx (kernel {version[0]}.{version[1]} >= 6.6): every port's host "
-                     "end drops frames from other MACs and addresses")
-    return Check("anti-spoofing", MISSING, f"kernel {version[0]}.{version[1]} has no tcx (>= 6.6): ports "
-                 "with anti-spoofing cannot be made", "boot a kernel >= 6.6, or make ports with --no-spoofcheck")
+    """The host filter is a cls_bpf classifier on clsact: CONFIG_NET_CLS_BPF, CONFIG_NET_SCH_INGRESS."""
+    options = {opt: kernel_config(release, opt) for opt in ("NET_CLS_BPF", "NET_SCH_INGRESS")}
+    absent = [f"CONFIG_{opt}" for opt, state in options.items() if state == "n"]
+    if absent:
+        return Check("anti-spoofing", MISSING, f"kernel {release} is built without {' and '.join(absent)}: ports "
+                     "with anti-spoofing cannot be made", "boot a kernel with them (Debian's have both), or make "
+                     "ports with --no-spoofcheck")
+    if None in options.values():
+        return Check("anti-spoofing", WARN, "unknown: no kernel config tells whether tc has cls_bpf and clsact "
+                     "(a port's create says so if not)")
+    return Check("anti-spoofing", OK, "tc clsact + cls_bpf: every port's host end drops frames from other MACs "
+                 "and addresses")
 
 
 def check_bridge_vlans(release: str) -> Check:

@@ -15,9 +15,10 @@ the helper reads like its XSK counters, and the same program on XDP where a
 packet socket would see frames before tc (Open vSwitch's userspace
 datapath). docs/networks.md has the rules.
 
-Pins: <instance root>/+hostfilter/{tc,xdp,ports,addrs,stats}; a port's link
-is pinned beside its XSK link (<port>/filter), so removing the port's pins
-detaches it.
+On tc the filter is a cls_bpf classifier on the host end's clsact qdisc
+(it goes with the device); on XDP a bpf_link pinned beside the port's XSK
+link (<port>/filter), so removing the port's pins detaches it. Pins:
+<instance root>/+hostfilter/{tc,xdp,ports,addrs,stats}.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import struct
 from importlib import resources
 
 from ..errors import KernelError
-from . import bpf, libbpf
+from . import bpf, libbpf, rawnl
 
 PROGRAMS = {"tc": "vmnet_hf_tc_v1", "xdp": "vmnet_hf_xdp_v1"}     # the version tag
 MAPS = {"ports": "vmnet_hf_ports", "addrs": "vmnet_hf_addrs", "stats": "vmnet_hf_stats"}
@@ -121,16 +122,23 @@ class HostFilter:
         return found
 
     def attach(self, ifindex: int, ifname: str, hook: str) -> int:
-        """A bpf_link of the filter on a device of the current netns (hook "tc": tcx ingress;
-        "xdp": generic XDP); its fd."""
+        """Put the filter on a device of the current netns. hook "tc": a cls_bpf classifier in
+        direct-action mode on the device's clsact ingress, which belongs to the device and goes
+        with it: -1. "xdp": a bpf_link on generic XDP: its fd, to pin.
+
+        Not a tcx link: attaching one waits for an RCU grace period (the kernel swaps the
+        device's program array and synchronizes), 7-20 ms per port here; the classifier costs
+        a fraction of a millisecond, sent as one raw request (docs/performance.md)."""
         try:
             if hook == "xdp":
                 return libbpf.link_create_xdp(self.fds["xdp"], ifindex, libbpf.XDP_FLAGS_SKB_MODE)
-            return libbpf.link_create_tcx_ingress(self.fds["tc"], ifindex)
+            rawnl.transact(rawnl.classifier_request(ifindex, self.fds["tc"], PROGRAMS["tc"]))
+            return -1
         except OSError as exc:
             raise KernelError(f"cannot attach vmnet's anti-spoofing filter to {ifname} ({hook})", errno=exc.errno,
-                              fix="tcx needs Linux >= 6.6: check 'vmnet doctor', or turn anti-spoofing "
-                                  "off for this port (--no-spoofcheck)") from None
+                              fix="tc needs the kernel's clsact qdisc and cls_bpf (CONFIG_NET_SCH_INGRESS, "
+                                  "CONFIG_NET_CLS_BPF): check 'vmnet doctor', or turn anti-spoofing off for "
+                                  "this port (--no-spoofcheck)") from None
 
     def stats(self, ifindex: int) -> dict | None:
         """Frames dropped on this host end, by reason (all CPUs), or None when it has no rules."""

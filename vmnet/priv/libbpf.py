@@ -16,7 +16,6 @@ from ..errors import NotSupported
 
 BPF_XDP = 37                  # enum bpf_attach_type
 BPF_LSM_MAC = 27
-BPF_TCX_INGRESS = 46          # Linux >= 6.6
 BPF_ANY, BPF_NOEXIST = 0, 1
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
@@ -97,13 +96,23 @@ class LinkInfo(ctypes.Structure):
 
 
 class ProgInfo(ctypes.Structure):
-    # struct bpf_prog_info up to its name.
+    # struct bpf_prog_info up to run_cnt (run_time_ns/run_cnt count only while the sysctl
+    # kernel.bpf_stats_enabled is 1: vmnet bench's cost per packet).
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
                 ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
                 ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
                 ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
                 ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
-                ("name", ctypes.c_char * 16)]
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
+                ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("nr_func_info", ctypes.c_uint32), ("nr_line_info", ctypes.c_uint32),
+                ("line_info", ctypes.c_uint64), ("jited_line_info", ctypes.c_uint64),
+                ("nr_jited_line_info", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("jited_line_info_rec_size", ctypes.c_uint32), ("nr_prog_tags", ctypes.c_uint32),
+                ("prog_tags", ctypes.c_uint64), ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64)]
 
 
 class MapInfo(ctypes.Structure):
@@ -150,13 +159,6 @@ def link_create_xdp(prog_fd: int, ifindex: int, flags: int) -> int:
     opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=flags)
     return _check(lib().bpf_link_create(prog_fd, ifindex, BPF_XDP, ctypes.byref(opts)),
                   f"attach XDP program to ifindex {ifindex}")
-
-
-def link_create_tcx_ingress(prog_fd: int, ifindex: int) -> int:
-    """Attach a tc program to a device's ingress through a tcx bpf_link (Linux >= 6.6), after
-    the programs already there."""
-    return _check(lib().bpf_link_create(prog_fd, ifindex, BPF_TCX_INGRESS, None),
-                  f"attach tc program to ingress of ifindex {ifindex}")
 
 
 def obj_pin(fd: int, path: str):

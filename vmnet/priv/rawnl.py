@@ -1,0 +1,158 @@
+"""Raw rtnetlink requests, packed by hand, where pyroute2's message objects cost more than
+the kernel's work on a port's create path: the anti-spoofing classifier (two messages in
+one datagram), reading a bridge, making the host end a member, a routed port's host routes
+and its gateway check (each ~0.5-1 ms of Python through pyroute2, ~0.05 ms here: see
+docs/performance.md); and the benchmark's floor, which must carry no library's cost at all.
+Everything else stays with pyroute2.
+
+Each request goes on a fresh NETLINK_ROUTE socket of the calling thread's netns; every
+change asks for an ack and the kernel's first error is raised as OSError.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLA_F_NESTED = 0x8000
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWROUTE, RTM_GETROUTE = 16, 18, 24, 26
+RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
+IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA = 3, 4, 10, 18, 1, 2
+RTA_DST, RTA_OIF = 1, 4
+RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 253, 1
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_BPF_CLASSID, TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT = 3, 6, 7, 8, 1
+TC_H_CLSACT, CLSACT_INGRESS, ETH_P_ALL = 0xFFFFFFF1, 0xFFFFFFF2, 0x0003
+NLMSGHDR = struct.Struct("=IHHII")
+TCMSG = struct.Struct("=BxxxiIII")
+IFINFOMSG = struct.Struct("=BxHiII")
+RTMSG = struct.Struct("=BBBBBBBBI")
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def message(kind: int, flags: int, body: bytes, seq: int) -> bytes:
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    """The attributes from `offset` to the end of `data`, by type (nested flag dropped). Pure."""
+    out = {}
+    while offset + 4 <= len(data):
+        size, kind = struct.unpack_from("=HH", data, offset)
+        if size < 4:
+            break
+        out[kind & ~NLA_F_NESTED] = data[offset + 4:offset + size]
+        offset += (size + 3) & ~3
+    return out
+
+
+def set_master_request(ifindex: int, master: int) -> bytes:
+    """Make device `ifindex` a member of `master` (0: of nothing). Pure."""
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_MASTER, struct.pack("=I", master))
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
+def host_route_request(address: str, prefixlen: int, ifindex: int) -> bytes:
+    """A static, link-scope route to address/prefixlen through device `ifindex` in the main
+    table (what `ip route add ADDR/LEN dev D proto static scope link` sends); EEXIST when the
+    table has one. Pure."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    rtm = RTMSG.pack(family, prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST, 0)
+    body = rtm + attr(RTA_DST, socket.inet_pton(family, address)) + attr(RTA_OIF, struct.pack("=I", ifindex))
+    return message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, 1)
+
+
+def link(ifname: str) -> dict | None:
+    """ifindex, MTU, master, kind and the kind's data attributes (by type) of device `ifname`
+    in this netns, or None when there is none."""
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, ifname.encode() + b"\0")
+    reply = _query(message(RTM_GETLINK, NLM_F_REQUEST, body, 1))
+    if reply is None:
+        return None
+    _, _, ifindex, _, _ = IFINFOMSG.unpack_from(reply)
+    top = attrs(reply, IFINFOMSG.size)
+    info = attrs(top.get(IFLA_LINKINFO, b""))
+    kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode() or None
+
+    def u32(value):
+        return struct.unpack("=I", value[:4])[0] if value else None
+    return {"ifindex": ifindex, "mtu": u32(top.get(IFLA_MTU)), "master": u32(top.get(IFLA_MASTER)) or None,
+            "kind": kind, "data": attrs(info.get(IFLA_INFO_DATA, b""))}
+
+
+def route_oif(address: str) -> int | None:
+    """The device the main routing decides `address` goes out of (`ip route get`), or None
+    when it is unreachable."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    raw = socket.inet_pton(family, address)
+    body = RTMSG.pack(family, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0) + attr(RTA_DST, raw)
+    reply = _query(message(RTM_GETROUTE, NLM_F_REQUEST, body, 1), missing=(errno.ENETUNREACH, errno.EHOSTUNREACH,
+                                                                        errno.ENODEV))
+    if reply is None:
+        return None
+    oif = attrs(reply, RTMSG.size).get(RTA_OIF)
+    return struct.unpack("=I", oif)[0] if oif else None
+
+
+def _query(request: bytes, missing=(errno.ENODEV,)) -> bytes | None:
+    """One GET request: the body of the kernel's answer, None on an error in `missing`."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
+        s.send(request)
+        while True:
+            reply = s.recv(65536)
+            offset = 0
+            while offset < len(reply):
+                size, kind, _, _, _ = NLMSGHDR.unpack_from(reply, offset)
+                if kind == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", reply, offset + NLMSGHDR.size)
+                    if -code in missing:
+                        return None
+                    raise OSError(-code, f"rtnetlink: {os.strerror(-code)}")
+                return reply[offset + NLMSGHDR.size:offset + size]
+
+
+def classifier_request(ifindex: int, prog_fd: int, name: str) -> bytes:
+    """A clsact qdisc on device `ifindex` and, on its ingress, a cls_bpf classifier in
+    direct-action mode running program `prog_fd` (what `tc qdisc add dev D clsact; tc filter
+    add dev D ingress bpf da fd F` sends), in one datagram. Pure."""
+    create = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    qdisc = TCMSG.pack(socket.AF_UNSPEC, ifindex, 0xFFFF0000, TC_H_CLSACT, 0) + attr(TCA_KIND, b"clsact\0")
+    options = (attr(TCA_BPF_FD, struct.pack("=I", prog_fd)) + attr(TCA_BPF_NAME, name.encode() + b"\0")
+               + attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT))
+               + attr(TCA_BPF_CLASSID, struct.pack("=I", 1)))
+    classifier = (TCMSG.pack(socket.AF_UNSPEC, ifindex, 1, CLSACT_INGRESS, (1 << 16) | socket.htons(ETH_P_ALL))
+                  + attr(TCA_KIND, b"bpf\0") + attr(TCA_OPTIONS, options))
+    return message(RTM_NEWQDISC, create, qdisc, 1) + message(RTM_NEWTFILTER, create, classifier, 2)
+
+
+def transact(request: bytes) -> None:
+    """Send one datagram of requests on a fresh rtnetlink socket; wait for every ack.
+
+    The kernel stops at the first message that fails and acks only up to it.
+    """
+    pending = 0
+    offset = 0
+    while offset < len(request):
+        pending += 1
+        offset += NLMSGHDR.unpack_from(request, offset)[0]
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
+        s.send(request)
+        while pending:
+            reply = s.recv(65536)
+            offset = 0
+            while offset < len(reply) and pending:
+                size, kind, _, _, _ = NLMSGHDR.unpack_from(reply, offset)
+                if kind == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", reply, offset + NLMSGHDR.size)
+                    if code:
+                        raise OSError(-code, f"rtnetlink: {os.strerror(-code)}")
+                    pending -= 1
+                offset += (size + 3) & ~3
