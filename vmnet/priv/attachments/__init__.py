@@ -37,6 +37,7 @@ class Prepared:
     mtu: int | None = None          # the network's MTU (None: no network to match)
     mtu_of: str = ""                # whose MTU that is, for messages ("bridge br0")
     filter_hook: str = "tc"         # "xdp" where a packet socket reads the host end before tc
+    facts: dict = dataclasses.field(default_factory=dict)   # what prepare found, for plug (the bridge)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
@@ -21,11 +22,12 @@ from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_SETLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ...errors import KernelError, NotFound, NotSupported
-from .. import links
+from .. import links, rawnl
 from . import Kind, Prepared, of_record
 
 AF_BRIDGE = socket.AF_BRIDGE
 VLAN_PVID, VLAN_UNTAGGED, VLAN_RANGE_BEGIN, VLAN_RANGE_END = 0x2, 0x4, 0x8, 0x10
+IFLA_BR_VLAN_FILTERING, IFLA_BR_VLAN_DEFAULT_PVID = 7, 39
 
 
 def vlan_entries(vlan: int | None, trunk) -> list[tuple[int, int]]:
@@ -59,21 +61,25 @@ def _send(ip, msg, kind):
 
 
 def bridge_info(name: str, ip=None) -> dict | None:
-    """ifindex, MTU and VLAN settings of bridge `name` here, None when there is no such device;
-    vlan_filtering is None when the kernel has no bridge VLAN filtering at all."""
-    msg = links.get_link(name, ip)
+    """ifindex, MTU and VLAN settings of bridge `name` in this netns, None when there is no such
+    device; vlan_filtering is None when the kernel has no bridge VLAN filtering at all. (Raw
+    rtnetlink, vmnet.priv.rawnl: `ip` is not used; the caller is in the bridge's netns.)"""
+    try:
+        msg = rawnl.link(name)
+    except OSError as exc:
+        raise KernelError(f"cannot read device {name}", errno=exc.errno) from None
     if msg is None:
         return None
-    info = msg.get("IFLA_LINKINFO") or {}
-    if info.get("IFLA_INFO_KIND") != "bridge":
-        return {"ifindex": msg["index"], "mtu": msg.get("IFLA_MTU"), "bridge": False}
-    data = info.get("IFLA_INFO_DATA") or {}
+    if msg["kind"] != "bridge":
+        return {"ifindex": msg["ifindex"], "mtu": msg["mtu"], "bridge": False}
+    data = msg["data"]
     # the kernel reports vlan_filtering (0) even where it cannot filter; its VLAN settings such as
     # the default PVID only where it can (CONFIG_BRIDGE_VLAN_FILTERING)
-    pvid = data.get("IFLA_BR_VLAN_DEFAULT_PVID")
-    return {"ifindex": msg["index"], "mtu": msg.get("IFLA_MTU"), "bridge": True,
-            "vlan_filtering": None if pvid is None else data.get("IFLA_BR_VLAN_FILTERING"),
-            "default_pvid": pvid}
+    pvid = data.get(IFLA_BR_VLAN_DEFAULT_PVID)
+    filtering = data.get(IFLA_BR_VLAN_FILTERING)
+    return {"ifindex": msg["ifindex"], "mtu": msg["mtu"], "bridge": True,
+            "vlan_filtering": None if pvid is None else bool(filtering and filtering[0]),
+            "default_pvid": struct.unpack("=H", pvid[:2])[0] if pvid else None}
 
 
 def require_bridge(name: str, ip=None, vlans: bool = False) -> dict:
@@ -101,17 +107,22 @@ class Bridge(Kind):
     def prepare(self, spec, ctx):
         att = spec.attachment
         br = require_bridge(att.bridge, ctx.ip, vlans=att.vlan is not None or bool(att.trunk))
-        return Prepared(att, mtu=br["mtu"], mtu_of=f"bridge {att.bridge}")
+        return Prepared(att, mtu=br["mtu"], mtu_of=f"bridge {att.bridge}", facts={"bridge": br})
 
     def plug(self, port, prepared, ctx):
         att = prepared.attachment
         host = port.spec.host_ifname
-        br = require_bridge(att.bridge, ctx.ip, vlans=att.vlan is not None or bool(att.trunk))
-        with links.netlink(ctx.ip) as ip:
+        # read in prepare, a moment ago: a bridge deleted since then fails the set below (ENODEV)
+        br = prepared.facts.get("bridge") or require_bridge(att.bridge, ctx.ip,
+                                                            vlans=att.vlan is not None or bool(att.trunk))
+        try:
+            rawnl.transact(rawnl.set_master_request(port.host_ifindex, br["ifindex"]))
+        except OSError as exc:
+            raise KernelError(f"cannot make {host} a member of bridge {att.bridge}", errno=exc.errno) from None
+        entries = vlan_entries(att.vlan, att.trunk)
+        if entries:
             try:
-                ip.link("set", index=port.host_ifindex, master=br["ifindex"])
-                entries = vlan_entries(att.vlan, att.trunk)
-                if entries:
+                with links.netlink(ctx.ip) as ip:
                     if br.get("default_pvid"):
                         try:
                             _send(ip, vlan_request(port.host_ifindex, [(0, br["default_pvid"])]), RTM_DELLINK)
@@ -120,8 +131,7 @@ class Bridge(Kind):
                                 raise
                     _send(ip, vlan_request(port.host_ifindex, entries), RTM_SETLINK)
             except NetlinkError as exc:
-                raise KernelError(f"cannot make {host} a member of bridge {att.bridge}"
-                                  + (" with its VLANs" if att.vlan or att.trunk else ""), errno=exc.code) from None
+                raise KernelError(f"cannot give {host} its VLANs on bridge {att.bridge}", errno=exc.code) from None
         return {"bridge": att.bridge, "bridge_ifindex": br["ifindex"]}
 
     def unplug(self, name, record, ctx):

@@ -19,11 +19,10 @@ import ipaddress
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...errors import AlreadyExists, KernelError, NotFound
-from .. import links
+from .. import links, rawnl
 from . import Kind, Prepared, of_record
 
 NTF_PROXY = 0x08
-RTPROT_STATIC = 4
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -70,14 +69,14 @@ def _ifname(ip, ifindex: int) -> str:
     return found[0].get("IFLA_IFNAME") if found else str(ifindex)
 
 
-def gateway_routable(ip, gateway: str, ifindex: int | None = None) -> bool:
+def gateway_routable(gateway: str, ifindex: int | None = None) -> bool:
     """Whether the host routes `gateway` through a device other than the port's (what proxy
     ARP needs to answer for it)."""
     try:
-        routes = ip.route("get", dst=gateway)
-    except NetlinkError:
+        oif = rawnl.route_oif(gateway)
+    except OSError:
         return False
-    return any(r.get("RTA_OIF") not in (None, ifindex) for r in routes)
+    return oif is not None and oif != ifindex
 
 
 class Routed(Kind):
@@ -85,13 +84,12 @@ class Routed(Kind):
 
     def prepare(self, spec, ctx):
         att = spec.attachment
-        with links.netlink(ctx.ip) as ip:
-            # a host route that is there already is found when the port's is added (EEXIST)
-            if att.ipv4 and not gateway_routable(ip, att.gateway4):
-                raise NotFound(f"the host has no route for the guest's gateway {att.gateway4}: proxy ARP (how "
-                               "the host answers the guest for it) needs one through another device",
-                               fix="a default route provides it (ip route add default via ROUTER); or give "
-                                   f"{att.gateway4} a route of its own, e.g. ip route add {att.gateway4}/32 dev lo")
+        # a host route that is there already is found when the port's is added (EEXIST)
+        if att.ipv4 and not gateway_routable(att.gateway4):
+            raise NotFound(f"the host has no route for the guest's gateway {att.gateway4}: proxy ARP (how "
+                           "the host answers the guest for it) needs one through another device",
+                           fix="a default route provides it (ip route add default via ROUTER); or give "
+                               f"{att.gateway4} a route of its own, e.g. ip route add {att.gateway4}/32 dev lo")
         return Prepared(att)
 
     def plug(self, port, prepared, ctx):
@@ -100,24 +98,27 @@ class Routed(Kind):
         for path, value in host_settings(ifname, bool(att.ipv4), bool(att.ipv6)).items():
             _sysctl(path, value)
         routes = []
-        with links.netlink(ctx.ip) as ip:
+        for address in att.addresses:
+            iface = ipaddress.ip_interface(address)
             try:
-                for address in att.addresses:
-                    iface = ipaddress.ip_interface(address)
-                    ip.route("add", dst=str(iface.ip), dst_len=iface.network.prefixlen, oif=ifindex,
-                             scope=253, proto=RTPROT_STATIC, family=10 if iface.version == 6 else 2)
-                    routes.append(address)
-                if att.ipv6:
-                    ip.neigh("add", dst=att.gateway6, ifindex=ifindex, flags=NTF_PROXY, family=10)
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    oif = route_oif(ip, address)
-                    raise AlreadyExists(f"{address} is already routed"
-                                        + (f" through {_ifname(ip, oif)}" if oif else ""),
+                rawnl.transact(rawnl.host_route_request(str(iface.ip), iface.network.prefixlen, ifindex))
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    with links.netlink(ctx.ip) as ip:
+                        oif = route_oif(ip, address)
+                        through = f" through {_ifname(ip, oif)}" if oif else ""
+                    raise AlreadyExists(f"{address} is already routed{through}",
                                         fix="give the VM an address the host does not route elsewhere, or "
                                             "delete the port or route that has it") from None
-                raise KernelError(f"cannot route {', '.join(att.addresses)} through {ifname}",
-                                  errno=exc.code) from None
+                raise KernelError(f"cannot route {address} through {ifname}", errno=exc.errno) from None
+            routes.append(address)
+        if att.ipv6:
+            with links.netlink(ctx.ip) as ip:
+                try:
+                    ip.neigh("add", dst=att.gateway6, ifindex=ifindex, flags=NTF_PROXY, family=10)
+                except NetlinkError as exc:
+                    raise KernelError(f"cannot answer for {att.gateway6} on {ifname} (proxy NDP)",
+                                      errno=exc.code) from None
         return {"routes": routes, "gateway4": att.gateway4, "gateway6": att.gateway6}
 
     def unplug(self, name, record, ctx):
@@ -150,7 +151,7 @@ class Routed(Kind):
         notes = []
         with links.netlink(ctx.ip) as ip:
             missing = [a for a in att.addresses if route_oif(ip, a) != ifindex]
-            if att.ipv4 and not gateway_routable(ip, att.gateway4, ifindex):
+            if att.ipv4 and not gateway_routable(att.gateway4, ifindex):
                 notes.append(f"no route covers the guests' gateway {att.gateway4} (proxy ARP needs one)")
         if missing:
             out["plugged"] = False
