@@ -70,6 +70,8 @@ class Helper:
         # held while a request or an event changes state; a metrics scrape (another thread) reads
         # under it
         self.lock = threading.RLock()
+        # work a request leaves for after its reply is sent (vmnet.priv.server calls run_after_reply)
+        self.after_reply: list = []
         self.metrics = None                                 # vmnet.priv.metrics.Metrics when serving
         self.verbs = {
             "port-create": self.port_create,
@@ -251,7 +253,10 @@ class Helper:
         finally:
             self.state.remove_intent(spec.name)
         entry = self.ports[spec.name] = Entry(record, created.sockets, created.pending)
-        self._start_addr_server(spec.name, entry)
+        # after the reply: starting a process (fork, exec) costs the create several ms, and the
+        # guest cannot ask for its address before its consumer has taken the sockets
+        self.after_reply.append(lambda: self._start_addr_server(spec.name, entry)
+                                if self.ports.get(spec.name) is entry and entry.addr is None else None)
         if self.metrics is not None:
             self.metrics.create.observe(time.perf_counter() - started)
         log.info("created port %s (%s, %d queue(s), consumer uid %s) for %s",
@@ -406,6 +411,16 @@ class Helper:
         except VmnetError as exc:
             log.warning("port %s: cannot start its address server: %s", name, exc)
             entry.addr = None
+
+    def run_after_reply(self) -> None:
+        """What requests left for after their replies (see after_reply); errors are logged."""
+        with self.lock:
+            work, self.after_reply = self.after_reply, []
+            for fn in work:
+                try:
+                    fn()
+                except Exception:       # noqa: BLE001 (the helper goes on; the port says what is missing)
+                    log.exception("deferred work failed")
 
     def addr_server_exited(self, name: str) -> None:
         with self.lock:

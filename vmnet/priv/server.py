@@ -134,6 +134,7 @@ class Server:
                             self._accept(consumer, consumer_only=True)
                         elif key.data == "conn":
                             self._serve_one(key.fileobj)
+                            self.helper.run_after_reply()
                         else:
                             self._holder_exited(key.fileobj)
                     except Exception:       # one bad connection must not stop the helper
