@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from vmnet.bench import bench
 from vmnet.bench import floor
+from vmnet.priv import rawnl
 from vmnet.bench.report import format_result
 from vmnet.bench.stats import Goal, goals_of, percentile, summary
 
@@ -36,12 +37,34 @@ def test_goals_say_met_missed_or_not_measured_and_by_how_much():
 
 
 @pytest.mark.unit
+def test_a_minimum_goal_is_met_at_or_above_its_limit():
+    assert Goal("tcp", 0.97, 0.95, "x", minimum=True).verdict().startswith("met, 0.02x to spare")
+    assert Goal("tcp", 0.90, 0.95, "x", minimum=True).verdict().startswith("MISSED by 0.05x")
+    assert Goal("tcp", 0.95, 0.95, "x", minimum=True).met
+
+
+@pytest.mark.unit
+def test_the_network_floors_requests_carry_what_the_kernel_needs():
+    import socket
+    import struct
+    from vmnet.bench import networks
+    master = rawnl.set_master_request(7, 3)
+    assert rawnl.NLMSGHDR.unpack_from(master)[1] == rawnl.RTM_NEWLINK
+    assert struct.pack("=HHI", 8, rawnl.IFLA_MASTER, 3) in master
+    vlan = networks.access_vlan_request(7, 100)
+    assert vlan[rawnl.NLMSGHDR.size] == socket.AF_BRIDGE and struct.pack("=HH", 6, 100) in vlan
+    route = rawnl.host_route_request("10.99.1.2", 32, 7)
+    assert rawnl.NLMSGHDR.unpack_from(route)[1] == rawnl.RTM_NEWROUTE
+    assert socket.inet_aton("10.99.1.2") in route and route[rawnl.NLMSGHDR.size + 1] == 32
+
+
+@pytest.mark.unit
 def test_floor_batches_the_pair_and_the_link_up_in_one_datagram():
     req = floor.veth_request("vmn-a", "vmc-a", 2, 3506, "02:00:00:00:00:01")
-    first = floor._NLMSGHDR.unpack_from(req)
-    second = floor._NLMSGHDR.unpack_from(req, first[0])
+    first = rawnl.NLMSGHDR.unpack_from(req)
+    second = rawnl.NLMSGHDR.unpack_from(req, first[0])
     assert first[1] == second[1] == floor.RTM_NEWLINK
-    assert first[2] & floor.NLM_F_CREATE and not second[2] & floor.NLM_F_CREATE
+    assert first[2] & rawnl.NLM_F_CREATE and not second[2] & rawnl.NLM_F_CREATE
     assert first[0] + second[0] == len(req)
     assert b"veth\0" in req and b"vmc-a\0" in req
 
@@ -63,6 +86,14 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     assert result["scale"]["ports"] == 4 and len(result["scale"]["create_ms"]) == 4
     assert result["datapath"]["ok"], result["datapath"]
+    kinds = result["networks"]["create"]["kinds"]
+    assert "error" not in result["networks"] and "error" not in result["networks"]["datapath"], result["networks"]
+    for kind in ("plain", "none", "bridge", "routed"):
+        assert kinds[kind]["create"]["p50"] > 0 and kinds[kind]["floor_create"]["p50"] > 0, kind
+    assert set(result["network_added_p50_ms"]) >= {"none", "bridge", "routed"}
+    assert result["network_tcp_ratio_bridge_to_unattached"] > 0
+    assert result["networks"]["datapath"]["spoofed_on_bridge_port"] == {"mac": 0, "arp": 0, "ipv4": 0, "ipv6": 0,
+                                                                        "nd": 0}
     assert {g["name"] for g in result["goals"]} >= {"create p99, 1 queue", "scale: helper RSS"}
     assert all(set(g) >= {"value", "limit", "met", "verdict"} for g in result["goals"])
     text = format_result(result)
@@ -130,3 +161,15 @@ def test_guest_behind_af_xdp_is_compared_with_tap_and_everything_goes_away():
         except OSError:
             pass
     assert "tcp/tap" in format_result(result)
+
+
+@pytest.mark.unit
+def test_the_classifier_request_makes_clsact_then_a_direct_action_bpf_filter():
+    import struct
+    req = rawnl.classifier_request(7, 42, "vmnet_hf_tc_v1")
+    first = rawnl.NLMSGHDR.unpack_from(req)
+    second = rawnl.NLMSGHDR.unpack_from(req, first[0])
+    assert (first[1], second[1]) == (rawnl.RTM_NEWQDISC, rawnl.RTM_NEWTFILTER)
+    assert b"clsact\0" in req and b"bpf\0" in req and b"vmnet_hf_tc_v1\0" in req
+    assert struct.pack("=HHI", 8, rawnl.TCA_BPF_FD, 42) in req
+    assert struct.pack("=HHI", 8, rawnl.TCA_BPF_FLAGS, rawnl.TCA_BPF_FLAG_ACT_DIRECT) in req

@@ -29,8 +29,9 @@ from ..priv.instance import Instance
 
 
 class BenchHelper:
-    def __init__(self, tag: str, profile_to: str | None = None):
+    def __init__(self, tag: str, profile_to: str | None = None, extra_config: str = ""):
         self.tag = tag
+        self.extra_config = extra_config    # more lines for its vmnet.toml (e.g. an ovsdb endpoint)
         self.netns = f"vmnet-bench-{tag}"
         self.dir = f"/run/vmnet-bench-{tag}-{uuid.uuid4().hex[:4]}"
         self.socket = os.path.join(self.dir, "helper.sock")
@@ -51,7 +52,7 @@ class BenchHelper:
             # every port's consumer end shares the benchmark's netns; where the kernel cannot
             # confine binds (no bpf LSM) the helper must be allowed that
             f.write(f'socket = "{self.socket}"\nstate_dir = "{os.path.join(self.dir, "state")}"\n'
-                    f'instance = "{self.instance.name}"\nallow_unconfined = true\n')
+                    f'instance = "{self.instance.name}"\nallow_unconfined = true\n' + self.extra_config)
         os.chmod(self.config, 0o644)
         netns.create_named(self.netns)
         with netns.entered(self.netns):

@@ -62,11 +62,65 @@ def _div(a, b):
     return None if a is None or not b else a / b
 
 
+KIND_LABELS = {"plain": "no attachment, no anti-spoofing", "none": "no attachment, anti-spoofing",
+               "bridge": "Linux bridge member", "vlan": "bridge member, access VLAN", "routed": "routed /32",
+               "routed_dhcp": "routed /32 + its address server",
+               "ovs": "Open vSwitch port (userspace datapath)"}
+
+
+def _network_lines(r: dict) -> list[str]:
+    nw = r.get("networks") or {}
+    if _problem(nw):
+        return ["6. networks", f"   {_problem(nw)}"]
+    cr = nw["create"]
+    out = [f"6. networks: one-queue ports by attachment kind, {cr['iterations']} iterations each, ms "
+           "(kinds rotating; floor: the same kernel work done directly)"]
+    rows = []
+    for kind in [k for k in KIND_LABELS if k in cr["kinds"]]:
+        v = cr["kinds"][kind]
+        if "create" not in v:
+            rows.append((kind, KIND_LABELS[kind], "-", "-", "-", "-", "-", "-", v.get("skipped", "")))
+            continue
+        rows.append((kind, KIND_LABELS[kind], _ms(v["create"]["p50"]), _ms(v["create"]["p99"]), _ms(v["cpu"]["p50"]),
+                     "" if kind == "plain" else f"+{v['added_p50_ms']:.2f}",
+                     _ms((v.get("floor_create") or {}).get("p50")),
+                     "" if kind == "plain" or "floor_added_p50_ms" not in v else f"+{v['floor_added_p50_ms']:.2f}",
+                     _ms(v["delete"]["p50"])))
+    out += ["   " + line for line in _table(
+        ("kind", "", "create p50", "p99", "cpu p50", "added", "floor p50", "floor added", "delete p50"), rows)]
+    out.append("   added: over plain's create p50; one port with anti-spoofing stays meanwhile (a host where a VM "
+               "runs)")
+    fp = cr.get("first_port_ms") or {}
+    if fp:
+        out.append(f"   a host's first port with anti-spoofing (its filter's pins, the kernel's switch for tc "
+                   f"classifiers): create p50 {_ms(fp.get('none'))} ms, without anti-spoofing {_ms(fp.get('plain'))} ms")
+    dp = nw.get("datapath") or {}
+    if _problem(dp):
+        out.append(f"   data path: {_problem(dp)}")
+        return out
+    out.append(f"   TCP through a stand-in guest (vmnet's responder relaying to a tap), MTU {dp['mtu']}, median of "
+               f"{dp['rounds']} x {dp['seconds']:g} s, MB/s (br_netfilter's hooks off unless said):")
+    labels = {"unattached": "unattached", "bridge_nofilter": "bridge, no anti-spoofing",
+              "bridge": "bridge + anti-spoofing", "bridge_brnf": "bridge + anti-spoofing, br_netfilter on"}
+    rows = []
+    for key in dp.get("cases") or ("unattached", "bridge"):
+        r = (dp.get("ratios_to_unattached") or {}).get(key) or {}
+        rows.append((labels.get(key, key), _ms(dp[key]["guest_to_host"]), _ms(dp[key]["host_to_guest"]),
+                     _x(r.get("guest_to_host")), _x(r.get("host_to_guest"))))
+    out += ["   " + line for line in _table(("port", "guest -> host", "host -> guest", "ratio", "ratio"), rows)]
+    cost = dp.get("bpf_run_time") or {}
+    if cost:
+        out.append("   kernel run time per packet meanwhile (bpf_stats): " + ", ".join(
+            f"{k.replace('_', ' ')} {v['ns_per_packet']} ns ({v['packets']} packets)" for k, v in cost.items()))
+    out.append(f"   frames the filter dropped on the bridged port: {dp.get('spoofed_on_bridge_port')}")
+    return out
+
+
 def _lease_lines(r: dict) -> list[str]:
     le = r.get("lease") or {}
     if _problem(le):
-        return ["6. netkit-lease", f"   {_problem(le)}"]
-    return ["6. netkit-lease: one-queue ports leasing from " + le["nic"]
+        return ["7. netkit-lease", f"   {_problem(le)}"]
+    return ["7. netkit-lease: one-queue ports leasing from " + le["nic"]
             + f" (zero-copy {'yes' if le['zero_copy'] else 'no'}), {le['iterations']} iterations, ms",
             f"   create p50 {_ms(le['create']['p50'])}, p99 {_ms(le['create']['p99'])}; floor p50 "
             f"{_ms(le['floor_create']['p50'])} ({_x(le['create_p50_ratio_to_floor'])}); delete p50 "
@@ -173,12 +227,14 @@ def format_result(r: dict) -> str:
             if len(guests) > 1 or label:
                 out.append(f"   QEMU {label} ({g.get('qemu', '?')}):")
             out += _guests(g)
+    if not (r.get("networks") or {}).get("skipped"):
+        out += [""] + _network_lines(r)
     if not (r.get("lease") or {}).get("skipped"):
         out += [""] + _lease_lines(r)
     out += ["", "goals"]
     out += ["   " + line for line in _table(
         ("goal", "limit", "measured", "verdict"),
-        [(g["name"], f"{g['limit']:g} {g['unit']}".replace(" x", "x"),
+        [(g["name"], ("at least " if g.get("minimum") else "") + f"{g['limit']:g} {g['unit']}".replace(" x", "x"),
           "-" if g["value"] is None else (f"{g['value']:.2f}x" if g["unit"] == "x" else f"{g['value']:.1f} {g['unit']}"),
           g["verdict"]) for g in r["goals"]])]
     missed = sum(g["met"] is False for g in r["goals"])

@@ -21,11 +21,11 @@ import uuid
 from ..errors import VmnetError
 from ..priv import bpf, netns
 from ..priv.instance import DEFAULT
-from . import datapath, hook, latency, scale, wrapper
+from . import datapath, hook, latency, networks, scale, wrapper
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
 
-PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "lease")
+PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "networks", "lease")
 CONSUMER_UID = 65534        # nobody: ports are never handed out here
 
 
@@ -42,6 +42,8 @@ class Plan:
     guest_pings: int = 50
     tcp_seconds: float = 5.0
     tcp_rounds: int = 3
+    network_iterations: int = 100
+    network_tcp_rounds: int = 8         # 2 s each, per port and direction
     skip: tuple = ()
     hook_path: str | None = None
     profile_dir: str | None = None
@@ -51,7 +53,7 @@ class Plan:
     def make(cls, quick: bool, **overrides) -> "Plan":
         plan = cls(quick=True, iterations=20, ports=64, status_runs=3, hook_runs=5,
                    hook_port_runs=2, pings=5, guest_pings=10, tcp_seconds=2.0,
-                   tcp_rounds=1) if quick else cls()
+                   tcp_rounds=1, network_iterations=10, network_tcp_rounds=2) if quick else cls()
         for key, value in overrides.items():
             if value is not None:
                 setattr(plan, key, value)
@@ -126,6 +128,8 @@ def _run(plan: Plan, progress) -> dict:
             sweep_pins(DEFAULT, "st" + tag)
             for ns in (f"vmnet-st{tag}h", f"vmnet-st{tag}c"):
                 netns.remove_named(ns)
+    _part(result, "networks", plan, lambda: networks.measure(        # removes what it made itself
+        tag, plan.network_iterations, 2.0, plan.network_tcp_rounds, CONSUMER_UID, progress))
     if plan.lease_from:
         from . import lease
         _part(result, "lease", plan, lambda: lease.measure(plan.lease_from, plan.iterations, progress))
@@ -185,6 +189,14 @@ def _headline(result: dict):
     create_1q = result["create_p50_ms"].get("1")
     result["hook_prepare_over_create_ms"] = (round(prep - create_1q, 3)
                                              if prep is not None and create_1q is not None else None)
+
+    nw = result.get("networks") or {}
+    kinds = (nw.get("create") or {}).get("kinds") or {}
+    result["network_create_p50_ms"] = {k: v["create"]["p50"] for k, v in kinds.items() if "create" in v}
+    result["network_added_p50_ms"] = {k: v["added_p50_ms"] for k, v in kinds.items() if "added_p50_ms" in v}
+    nd = nw.get("datapath") or {}
+    ratios = [r for r in (nd.get("ratio_bridge_to_unattached") or {}).values() if r is not None]
+    result["network_tcp_ratio_bridge_to_unattached"] = min(ratios) if ratios else None
 
     wr = result.get("wrapper") or {}
     result["wrapper_added_ms"] = wr.get("added_ms")

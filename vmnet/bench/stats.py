@@ -50,6 +50,7 @@ class Goal:
     limit: float
     unit: str               # "ms", "MB" or "x" (a ratio)
     note: str = ""
+    minimum: bool = False   # `value` must reach `limit` instead (a throughput ratio)
 
     @property
     def measured(self) -> bool:
@@ -57,17 +58,20 @@ class Goal:
 
     @property
     def met(self) -> bool | None:
-        return None if self.value is None else self.value <= self.limit
+        if self.value is None:
+            return None
+        return self.value >= self.limit if self.minimum else self.value <= self.limit
 
     def verdict(self) -> str:
         if self.value is None:
             return f"not measured{': ' + self.note if self.note else ''}"
+        spare = abs(self.limit - self.value)
         if self.met:
-            return f"met, {_fmt(self.limit - self.value, self.unit)} to spare ({self.value / self.limit:.2f} of the limit)"
-        return f"MISSED by {_fmt(self.value - self.limit, self.unit)} ({self.value / self.limit:.2f} of the limit)"
+            return f"met, {_fmt(spare, self.unit)} to spare ({self.value / self.limit:.2f} of the limit)"
+        return f"MISSED by {_fmt(spare, self.unit)} ({self.value / self.limit:.2f} of the limit)"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "value": self.value, "limit": self.limit, "unit": self.unit,
+        return {"name": self.name, "value": self.value, "limit": self.limit, "unit": self.unit, "minimum": self.minimum,
                 "met": self.met, "of_limit": None if self.value is None else round(self.value / self.limit, 3),
                 "verdict": self.verdict()}
 
@@ -82,6 +86,7 @@ def goals_of(result: dict) -> list[Goal]:
     """The issue's goals, judged on a bench result (missing parts: not measured)."""
     p99, lat = result.get("create_p99_ms", {}), result.get("create_p50_ms", {})
     hook = result.get("hook", {})
+    added = result.get("network_added_p50_ms") or {}
     return [
         Goal("create p99, 1 queue", p99.get("1"), 30.0, "ms"),
         Goal("create p99, 8 queues", p99.get("8"), 60.0, "ms"),
@@ -95,4 +100,19 @@ def goals_of(result: dict) -> list[Goal]:
         # issue 4: with one port, prepare adds at most 30 ms to the port's create time
         Goal("hook prepare with one port - create p50", result.get("hook_prepare_over_create_ms"), 30.0, "ms",
              note=hook.get("skipped") or hook.get("port_skipped", "")),
+        # ports join networks: each of bridge, VLAN and routed adds at most 1 ms to a plain port's
+        # create p50; the data path through a bridge with anti-spoofing keeps 0.95x of an unattached port's
+        *[Goal(f"networks: {kind} create p50 - plain create p50", added.get(kind), 1.0, "ms",
+               note=_network_note(result, kind)) for kind in ("bridge", "vlan", "routed")],
+        Goal("networks: TCP, bridge + anti-spoofing / unattached", result.get("network_tcp_ratio_bridge_to_unattached"),
+             0.95, "x", minimum=True, note=_network_note(result, "datapath")),
     ]
+
+
+def _network_note(result: dict, kind: str) -> str:
+    nw = result.get("networks") or {}
+    if nw.get("skipped") or nw.get("error"):
+        return nw.get("skipped") or nw.get("error")
+    if kind == "datapath":
+        return (nw.get("datapath") or {}).get("error", "")
+    return (((nw.get("create") or {}).get("kinds") or {}).get(kind) or {}).get("skipped", "")
