@@ -169,9 +169,10 @@ class PrivateLibvirt:
     DIRS = {"run": "/run/libvirt", "etc": "/etc/libvirt", "lib": "/var/lib/libvirt",
             "cache": "/var/cache/libvirt", "log": "/var/log/libvirt"}
 
-    def __init__(self, netns_name: str, helper_config: str = ""):
+    def __init__(self, netns_name: str, helper_config: str = "", qemu_conf: str | None = None):
         import tempfile
         self.netns = netns_name
+        self.qemu_conf = qemu_conf
         self.dir = tempfile.mkdtemp(prefix="vmnet-libvirt-")
         self.run_dir = os.path.join(self.dir, "run")
         self.helper = HelperProcess(f'libvirt_run_dir = "{self.run_dir}"\n' + helper_config)
@@ -184,6 +185,9 @@ class PrivateLibvirt:
         subprocess.run(["cp", "-a", "/etc/libvirt/.", os.path.join(self.dir, "etc")], check=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, "etc", "hooks", "qemu.d", "vmnet"))    # the host's, if any
+        if self.qemu_conf is not None:
+            with open(os.path.join(self.dir, "etc", "qemu.conf"), "w") as f:
+                f.write(self.qemu_conf)
         with netns.entered(self.netns):
             self.helper.start()
         subprocess.run([PYTHON, "-I", "-m", "vmnet", "libvirt", "install-hook", "--config", self.helper.config,
@@ -205,6 +209,20 @@ class PrivateLibvirt:
 
     def virsh(self, *args):
         return subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True, timeout=120)
+
+    def wrapper(self, qemu: str) -> str:
+        """vmnet-qemu-wrapper as a domain's <emulator>, pinned to this helper, execing `qemu`."""
+        path = os.path.join(self.dir, "qemu-wrapper")
+        with open(path, "w") as f:
+            f.write(f"#!/bin/sh\nexport VMNET_CONFIG={self.helper.config} VMNET_QEMU={qemu}\n"
+                    f"exec {os.path.join(os.path.dirname(PYTHON), 'vmnet-qemu-wrapper')} \"$@\"\n")
+        os.chmod(path, 0o755)
+        os.chmod(self.dir, 0o755)
+        return path
+
+    def qemu_pid(self, domain: str) -> int:
+        with open(os.path.join(self.run_dir, "qemu", domain + ".pid")) as f:
+            return int(f.read().strip())
 
     def define(self, name: str, xml: str) -> str:
         path = os.path.join(self.dir, name + ".xml")

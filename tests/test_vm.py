@@ -66,10 +66,12 @@ def _wait_for(path, marker, proc, timeout=180):
     raise AssertionError(f"guest did not come up in {timeout} s")
 
 
-def _boot(helper, consumer_netns, port_name, qemu, queues=1):
-    """`vmnet exec` a guest behind the port, as nobody, in the consumer netns; (proc, serial)."""
+def _boot(helper, consumer_netns, port_name, qemu, queues=1, address=GUEST_IP, ping=None):
+    """`vmnet exec` a guest behind the port, as nobody, in the consumer netns; (proc, serial).
+    address testguest.DHCP: the guest takes its address by DHCP (and pings `ping`)."""
     vmlinuz, moddir = _require_qemu(qemu)
-    initrd = testguest.build_initramfs(os.path.join(helper.dir, "initrd.cpio"), moddir, GUEST_IP, queues=queues)
+    initrd = testguest.build_initramfs(os.path.join(helper.dir, "initrd.cpio"), moddir, address, queues=queues,
+                                       ping=ping)
     serial = os.path.join(helper.dir, "serial.log")
     open(serial, "w").close()
     os.chown(serial, 65534, 65534)

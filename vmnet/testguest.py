@@ -22,6 +22,9 @@ import shutil
 import stat
 
 READY = "VMNET-GUEST-READY"
+DHCP = "dhcp"               # an address that asks the guest to take its own by DHCP (busybox udhcpc)
+LEASE = "VMNET-GUEST-LEASE"  # the serial line that tells what udhcpc was given
+PINGED = "VMNET-GUEST-PINGED"
 MODULES = ("virtio_net",)
 TCP_SINK_PORT = 5001
 # Debian's busybox nc has no -k: "-ll -e" forks PROG per connection and keeps
@@ -98,8 +101,10 @@ WAITING = "VMNET-GUEST-WAITING-FOR-ITS-NIC"
 
 
 def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24, queues: int = 1,
-                    wait_for_nic: bool = False) -> str:
-    """queues > 1: the guest enables that many queue pairs (ethtool -L combined, Debian's ethtool
+                    wait_for_nic: bool = False, ping: str | None = None) -> str:
+    """address DHCP: the guest asks for its address with busybox udhcpc (address, netmask,
+    router, classless routes, MTU), writes what it got on the serial console (LEASE), and,
+    given `ping`, pings that address and writes how many answered (PINGED). queues > 1: the guest enables that many queue pairs (ethtool -L combined, Debian's ethtool
     and its libraries in the initramfs): Linux enables only as many as it has CPUs."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     with open(busybox, "rb") as f:
@@ -132,14 +137,33 @@ def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24, queu
             base = os.path.basename(rel).split(".ko")[0] + ".ko"
             entries.append((f"lib/modules/{base}", f_, data))
             inserts.append(f"/bin/busybox insmod /lib/modules/{base}")
-    entries.append(("init", x, init_script(inserts, address, prefix, queues, wait_for_nic).encode()))
+    if address == DHCP:
+        entries.append(("bin/lease", x, LEASE_SCRIPT.encode()))
+    entries.append(("init", x, init_script(inserts, address, prefix, queues, wait_for_nic, ping).encode()))
     with open(path, "wb") as fh:
         fh.write(_cpio(entries))
     return path
 
 
+# udhcpc's script: apply the lease as a distribution's would (RFC 3442 routes replace the
+# router option), then tell the console what was given, one line.
+LEASE_SCRIPT = f"""#!/bin/busybox sh
+[ "$1" = bound ] || exit 0
+/bin/busybox ip addr add "$ip/$mask" dev "$interface"
+[ -n "$mtu" ] && /bin/busybox ip link set dev "$interface" mtu "$mtu"
+set -- $staticroutes
+while [ $# -ge 2 ]; do
+    if [ "$2" = 0.0.0.0 ]; then /bin/busybox ip route add "$1" dev "$interface"
+    else /bin/busybox ip route add "$1" via "$2" dev "$interface"; fi
+    shift 2
+done
+[ -z "$staticroutes" ] && [ -n "$router" ] && /bin/busybox ip route add default via "$router" dev "$interface"
+echo "{LEASE} ip=$ip mask=$mask router=$router mtu=$mtu staticroutes=$staticroutes dns=$dns" > /dev/ttyS0
+"""
+
+
 def init_script(inserts: list[str], address: str, prefix: int = 24, queues: int = 1,
-                wait_for_nic: bool = False) -> str:
+                wait_for_nic: bool = False, ping: str | None = None) -> str:
     """The guest's /init: modules, eth0 with `address` (and `queues` queue pairs), the TCP
     sink, READY. wait_for_nic: say WAITING and wait for eth0 to be hot-plugged first. Pure."""
     ethtool = shutil.which("ethtool") or "/usr/sbin/ethtool"
@@ -155,7 +179,10 @@ def init_script(inserts: list[str], address: str, prefix: int = 24, queues: int 
         *([f"{ethtool} -L eth0 combined {queues} > /dev/ttyS0 2>&1"] if queues > 1 else []),
         "/bin/busybox ip link set lo up",
         "/bin/busybox ip link set eth0 up",
-        f"/bin/busybox ip addr add {address}/{prefix} dev eth0",
+        *([f"/bin/busybox ip addr add {address}/{prefix} dev eth0"] if address != DHCP else
+          ["/bin/busybox udhcpc -i eth0 -n -q -t 20 -T 2 -O mtu -O staticroutes -s /bin/lease > /dev/ttyS0 2>&1"]),
+        *([f"echo {PINGED} $(/bin/busybox ping -c 3 -W 2 {ping} | /bin/busybox grep -c 'bytes from') > /dev/ttyS0"]
+          if ping else []),
         _SINK,
         f"echo {READY} > /dev/ttyS0",
         "while true; do /bin/busybox sleep 3600; done",

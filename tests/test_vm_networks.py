@@ -1,0 +1,137 @@
+"""A real guest on a network: it takes its address by DHCP with busybox udhcpc.
+
+With each QEMU that has af-xdp (VMNET_TEST_QEMU, as tests/test_vm.py; without one everything
+here skips, saying so):
+- a routed port: vmnet's address server hands the guest its /32, the link-local gateway by
+  classless static routes (option 121) and the MTU (option 26); a peer beyond the host
+  reaches the guest's address and the guest reaches the peer;
+- a libvirt domain with network="default" on a private libvirtd: the guest takes its lease
+  from libvirt's own dnsmasq and pings 192.168.122.1.
+The address server itself, with real clients (udhcpc, the kernel's router discovery, dhcpcd),
+runs in the netns tier too (tests/test_networks.py), which needs no QEMU.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import time
+import uuid
+
+import pytest
+from guest_env import ping
+from helpers import SHARED_NETNS
+from test_networks import fabric, spaces  # noqa: F401 (fixtures)
+from test_vm import _boot, _require_qemu, parametrize_qemu
+from test_vm_ipc_lock import ROOT_QEMU_CONF
+
+from vmnet import testguest
+from vmnet.caps import has_capability
+from vmnet.priv import netns
+
+pytestmark = pytest.mark.system
+pytest_generate_tests = parametrize_qemu
+
+
+def lease_of(serial: str, proc=None, timeout: float = 240) -> tuple[dict, int]:
+    """What the guest's udhcpc was given, and how many of its 3 pings were answered."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"QEMU exited with {proc.returncode}: {proc.stderr.read()}")
+        with open(serial, errors="replace") as f:
+            text = f.read()
+        pinged = re.search(testguest.PINGED + r" (\d+)", text)
+        if pinged:
+            lease = re.search(testguest.LEASE + r" (.*)", text)
+            assert lease, f"the guest got no lease: {text[-2000:]}"
+            fields = dict(re.findall(r"(\w+)=(\S*)", lease.group(1).split(" staticroutes=")[0]))
+            fields["staticroutes"] = lease.group(1).split(" staticroutes=")[1].split(" dns=")[0].split()
+            return fields, int(pinged.group(1))
+        time.sleep(0.5)
+    raise AssertionError(f"the guest did not finish in {timeout} s: {text[-2000:]}")
+
+
+def test_a_routed_guest_takes_its_address_gateway_and_mtu_by_dhcp(helper, consumer_netns, port_name, qemu,
+                                                                  fabric):  # noqa: F811
+    _require_qemu(qemu)
+    helper.vmnet_json("port", "add", port_name, "--netns", consumer_netns, "--consumer-user", "nobody",
+                      "--routed", "--address", "10.1.2.3", "--mtu", "1400")
+    proc, serial = _boot(helper, consumer_netns, port_name, qemu, address=testguest.DHCP, ping="192.0.2.2")
+    try:
+        lease, answered = lease_of(serial, proc)
+        assert lease["ip"] == "10.1.2.3" and lease["mask"] == "32" and lease["mtu"] == "1400", lease
+        assert lease["staticroutes"] == ["169.254.1.1/32", "0.0.0.0", "0.0.0.0/0", "169.254.1.1"]
+        assert answered == 3
+        assert ping(fabric, "10.1.2.3") == 3
+    finally:
+        from test_handoff import stop
+        stop(proc)
+
+
+@pytest.fixture
+def private_libvirt(qemu):
+    from libvirt_env import PrivateLibvirt, missing
+    _require_qemu(qemu)
+    if os.geteuid() != 0:
+        pytest.skip("needs root: starts libvirtd")
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    # where root cannot raise memlock, QEMU keeps CAP_IPC_LOCK only (tests/test_vm_ipc_lock.py)
+    ipc_lock = not has_capability("sys_resource")
+    name = "vmnet-lv" + uuid.uuid4().hex[:6]
+    netns.create_named(name)
+    env = PrivateLibvirt(name, SHARED_NETNS + ('allow_ipc_lock = true\nlibvirt_qemu_user = "root"\n'
+                                               if ipc_lock else ""),
+                         qemu_conf=ROOT_QEMU_CONF if ipc_lock else None)
+    try:
+        env.start()
+        if env.virsh("net-info", "default").returncode != 0:
+            assert env.virsh("net-define", "/usr/share/libvirt/networks/default.xml").returncode == 0
+        out = env.virsh("net-start", "default")
+        assert out.returncode == 0, out.stderr
+        yield env
+    finally:
+        env.stop()
+        netns.remove_named(name)
+
+
+def test_a_guest_on_libvirts_default_network_takes_its_lease_from_libvirts_dnsmasq(private_libvirt, qemu):
+    from vmnet.libvirt import domain_xml as lx
+    vmlinuz, moddir = _require_qemu(qemu)
+    env = private_libvirt
+    wrapper = env.wrapper(qemu)
+    name, pname = "vmnet-t" + uuid.uuid4().hex[:6], "g" + uuid.uuid4().hex[:6]
+    initrd = testguest.build_initramfs(os.path.join(env.dir, "guest.cpio"), moddir, testguest.DHCP,
+                                       ping="192.168.122.1")
+    os.chmod(initrd, 0o644)
+    serial = os.path.join(env.dir, name + ".serial")
+    firmware = "".join(f'<qemu:arg value="{a}"/>' for a in testguest.firmware_args())
+    xml = f"""<domain type="qemu" xmlns:qemu="{lx.QEMU_NS}"><name>{name}</name>
+      <memory unit="MiB">256</memory><vcpu>1</vcpu>
+      <os><type arch="x86_64" machine="pc">hvm</type><kernel>{vmlinuz}</kernel><initrd>{initrd}</initrd>
+      <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
+      <devices><emulator>{wrapper}</emulator><serial type="file"><source path="{serial}"/></serial></devices>
+      <qemu:commandline>{firmware}</qemu:commandline>
+    </domain>"""
+    env.define(name, lx.inject(xml, [lx.port_option(f"{pname},network=default")], wrapper))
+    try:
+        out = env.virsh("start", name)
+        assert out.returncode == 0, out.stderr
+        record = env.helper.vmnet_json("port", "show", pname)
+        assert record["attachment"]["bridge"] == "virbr0" and record["network"]["plugged"]
+        deadline = time.monotonic() + 30
+        while not os.path.exists(serial) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        lease, answered = lease_of(serial)
+        assert ipaddress.ip_address(lease["ip"]) in ipaddress.ip_network("192.168.122.0/24"), lease
+        assert lease["router"] == "192.168.122.1" and answered == 3, lease
+        leases = env.virsh("net-dhcp-leases", "default").stdout
+        assert record["mac"].lower() in leases.lower() and lease["ip"] in leases, leases
+    finally:
+        env.virsh("destroy", name)
+        env.virsh("undefine", name)
+    assert env.helper.vmnet("port", "show", pname).returncode == 3          # release removed it
