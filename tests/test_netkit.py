@@ -116,9 +116,11 @@ def test_an_existing_netkit_port_is_refused_and_left_intact(test_netns, port_nam
 def test_netkit_port_is_removable_after_its_consumer_netns_is_gone(test_netns, port_name, instance):
     other = "vmnet-gone" + port_name[1:]
     netns.create_named(other)
-    c = ports.create_port(PortSpec(name=port_name, backend="netkit", netns=other), instance)
-    c.close()
-    netns.remove_named(other)   # the kernel removes the pair when it tears the netns down (later)
+    try:
+        c = ports.create_port(PortSpec(name=port_name, backend="netkit", netns=other), instance)
+        c.close()
+    finally:
+        netns.remove_named(other)   # the kernel removes the pair when it tears the netns down (later)
     assert ports.delete_port(port_name, instance) is True   # the pins were still there
     assert not ports.port_exists(port_name, instance)
 

@@ -120,17 +120,21 @@ def _query(request: bytes, missing=(errno.ENODEV,)) -> bytes | None:
 
 
 def classifier_request(ifindex: int, prog_fd: int, name: str) -> bytes:
-    """A clsact qdisc on device `ifindex` and, on its ingress, a cls_bpf classifier in
-    direct-action mode running program `prog_fd` (what `tc qdisc add dev D clsact; tc filter
-    add dev D ingress bpf da fd F` sends), in one datagram. Pure."""
+    """A clsact qdisc on device `ifindex` (unless it has one) and, on its ingress, a cls_bpf
+    classifier in direct-action mode running program `prog_fd`, preference 1 (before
+    classifiers added without one, which the kernel numbers from 49152 down), handle 1 (what
+    `tc qdisc add dev D clsact; tc filter add dev D ingress pref 1 handle 1 bpf da fd F` sends),
+    in one datagram. Pure."""
     create = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    # the device's clsact may be there already (netkit's protocol fix-up lives in it): kept
     qdisc = TCMSG.pack(socket.AF_UNSPEC, ifindex, 0xFFFF0000, TC_H_CLSACT, 0) + attr(TCA_KIND, b"clsact\0")
     options = (attr(TCA_BPF_FD, struct.pack("=I", prog_fd)) + attr(TCA_BPF_NAME, name.encode() + b"\0")
                + attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT))
                + attr(TCA_BPF_CLASSID, struct.pack("=I", 1)))
     classifier = (TCMSG.pack(socket.AF_UNSPEC, ifindex, 1, CLSACT_INGRESS, (1 << 16) | socket.htons(ETH_P_ALL))
                   + attr(TCA_KIND, b"bpf\0") + attr(TCA_OPTIONS, options))
-    return message(RTM_NEWQDISC, create, qdisc, 1) + message(RTM_NEWTFILTER, create, classifier, 2)
+    return (message(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, qdisc, 1)
+            + message(RTM_NEWTFILTER, create, classifier, 2))
 
 
 def transact(request: bytes) -> None:
