@@ -369,6 +369,52 @@ def test_the_holder_is_remembered_across_a_helper_restart(helper, consumer_netns
     assert _take(helper, port_name) == "got 1"
 
 
+HOLD_THEN_ASK = """
+import sys
+from vmnet.client import Client
+from vmnet.errors import VmnetError
+c = Client(sys.argv[1])
+record, fds = c.call("fds-for-consumer", name=sys.argv[2])
+print("first", len(fds), flush=True)
+sys.stdin.readline()                    # the admin deletes the port and makes another
+try:
+    record, fds = c.call("fds-for-consumer", name=sys.argv[3])
+    print("second", len(fds), flush=True)
+except VmnetError as exc:
+    print("second", exc.code, exc.message, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_consumer_asking_again_on_its_connection_after_its_port_went_cannot_stop_the_helper(
+        helper, consumer_netns, port_name):
+    """Deleting a port closed its holder's pidfd; the next holder's pidfd, a copy of the same
+    connection's, got the same number and the loop's selector refused it (FileExistsError):
+    the helper exited. The loop now watches copies of its own."""
+    other = port_name[:-1] + ("x" if port_name[-1] != "x" else "y")
+    helper.vmnet_json("port", "add", port_name, "--netns", consumer_netns, "--consumer-user", str(USER_A))
+    proc = subprocess.Popen([PYTHON, "-I", "-c", HOLD_THEN_ASK, helper.socket, port_name, other], env=helper.env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=as_identity(USER_A, USER_A), cwd="/")
+    try:
+        assert proc.stdout.readline().strip() == "first 1", proc.stderr.read()
+        helper.vmnet("port", "del", port_name)
+        helper.vmnet_json("port", "add", other, "--netns", consumer_netns, "--consumer-user", str(USER_A))
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "second 1", proc.stderr.read()
+        time.sleep(0.3)                 # a loop pass or two with the new holder watched
+        assert helper.proc.poll() is None, helper.read_log()[-3000:]
+        assert helper.vmnet_json("port", "show", other)["holder"]["pid"] == proc.pid
+    finally:
+        _release(proc)
+    deadline = time.monotonic() + 10    # its exit is still seen: the port is free again
+    while helper.vmnet_json("port", "show", other)["holder"] is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert helper.vmnet_json("port", "show", other)["holder"] is None
+    helper.vmnet("port", "del", other)
+
+
 MEMLOCK = """
 import json, sys
 from vmnet.client import Client

@@ -378,11 +378,13 @@ class Helper:
                  record["name"], holder.pid, peer.describe())
         return record, [s.fileno() for s in entry.sockets]
 
-    def watched(self) -> dict[int, tuple[str, str]]:
-        """pidfd -> ("holder" | "addr", port) of every process the server's loop watches: the
-        holders of ports' sockets, and the ports' address servers."""
-        out = {e.holder.pidfd: ("holder", name) for name, e in self.ports.items() if e.holder is not None}
-        out.update({e.addr.holder.pidfd: ("addr", name) for name, e in self.ports.items()
+    def watched(self) -> dict:
+        """Holder -> ("holder" | "addr", port) of every process the server's loop watches: the
+        holders of ports' sockets, and the ports' address servers. Keyed by the Holder object,
+        not its pidfd's number, which a later pidfd may get once this one is closed."""
+        out = {e.holder: ("holder", name) for name, e in self.ports.items()
+               if e.holder is not None and e.holder.pidfd >= 0}
+        out.update({e.addr.holder: ("addr", name) for name, e in self.ports.items()
                     if e.addr is not None and e.addr.holder.pidfd >= 0})
         return out
 

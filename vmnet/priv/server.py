@@ -96,7 +96,10 @@ class Server:
         self.conns: dict[socket.socket, Conn] = {}
         self.closer = Closer()
         self.sel = selectors.DefaultSelector()
-        self.watching: dict[int, tuple[str, str]] = {}
+        # processes watched for their exit: Holder -> (its pidfd's copy, what it is); the loop
+        # registers a copy of its own, so a pidfd the helper closes (and whose number a later one
+        # reuses) never leaves the selector with a registration it cannot remove
+        self.watching: dict = {}
         self.passrights_off = False
 
     def serve(self, ready=None):
@@ -124,7 +127,10 @@ class Server:
         try:
             waiting = False
             while not stop:
-                self._watch_holders()
+                try:
+                    self._watch_holders()
+                except Exception:       # a process it cannot watch must not stop the helper
+                    log.exception("error while watching consumers")
                 # while a socket waits for its consumer's rings, look again every 20 ms
                 for key, _ in self.sel.select(timeout=0.02 if waiting else 1.0):
                     try:
@@ -136,7 +142,7 @@ class Server:
                             self._serve_one(key.fileobj)
                             self.helper.run_after_reply()
                         else:
-                            self._holder_exited(key.fileobj)
+                            self._holder_exited(key.data[1])
                     except Exception:       # one bad connection must not stop the helper
                         log.exception("error while serving a connection")
                         if key.data == "conn":
@@ -149,6 +155,8 @@ class Server:
         finally:
             for conn in list(self.conns):
                 self._drop(conn)
+            for holder in list(self.watching):
+                self._unwatch(holder)
             self.sel.close()
             for sock, path in ((listener, self.cfg.socket), (consumer, self.cfg.consumer_socket_path)):
                 if sock is None:
@@ -163,25 +171,33 @@ class Server:
 
     def _watch_holders(self):
         now = self.helper.watched()
-        for fd in set(self.watching) - set(now):
+        for holder in [h for h in self.watching if h not in now]:
+            self._unwatch(holder)
+        for holder, what in now.items():
+            if holder in self.watching:
+                continue
             try:
-                self.sel.unregister(fd)
-            except (KeyError, ValueError):
-                pass
-        for fd, what in now.items():
-            if fd not in self.watching:
-                self.sel.register(fd, selectors.EVENT_READ, "holder")
-        self.watching = now
+                fd = os.dup(holder.pidfd)
+            except OSError as exc:
+                log.warning("cannot watch %s of port %s: %s", what[0], what[1], exc)
+                continue
+            self.sel.register(fd, selectors.EVENT_READ, ("holder", holder))
+            self.watching[holder] = (fd, what)
 
-    def _holder_exited(self, fd: int):
-        what = self.watching.get(fd)
+    def _unwatch(self, holder):
+        fd, _ = self.watching.pop(holder)
         try:
             self.sel.unregister(fd)
         except (KeyError, ValueError):
             pass
-        self.watching.pop(fd, None)
-        if what is not None:
-            self.helper.process_exited(*what)
+        os.close(fd)
+
+    def _holder_exited(self, holder):
+        if holder not in self.watching:
+            return
+        _, what = self.watching[holder]
+        self._unwatch(holder)
+        self.helper.process_exited(*what)
 
     # ---- connections ----------------------------------------------------
 
