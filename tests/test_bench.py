@@ -44,15 +44,17 @@ def test_a_minimum_goal_is_met_at_or_above_its_limit():
 
 
 @pytest.mark.unit
-def test_the_network_floors_requests_carry_what_the_kernel_needs():
+def test_raw_requests_carry_what_the_kernel_needs():
     import socket
     import struct
-    from vmnet.bench import networks
     master = rawnl.set_master_request(7, 3)
     assert rawnl.NLMSGHDR.unpack_from(master)[1] == rawnl.RTM_NEWLINK
     assert struct.pack("=HHI", 8, rawnl.IFLA_MASTER, 3) in master
-    vlan = networks.access_vlan_request(7, 100)
+    vlan = rawnl.bridge_vlans_request(rawnl.RTM_SETLINK, 7, [(6, 100), (0, 200)])
     assert vlan[rawnl.NLMSGHDR.size] == socket.AF_BRIDGE and struct.pack("=HH", 6, 100) in vlan
+    assert struct.pack("=HHHH", 8, rawnl.IFLA_BRIDGE_VLAN_INFO, 0, 200) in vlan
+    assert rawnl.attrs(b"".join([rawnl.attr(3, b"ab\0"), rawnl.attr(4 | rawnl.NLA_F_NESTED, b"xyzw")])) == {
+        3: b"ab\0", 4: b"xyzw"}
     route = rawnl.host_route_request("10.99.1.2", 32, 7)
     assert rawnl.NLMSGHDR.unpack_from(route)[1] == rawnl.RTM_NEWROUTE
     assert socket.inet_aton("10.99.1.2") in route and route[rawnl.NLMSGHDR.size + 1] == 32

@@ -13,7 +13,7 @@ goal).
 Each kind's floor is the latency part's floor port (vmnet.bench.floor) plus
 that kind's own kernel work done directly with hand-packed rtnetlink: the
 filter's map entry, a clsact qdisc and the cls_bpf classifier, an RTM_NEWLINK setting the master, an
-AF_BRIDGE RTM_SETLINK with the VLAN, an RTM_NEWROUTE and the proxy_arp
+AF_BRIDGE RTM_DELLINK of the default VLAN and an RTM_SETLINK with the access VLAN, an RTM_NEWROUTE and the proxy_arp
 sysctl. OVS has no floor (its create is a transaction with ovsdb-server
 and ovs-vswitchd adding the port to its datapath).
 
@@ -60,8 +60,6 @@ UPLINK = ("vbnup0", "vbnup1")            # a veth in the helper's netns: the def
 ROUTED_ADDRESS, FLOOR_ROUTED_ADDRESS = "10.99.0.2", "10.99.1.2"
 KINDS = ("plain", "none", "bridge", "vlan", "routed", "routed_dhcp", "ovs")
 GOALS = ("bridge", "vlan", "routed")     # each adds at most 1 ms to plain's create p50
-IFLA_AF_SPEC, IFLA_BRIDGE_VLAN_INFO = 26, 2
-RTM_SETLINK = 19
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 2, 4
 
 
@@ -81,13 +79,6 @@ def attachments(vlan: bool) -> dict[str, dict | None]:
 
 # ---- the floor's extra kernel work, hand-packed like vmnet.bench.floor's ----------------
 
-def access_vlan_request(ifindex: int, vid: int) -> bytes:
-    info = rawnl.attr(IFLA_BRIDGE_VLAN_INFO, struct.pack("=HH", BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED,
-                                                           vid))
-    body = rawnl.IFINFOMSG.pack(socket.AF_BRIDGE, 0, ifindex, 0, 0) + rawnl.attr(IFLA_AF_SPEC | rawnl.NLA_F_NESTED, info)
-    return rawnl.message(RTM_SETLINK, rawnl.NLM_F_REQUEST | rawnl.NLM_F_ACK, body, 1)
-
-
 def _floor_create(kind: str, name: str, mtu: int, filter_fds: dict, masters: dict) -> tuple[float, float, float]:
     """(create ms, delete ms, create CPU ms) of kind's floor, in the current netns."""
     kind = "routed" if kind == "routed_dhcp" else kind      # an address server is no kernel work
@@ -106,7 +97,9 @@ def _floor_create(kind: str, name: str, mtu: int, filter_fds: dict, masters: dic
         if kind in ("bridge", "vlan"):
             rawnl.transact(rawnl.set_master_request(ifindex, masters[kind]))
         if kind == "vlan":
-            rawnl.transact(access_vlan_request(ifindex, VLAN))
+            rawnl.transact(rawnl.bridge_vlans_request(rawnl.RTM_DELLINK, ifindex, [(0, 1)]))
+            rawnl.transact(rawnl.bridge_vlans_request(rawnl.RTM_SETLINK, ifindex,
+                                                      [(BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED, VLAN)]))
         if kind == "routed":
             rawnl.transact(rawnl.host_route_request(FLOOR_ROUTED_ADDRESS, 32, ifindex))
             with open(f"/proc/sys/net/ipv4/conf/{port.host}/proxy_arp", "w") as f:

@@ -1,7 +1,7 @@
 """Raw rtnetlink requests, packed by hand, where pyroute2's message objects cost more than
 the kernel's work on a port's create path: the anti-spoofing classifier (two messages in
-one datagram), reading a bridge, making the host end a member, a routed port's host routes
-and its gateway check (each ~0.5-1 ms of Python through pyroute2, ~0.05 ms here: see
+one datagram), reading a bridge, making the host end a member and giving it its VLANs, a
+routed port's host routes and its gateway check (each ~0.5-1 ms of Python through pyroute2, ~0.05 ms here: see
 docs/performance.md); and the benchmark's floor, which must carry no library's cost at all.
 Everything else stays with pyroute2.
 
@@ -19,7 +19,8 @@ import struct
 NLMSG_ERROR = 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLA_F_NESTED = 0x8000
-RTM_NEWLINK, RTM_GETLINK, RTM_NEWROUTE, RTM_GETROUTE = 16, 18, 24, 26
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWROUTE, RTM_GETROUTE = 16, 17, 18, 19, 24, 26
+IFLA_AF_SPEC, IFLA_BRIDGE_VLAN_INFO = 26, 2
 RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA = 3, 4, 10, 18, 1, 2
 RTA_DST, RTA_OIF = 1, 4
@@ -58,6 +59,14 @@ def set_master_request(ifindex: int, master: int) -> bytes:
     """Make device `ifindex` a member of `master` (0: of nothing). Pure."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_MASTER, struct.pack("=I", master))
     return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
+def bridge_vlans_request(kind: int, ifindex: int, entries: list[tuple[int, int]]) -> bytes:
+    """Add (RTM_SETLINK) or remove (RTM_DELLINK) bridge port `ifindex`'s VLANs, each entry
+    (flags, vid) a struct bridge_vlan_info (what `bridge vlan add|del` sends). Pure."""
+    info = b"".join(attr(IFLA_BRIDGE_VLAN_INFO, struct.pack("=HH", flags, vid)) for flags, vid in entries)
+    body = IFINFOMSG.pack(socket.AF_BRIDGE, 0, ifindex, 0, 0) + attr(IFLA_AF_SPEC | NLA_F_NESTED, info)
+    return message(kind, NLM_F_REQUEST | NLM_F_ACK, body, 1)
 
 
 def host_route_request(address: str, prefixlen: int, ifindex: int) -> bytes:

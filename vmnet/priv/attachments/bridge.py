@@ -13,19 +13,14 @@ trunk VLANs (tagged) are put on it — what `bridge vlan add` does.
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_SETLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ...errors import KernelError, NotFound, NotSupported
 from .. import links, rawnl
 from . import Kind, Prepared, of_record
 
-AF_BRIDGE = socket.AF_BRIDGE
 VLAN_PVID, VLAN_UNTAGGED, VLAN_RANGE_BEGIN, VLAN_RANGE_END = 0x2, 0x4, 0x8, 0x10
 IFLA_BR_VLAN_FILTERING, IFLA_BR_VLAN_DEFAULT_PVID = 7, 39
 
@@ -42,22 +37,6 @@ def vlan_entries(vlan: int | None, trunk) -> list[tuple[int, int]]:
         else:
             out += [(VLAN_RANGE_BEGIN, low), (VLAN_RANGE_END, high)]
     return out
-
-
-def vlan_request(ifindex: int, entries: list[tuple[int, int]]) -> ifinfmsg:
-    """RTM_SETLINK/RTM_DELLINK body for a bridge port's VLANs (as `bridge vlan` sends). Pure."""
-    msg = ifinfmsg()
-    msg["family"] = AF_BRIDGE
-    msg["index"] = ifindex
-    msg["attrs"] = [("IFLA_AF_SPEC", {"attrs": [("IFLA_BRIDGE_VLAN_INFO", {"flags": f, "vid": v})
-                                                for f, v in entries]})]
-    return msg
-
-
-def _send(ip, msg, kind):
-    msg["header"]["type"] = kind
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
-    ip.nlm_request_batch([msg])
 
 
 def bridge_info(name: str, ip=None) -> dict | None:
@@ -122,16 +101,16 @@ class Bridge(Kind):
         entries = vlan_entries(att.vlan, att.trunk)
         if entries:
             try:
-                with links.netlink(ctx.ip) as ip:
-                    if br.get("default_pvid"):
-                        try:
-                            _send(ip, vlan_request(port.host_ifindex, [(0, br["default_pvid"])]), RTM_DELLINK)
-                        except NetlinkError as exc:
-                            if exc.code != errno.ENOENT:
-                                raise
-                    _send(ip, vlan_request(port.host_ifindex, entries), RTM_SETLINK)
-            except NetlinkError as exc:
-                raise KernelError(f"cannot give {host} its VLANs on bridge {att.bridge}", errno=exc.code) from None
+                if br.get("default_pvid"):
+                    try:
+                        rawnl.transact(rawnl.bridge_vlans_request(rawnl.RTM_DELLINK, port.host_ifindex,
+                                                                  [(0, br["default_pvid"])]))
+                    except OSError as exc:
+                        if exc.errno != errno.ENOENT:
+                            raise
+                rawnl.transact(rawnl.bridge_vlans_request(rawnl.RTM_SETLINK, port.host_ifindex, entries))
+            except OSError as exc:
+                raise KernelError(f"cannot give {host} its VLANs on bridge {att.bridge}", errno=exc.errno) from None
         return {"bridge": att.bridge, "bridge_ifindex": br["ifindex"]}
 
     def unplug(self, name, record, ctx):
