@@ -40,15 +40,15 @@ def _through_helper(helper, name, q, consumer_uid):
     return _ms(t0, t1), _ms(t1, t2), {"mtu": record["mtu"], "cpu": (c1 - c0) / 1e6}
 
 
-def _through_library(helper, name, q, consumer_uid, program):
+def _through_library(helper, name, q, consumer_uid, program, host_filter):
     with netns.entered(helper.netns):
         c0, t0 = time.thread_time(), time.perf_counter()
         created = ports.create_port(PortSpec(name=name, queues=q, backend="veth", consumer_uid=consumer_uid),
-                                    helper.library_instance, program=program)
+                                    helper.library_instance, program=program, host_filter=host_filter)
         t1, c1 = time.perf_counter(), time.thread_time()
         created.close()         # the helper keeps its copies until the delete: not timed here
         t2 = time.perf_counter()
-        ports.delete_port(name, helper.library_instance, program=program)
+        ports.delete_port(name, helper.library_instance, program=program, host_filter=host_filter)
         t3 = time.perf_counter()
     return _ms(t0, t1), _ms(t2, t3), {"cpu": _ms(c0, c1)}
 
@@ -64,19 +64,23 @@ def _floor(helper, name, q, mtu):
 
 
 def measure(helper, queue_counts, iterations: int, tag: str, consumer_uid: int, progress) -> dict:
-    # the library way holds its shared program for the whole run, as the helper does
-    from ..priv import xskprog
+    # the library way holds its shared program and host filter for the whole run, as the helper
+    # does (without them each create would load the objects again)
+    from ..priv import hostfilter, xskprog
     with netns.entered(helper.netns):
         program = xskprog.XskProgram.ensure(helper.library_instance.pin_root)
         program.hold_in_dispatcher()
+        host_filter = hostfilter.HostFilter.ensure(helper.library_instance.pin_root)
     try:
-        return _measure(helper, queue_counts, iterations, tag, consumer_uid, progress, program)
+        return _measure(helper, queue_counts, iterations, tag, consumer_uid, progress, program, host_filter)
     finally:
         program.unpin_if_unused()
         program.close()
+        host_filter.unpin_if_unused()
+        host_filter.close()
 
 
-def _measure(helper, queue_counts, iterations, tag, consumer_uid, progress, program) -> dict:
+def _measure(helper, queue_counts, iterations, tag, consumer_uid, progress, program, host_filter) -> dict:
     out = {}
     for q in queue_counts:
         names = {"helper": f"{tag}h{q}", "library": f"{tag}p{q}", "floor": f"{tag}f{q}"}
@@ -93,7 +97,8 @@ def _measure(helper, queue_counts, iterations, tag, consumer_uid, progress, prog
                 elif mtu is None:           # the floor uses the MTU vmnet chose: helper first
                     continue
                 elif way == "library":
-                    create, delete, extra = _through_library(helper, names[way], q, consumer_uid, program)
+                    create, delete, extra = _through_library(helper, names[way], q, consumer_uid, program,
+                                                             host_filter)
                 else:
                     create, delete, extra = _floor(helper, names[way], q, mtu)
                 if i >= 0:
