@@ -322,3 +322,26 @@ def test_static_ipam_on_a_bridge(cni_helper, consumer_netns):
     record = h.vmnet_json("port", "show", cni.port_name("c0ffee", "vmnet-fast", "pod1a2b3c4d5e6"))
     assert record["attachment"]["bridge"] == "br1" and record["network"]["plugged"]
     assert invoke(h, "DEL", conf, pod)[0] == 0
+
+
+@pytest.mark.unit
+def test_owners_of_long_network_names_never_collide():
+    assert cni.owner("vmnet-fast") == "cni:vmnet-fast"
+    a, b = "n" * 200 + "-a", "n" * 200 + "-b"
+    assert cni.owner(a) != cni.owner(b)
+    assert max(len(cni.owner(a)), len(cni.owner(b)), len(cni.owner("x" * 124))) <= cni.OWNER_MAX
+    assert cni.owner("x" * 124) == "cni:" + "x" * 124 and cni.owner(a) == cni.owner(a)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("stdin", [b"[" * 200_000, b"{\"a\":" * 100_000, b"\xff\xfe", b" " * (2 << 20)])
+def test_hostile_json_on_stdin_is_a_cni_error_not_a_traceback(stdin):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-I", "-c", "from vmnet.kubevirt.cni import main; main()"],
+                         input=stdin, capture_output=True, timeout=60,
+                         env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/none",
+                              "CNI_IFNAME": "net1", "CNI_PATH": "/nonexistent", "PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0 and b"Traceback" not in out.stderr, out.stderr[-2000:]
+    err = json.loads(out.stdout)
+    assert err["code"] == cni.E_DECODE and err["msg"], err

@@ -84,8 +84,32 @@ def tap_name(ifname: str) -> str:
     return "tap" + ifname[3:]
 
 
+OWNER_MAX = 128
+MAX_CONFIG = 1 << 20            # a network configuration (with its prevResult) is a few KiB
+
+
 def owner(network: str) -> str:
-    return f"cni:{network}"[:128]
+    """The owner of the ports network `network` makes: "cni:<name>", or, for a name too long
+    for an owner, its first characters and a digest of all of it, so that two networks whose
+    names differ only past the cut never own each other's ports. Pure."""
+    plain = f"cni:{network}"
+    if len(plain) <= OWNER_MAX:
+        return plain
+    digest = hashlib.sha256(network.encode()).hexdigest()[:32]
+    return f"cni:{network[:OWNER_MAX - 4 - 33]}~{digest}"
+
+
+def load_json(data: bytes | str, what: str):
+    """JSON from a runtime or a plugin, bounded: too large, too deeply nested or not JSON at all
+    is a CNI decoding error naming `what`, never a traceback."""
+    if len(data) > MAX_CONFIG:
+        raise CniError(E_DECODE, f"{what} is {len(data)} bytes, more than the {MAX_CONFIG} vmnet reads")
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CniError(E_DECODE, f"{what} is not JSON ({exc})") from None
+    except RecursionError:
+        raise CniError(E_DECODE, f"{what} is nested too deeply to be a network configuration") from None
 
 
 def parse_cni_args(text: str) -> dict:
@@ -102,10 +126,7 @@ def parse_cni_args(text: str) -> dict:
 
 
 def parse_config(data: bytes) -> dict:
-    try:
-        conf = json.loads(data.decode("utf-8") or "null")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CniError(E_DECODE, f"the network configuration on stdin is not JSON ({exc})") from None
+    conf = load_json(data or b"null", "the network configuration on stdin")
     if not isinstance(conf, dict):
         raise CniError(E_DECODE, "the network configuration on stdin must be a JSON object")
     version = conf.get("cniVersion")
@@ -378,10 +399,7 @@ def delegate(command: str, conf: dict, env: dict, stdin: bytes) -> dict | None:
         raise CniError(E_IO, f"the IPAM plugin {ipam['type']} could not run ({exc})") from None
     body = None
     if out.stdout.strip():
-        try:
-            body = json.loads(out.stdout)
-        except ValueError:
-            raise CniError(E_DECODE, f"the IPAM plugin {ipam['type']} printed something that is not JSON") from None
+        body = load_json(out.stdout, f"what the IPAM plugin {ipam['type']} printed")
     if out.returncode != 0:
         err = body if isinstance(body, dict) else {}
         raise CniError(err.get("code") if isinstance(err.get("code"), int) else E_IO,
@@ -484,8 +502,8 @@ def main():
     stdin = sys.stdin.buffer.read()
     version = SPEC_VERSION
     try:
-        version = json.loads(stdin or b"{}").get("cniVersion") or SPEC_VERSION
-    except (ValueError, AttributeError):
+        version = load_json(stdin or b"{}", "stdin").get("cniVersion") or SPEC_VERSION
+    except (CniError, AttributeError):
         pass
     try:
         out = run(env.get("CNI_COMMAND", ""), stdin, env)
