@@ -15,6 +15,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -649,3 +650,24 @@ def test_the_default_instance_keeps_vmnets_historical_paths():
     other = Instance("t1")
     assert other.pin_root == "/sys/fs/bpf/vmnet/@t1" and other.owns_device("vmnet@t1")
     assert not other.owns_device(None)
+
+
+def test_a_second_helper_on_the_same_instance_is_refused_and_the_first_keeps_its_ports(
+        helper, consumer_netns, port_name):
+    """Its own socket and state directory, the same instance: at start it would take the first
+    helper's live ports for a crash's leftovers and remove them."""
+    helper.vmnet_json("port", "add", port_name, "--netns", consumer_netns, "--consumer-user", str(USER_A))
+    second = HelperProcess()
+    try:
+        with open(second.config) as f:      # the same instance, nothing else shared
+            lines = [line for line in f.read().splitlines() if not line.startswith("instance = ")]
+        with open(second.config, "w") as f:
+            f.write("\n".join(lines + [f'instance = "{helper.instance.name}"']) + "\n")
+        proc = subprocess.run([PYTHON, "-I", "-m", "vmnet", "helper"], env=second.env, capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 4, proc.stderr
+        assert "another vmnet helper is running instance" in proc.stderr and "instance of its own" in proc.stderr
+    finally:
+        shutil.rmtree(second.dir, ignore_errors=True)
+    assert helper.vmnet_json("port", "show", port_name)["name"] == port_name
+    assert links.link_state("vmn-" + port_name) is not None

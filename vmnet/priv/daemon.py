@@ -658,8 +658,18 @@ def _rlimit_of(process: authz.Peer) -> tuple[int, int]:
 
 
 def run(cfg: Config, ready=None):
-    from .server import Server
+    from . import instance as instances
     logging.basicConfig(level=logging.INFO, format="vmnet-helper: %(levelname)s %(message)s")
+    bpf.require_bpffs()
+    held = instances.hold(Instance(cfg.instance))      # before recovery: it removes leftovers
+    try:
+        _run(cfg, ready)
+    finally:
+        instances.release(Instance(cfg.instance), held)
+
+
+def _run(cfg: Config, ready=None):
+    from .server import Server
     helper = Helper(cfg)
     log.info("bind confinement: %s", helper.protection.summary())
     report = helper.recover()

@@ -9,14 +9,26 @@ marker. Any other instance pins in /sys/fs/bpf/vmnet/@<instance>/<port>/
 and sets the alias "vmnet@<instance>" on the host end of every port it
 makes. Port names never start with "@", so the default instance never
 mistakes another instance's directory for a port.
+
+One live helper per instance: a second one would take the first one's live
+ports for a crash's leftovers and remove them. The helper holds an flock on
+<pin root>/+helper (bpffs, so host-wide whatever mount namespace the helper
+runs in) while it runs; the directory goes when it stops, and a crash's
+stays until the next helper of the instance takes it over.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+
+from ..errors import AlreadyExists, KernelError
 from ..model import validate_instance
 
 PIN_BASE = "/sys/fs/bpf/vmnet"
 ALIAS_PREFIX = "vmnet@"
+LOCK = "+helper"
 
 
 class Instance:
@@ -58,3 +70,40 @@ class Instance:
 
 
 DEFAULT = Instance()
+
+
+def hold(instance: Instance) -> int:
+    """Take `instance` for this helper: the fd of its held lock (release() gives it back).
+    Refused when another live helper holds it."""
+    path = os.path.join(instance.pin_root, LOCK)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KernelError(f"cannot make {path}", errno=exc.errno,
+                          fix="the helper needs bpffs at /sys/fs/bpf, writable (vmnet doctor)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno != errno.EWOULDBLOCK:
+            raise KernelError(f"cannot lock {path}", errno=exc.errno) from None
+        which = f"instance {instance.name!r}" if instance.name else "the default instance"
+        raise AlreadyExists(f"another vmnet helper is running {which} (it holds {path})",
+                            fix="stop it first, or give this helper an instance of its own (instance = \"NAME\" "
+                                "in its vmnet.toml, with its own socket and state_dir)") from None
+    return fd
+
+
+def release(instance: Instance, fd: int) -> None:
+    """Give the instance back: its lock directory goes (and an instance's root, if empty)."""
+    try:
+        os.rmdir(os.path.join(instance.pin_root, LOCK))
+    except OSError:
+        pass
+    if not instance.is_default:
+        try:
+            os.rmdir(instance.pin_root)
+        except OSError:
+            pass
+    os.close(fd)
