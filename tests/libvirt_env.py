@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 
 from helpers import PYTHON, SHARED_NETNS, HelperProcess
 
@@ -36,6 +37,17 @@ def missing() -> str | None:
     if not os.path.exists(QEMU):
         return "qemu-system-x86_64 is not installed"
     return None
+
+
+def write_wrapper(path: str, config: str, qemu: str, log: str | None = None) -> str:
+    """vmnet-qemu-wrapper as a domain's <emulator>: pinned to the helper of `config`, execing
+    `qemu`, logging its argv to `log` if given."""
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexport VMNET_CONFIG={config} VMNET_QEMU={qemu}"
+                + (f" VMNET_WRAPPER_LOG={log}" if log else "") + "\n"
+                f"exec {os.path.join(os.path.dirname(PYTHON), 'vmnet-qemu-wrapper')} \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path
 
 
 def _pid(path):
@@ -95,11 +107,7 @@ class Libvirt:
         self.wrapper_log = os.path.join(self.helper.dir, "wrapper.log")
         open(self.wrapper_log, "w").close()
         os.chmod(self.wrapper_log, 0o666)
-        with open(self.wrapper, "w") as f:
-            f.write(f"#!/bin/sh\nexport VMNET_CONFIG={self.helper.config} VMNET_QEMU={QEMU} "
-                    f"VMNET_WRAPPER_LOG={self.wrapper_log}\n"
-                    f"exec {os.path.join(os.path.dirname(PYTHON), 'vmnet-qemu-wrapper')} \"$@\"\n")
-        os.chmod(self.wrapper, 0o755)
+        write_wrapper(self.wrapper, self.helper.config, QEMU, self.wrapper_log)
         for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
             if not _alive(_pid(pidfile)):
                 subprocess.run(self._daemon_argv(daemon), check=True)
@@ -212,13 +220,8 @@ class PrivateLibvirt:
 
     def wrapper(self, qemu: str) -> str:
         """vmnet-qemu-wrapper as a domain's <emulator>, pinned to this helper, execing `qemu`."""
-        path = os.path.join(self.dir, "qemu-wrapper")
-        with open(path, "w") as f:
-            f.write(f"#!/bin/sh\nexport VMNET_CONFIG={self.helper.config} VMNET_QEMU={qemu}\n"
-                    f"exec {os.path.join(os.path.dirname(PYTHON), 'vmnet-qemu-wrapper')} \"$@\"\n")
-        os.chmod(path, 0o755)
         os.chmod(self.dir, 0o755)
-        return path
+        return write_wrapper(os.path.join(self.dir, "qemu-wrapper"), self.helper.config, qemu)
 
     def qemu_pid(self, domain: str) -> int:
         with open(os.path.join(self.run_dir, "qemu", domain + ".pid")) as f:
@@ -243,3 +246,22 @@ class PrivateLibvirt:
             _terminate(_pid(os.path.join(self.dir, f"{name}.pid")))
         self.helper.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_libvirt_on_default(helper_config: str = "", qemu_conf: str | None = None):
+    """A PrivateLibvirt (in a netns of its own) whose `default` network runs; all gone after."""
+    from vmnet.priv import netns
+    name = "vmnet-lv" + uuid.uuid4().hex[:6]
+    netns.create_named(name)
+    env = PrivateLibvirt(name, helper_config, qemu_conf=qemu_conf)
+    try:
+        env.start()
+        if env.virsh("net-info", "default").returncode != 0:
+            assert env.virsh("net-define", "/usr/share/libvirt/networks/default.xml").returncode == 0
+        out = env.virsh("net-start", "default")
+        assert out.returncode == 0, out.stderr
+        yield env
+    finally:
+        env.stop()
+        netns.remove_named(name)

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 from helpers import SHARED_NETNS
-from libvirt_env import BASE_DOMAIN, QEMU, PrivateLibvirt, missing
+from libvirt_env import BASE_DOMAIN, QEMU, missing, private_libvirt_on_default
 
 from vmnet.libvirt import domain_xml as lx
 from vmnet.priv import links, netns
@@ -31,19 +31,8 @@ def lv():
     reason = missing()
     if reason:
         pytest.skip(reason)
-    name = "vmnet-lv" + uuid.uuid4().hex[:6]
-    netns.create_named(name)
-    env = PrivateLibvirt(name, SHARED_NETNS)
-    try:
-        env.start()
-        if env.virsh("net-info", "default").returncode != 0:
-            assert env.virsh("net-define", "/usr/share/libvirt/networks/default.xml").returncode == 0
-        out = env.virsh("net-start", "default")
-        assert out.returncode == 0, out.stderr
+    with private_libvirt_on_default(SHARED_NETNS) as env:
         yield env
-    finally:
-        env.stop()
-        netns.remove_named(name)
 
 
 def domain(env, port: str) -> str:

@@ -205,34 +205,35 @@ def test_libvirt_domain_boots_and_answers_ping(libvirt_env):
     assert qemu_caps["effective"] == []
 
 
+def guest_domain_xml(name: str, vmlinuz: str, initrd: str, emulator: str, serial: str) -> str:
+    """A libvirt domain that boots the test guest (TCG, serial console to a file)."""
+    from vmnet.libvirt import domain_xml as lx
+    firmware = "".join(f'<qemu:arg value="{a}"/>' for a in testguest.firmware_args())
+    return f"""<domain type="qemu" xmlns:qemu="{lx.QEMU_NS}"><name>{name}</name>
+      <memory unit="MiB">256</memory><vcpu>1</vcpu>
+      <os><type arch="x86_64" machine="pc">hvm</type><kernel>{vmlinuz}</kernel><initrd>{initrd}</initrd>
+      <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
+      <devices><emulator>{emulator}</emulator><serial type="file"><source path="{serial}"/></serial></devices>
+      <qemu:commandline>{firmware}</qemu:commandline>
+    </domain>"""
+
+
 def _boot_under_libvirt(env, vmlinuz, moddir) -> dict:
     """Define and start a domain behind one port through the hook and the wrapper; ping it.
 
     Returns the running QEMU's credentials (vmnet.caps.process_credentials)."""
     import uuid
-    from libvirt_env import QEMU as DEBIAN_QEMU
+    from libvirt_env import write_wrapper
     from vmnet.caps import process_credentials
     from vmnet.libvirt import domain_xml as lx
     d = env.helper.dir
-    wrapper = os.path.join(d, "afxdp-wrapper")
-    with open(env.wrapper) as f:
-        text = f.read().replace(f"VMNET_QEMU={DEBIAN_QEMU}", f"VMNET_QEMU={QEMU}")
-    with open(wrapper, "w") as f:
-        f.write(text)
-    os.chmod(wrapper, 0o755)
+    wrapper = write_wrapper(os.path.join(d, "afxdp-wrapper"), env.helper.config, QEMU, env.wrapper_log)
     name, pname = "vmnet-t" + uuid.uuid4().hex[:6], "g" + uuid.uuid4().hex[:6]
     initrd = testguest.build_initramfs(os.path.join(d, "guest.cpio"), moddir, GUEST_IP)
     os.chmod(initrd, 0o644)
     serial = os.path.join(d, name + ".serial")
-    firmware = "".join(f'<qemu:arg value="{a}"/>' for a in testguest.firmware_args())
-    xml = f"""<domain type="qemu" xmlns:qemu="{lx.QEMU_NS}"><name>{name}</name>
-      <memory unit="MiB">256</memory><vcpu>1</vcpu>
-      <os><type arch="x86_64" machine="pc">hvm</type><kernel>{vmlinuz}</kernel><initrd>{initrd}</initrd>
-      <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
-      <devices><emulator>{wrapper}</emulator><serial type="file"><source path="{serial}"/></serial></devices>
-      <qemu:commandline>{firmware}</qemu:commandline>
-    </domain>"""
-    env.define(name, lx.inject(xml, [lx.port_option(pname)], wrapper))
+    env.define(name, lx.inject(guest_domain_xml(name, vmlinuz, initrd, wrapper, serial),
+                               [lx.port_option(pname)], wrapper))
     try:
         out = env.virsh("start", name)
         assert out.returncode == 0, out.stderr

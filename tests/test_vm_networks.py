@@ -23,12 +23,11 @@ import pytest
 from guest_env import ping
 from helpers import SHARED_NETNS
 from test_networks import fabric, spaces  # noqa: F401 (fixtures)
-from test_vm import _boot, _require_qemu, parametrize_qemu
+from test_vm import _boot, _require_qemu, guest_domain_xml, parametrize_qemu
 from test_vm_ipc_lock import ROOT_QEMU_CONF
 
 from vmnet import testguest
 from vmnet.caps import has_capability
-from vmnet.priv import netns
 
 pytestmark = pytest.mark.system
 pytest_generate_tests = parametrize_qemu
@@ -73,7 +72,7 @@ def test_a_routed_guest_takes_its_address_gateway_and_mtu_by_dhcp(helper, consum
 
 @pytest.fixture
 def private_libvirt(qemu):
-    from libvirt_env import PrivateLibvirt, missing
+    from libvirt_env import missing, private_libvirt_on_default
     _require_qemu(qemu)
     if os.geteuid() != 0:
         pytest.skip("needs root: starts libvirtd")
@@ -82,21 +81,10 @@ def private_libvirt(qemu):
         pytest.skip(reason)
     # where root cannot raise memlock, QEMU keeps CAP_IPC_LOCK only (tests/test_vm_ipc_lock.py)
     ipc_lock = not has_capability("sys_resource")
-    name = "vmnet-lv" + uuid.uuid4().hex[:6]
-    netns.create_named(name)
-    env = PrivateLibvirt(name, SHARED_NETNS + ('allow_ipc_lock = true\nlibvirt_qemu_user = "root"\n'
-                                               if ipc_lock else ""),
-                         qemu_conf=ROOT_QEMU_CONF if ipc_lock else None)
-    try:
-        env.start()
-        if env.virsh("net-info", "default").returncode != 0:
-            assert env.virsh("net-define", "/usr/share/libvirt/networks/default.xml").returncode == 0
-        out = env.virsh("net-start", "default")
-        assert out.returncode == 0, out.stderr
+    with private_libvirt_on_default(SHARED_NETNS + ('allow_ipc_lock = true\nlibvirt_qemu_user = "root"\n'
+                                                    if ipc_lock else ""),
+                                    qemu_conf=ROOT_QEMU_CONF if ipc_lock else None) as env:
         yield env
-    finally:
-        env.stop()
-        netns.remove_named(name)
 
 
 def test_a_guest_on_libvirts_default_network_takes_its_lease_from_libvirts_dnsmasq(private_libvirt, qemu):
@@ -109,15 +97,8 @@ def test_a_guest_on_libvirts_default_network_takes_its_lease_from_libvirts_dnsma
                                        ping="192.168.122.1")
     os.chmod(initrd, 0o644)
     serial = os.path.join(env.dir, name + ".serial")
-    firmware = "".join(f'<qemu:arg value="{a}"/>' for a in testguest.firmware_args())
-    xml = f"""<domain type="qemu" xmlns:qemu="{lx.QEMU_NS}"><name>{name}</name>
-      <memory unit="MiB">256</memory><vcpu>1</vcpu>
-      <os><type arch="x86_64" machine="pc">hvm</type><kernel>{vmlinuz}</kernel><initrd>{initrd}</initrd>
-      <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
-      <devices><emulator>{wrapper}</emulator><serial type="file"><source path="{serial}"/></serial></devices>
-      <qemu:commandline>{firmware}</qemu:commandline>
-    </domain>"""
-    env.define(name, lx.inject(xml, [lx.port_option(f"{pname},network=default")], wrapper))
+    env.define(name, lx.inject(guest_domain_xml(name, vmlinuz, initrd, wrapper, serial),
+                               [lx.port_option(f"{pname},network=default")], wrapper))
     try:
         out = env.virsh("start", name)
         assert out.returncode == 0, out.stderr

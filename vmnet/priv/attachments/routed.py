@@ -55,7 +55,7 @@ def host_settings(ifname: str, v4: bool, v6: bool) -> dict[str, str]:
     return out
 
 
-def route_oif(ip, address: str) -> int | None:
+def host_route_oif(ip, address: str) -> int | None:
     """The device (ifindex) of the main table's host route for `address`, or None."""
     iface = ipaddress.ip_interface(address)
     for msg in ip.get_routes(family=10 if iface.version == 6 else 2, table=254):
@@ -105,7 +105,7 @@ class Routed(Kind):
             except OSError as exc:
                 if exc.errno == errno.EEXIST:
                     with links.netlink(ctx.ip) as ip:
-                        oif = route_oif(ip, address)
+                        oif = host_route_oif(ip, address)
                         through = f" through {_ifname(ip, oif)}" if oif else ""
                     raise AlreadyExists(f"{address} is already routed{through}",
                                         fix="give the VM an address the host does not route elsewhere, or "
@@ -150,7 +150,7 @@ class Routed(Kind):
         ifindex = record.get("host_ifindex")
         notes = []
         with links.netlink(ctx.ip) as ip:
-            missing = [a for a in att.addresses if route_oif(ip, a) != ifindex]
+            missing = [a for a in att.addresses if host_route_oif(ip, a) != ifindex]
             if att.ipv4 and not gateway_routable(att.gateway4, ifindex):
                 notes.append(f"no route covers the guests' gateway {att.gateway4} (proxy ARP needs one)")
         if missing:
