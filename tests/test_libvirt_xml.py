@@ -1,10 +1,12 @@
-"""The domain XML contract: golden files for inject, render, and metadata parsing."""
+"""The domain XML contract: golden files for inject and render (vmnet.libvirt.domain_xml), and
+reading the metadata back (vmnet.domain_metadata)."""
 
 import os
 import pathlib
 
 import pytest
 
+from vmnet import domain_metadata as dm
 from vmnet.libvirt import domain_xml as lx
 from vmnet.errors import InvalidInput
 
@@ -35,7 +37,7 @@ def test_inject_is_idempotent_and_round_trips_the_ports(case):
     ports = [lx.port_option(p) for p in CASES[case]]
     once = lx.inject((GOLDEN / f"{case}.in.xml").read_text(), ports)
     assert lx.inject(once, ports) == once
-    parsed = lx.parse_ports(lx.parse_domain(once))
+    parsed = dm.parse_ports(dm.parse_domain(once))
     assert [p["name"] for p in parsed] == [p["name"] for p in ports]
 
 
@@ -55,11 +57,11 @@ def test_inject_with_no_ports_removes_vmnets_arguments():
 def test_declare_only_keeps_the_emulator_and_adds_no_arguments():
     """For live attach: ports in the metadata, the domain's own emulator, no -netdev of ours."""
     src = (GOLDEN / "with-commandline.in.xml").read_text()
-    emulator = lx.parse_domain(src).find("devices/emulator").text
+    emulator = dm.parse_domain(src).find("devices/emulator").text
     out = lx.inject(src, [lx.port_option("db1")], commandline=False)
-    root = lx.parse_domain(out)
+    root = dm.parse_domain(out)
     assert root.find("devices/emulator").text == emulator
-    assert [p["name"] for p in lx.parse_ports(root)] == ["db1"]
+    assert [p["name"] for p in dm.parse_ports(root)] == ["db1"]
     assert "sock-fds=vmnet:" not in out and "name=opt/app/config,string=hello" in out
     # and it takes out what an earlier full inject put in
     full = lx.inject(src, [lx.port_option("db1")])
@@ -76,10 +78,10 @@ def test_render_prints_metadata_emulator_and_arguments():
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.xml")))
 def test_shipped_examples_parse_and_declare_valid_ports(example):
-    root = lx.parse_domain((EXAMPLES / example).read_bytes())
-    ports = lx.parse_ports(root)
+    root = dm.parse_domain((EXAMPLES / example).read_bytes())
+    ports = dm.parse_ports(root)
     assert ports, "every example declares at least one port"
-    assert lx.domain_identity(root)[0]
+    assert dm.domain_identity(root)[0]
 
 
 @pytest.mark.parametrize("xml, message", [
@@ -98,5 +100,5 @@ def test_shipped_examples_parse_and_declare_valid_ports(example):
 ])
 def test_bad_domain_xml_or_metadata_is_refused_with_a_clear_message(xml, message):
     with pytest.raises(InvalidInput) as exc:
-        lx.parse_ports(lx.parse_domain(xml))
+        dm.parse_ports(dm.parse_domain(xml))
     assert message in str(exc.value)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from vmnet import pod, tap_alias
 from vmnet.errors import InvalidInput
-from vmnet.kubevirt import pod, takeover
+from vmnet.kubevirt import takeover
 from vmnet.qemu_args import netdev_qapi
 
 pytestmark = pytest.mark.unit
@@ -94,9 +95,9 @@ def test_queue_counts_must_agree():
 
 
 def test_placeholder_alias_round_trip():
-    assert takeover.port_of_alias(takeover.alias_for("k05e1cfe7dd")) == "k05e1cfe7dd"
+    assert tap_alias.port_of_alias(tap_alias.alias_for("k05e1cfe7dd")) == "k05e1cfe7dd"
     for alias in (None, "", "vmnet@t1", "vmnet placeholder of port "):
-        assert takeover.port_of_alias(alias) is None
+        assert tap_alias.port_of_alias(alias) is None
 
 
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"

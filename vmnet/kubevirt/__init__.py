@@ -1,7 +1,9 @@
 """KubeVirt: vmnet for virt-launcher pods (docs/kubevirt.md).
 
-- pod: who a pod is (its UID, and how its cgroup path shows it), pure;
+- pod: who a pod is, re-exported from the core module vmnet.pod (the helper
+  checks it too);
 - cni: the `vmnet` CNI plugin, which asks the helper for a pod's port;
-- takeover: how the wrapper swaps libvirt's tap netdev for af-xdp, pure;
+- takeover: how the wrapper swaps libvirt's tap netdev for af-xdp, pure (the
+  placeholder's alias is spelt by the core module vmnet.tap_alias);
 - runtime: the wrapper as a read-only directory for images without Python.
 """

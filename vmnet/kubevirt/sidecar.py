@@ -28,8 +28,9 @@ import os
 import threading
 import xml.etree.ElementTree as ET
 
+from ..domain_metadata import QEMU_NS, parse_domain
 from ..errors import InvalidInput
-from ..libvirt.domain_xml import QEMU_NS, parse_domain, qemu_commandline
+from ..libvirt.domain_xml import qemu_commandline
 
 log = logging.getLogger("vmnet.sidecar")
 HOOK_DIR = "/var/run/kubevirt-hooks"

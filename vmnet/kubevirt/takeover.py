@@ -10,11 +10,11 @@ form libvirt 11 writes:
 
 (or QEMU's key=value form, `tap,fds=23:25,id=...`). The wrapper asks each
 fd which tap it is (TUNGETIFF, no capability needed), reads that tap's
-alias in its own netns (what the helper wrote: the port's name; a pod
-cannot write aliases, it has no CAP_NET_ADMIN), fetches the port's
-sockets, and replaces that one argument with the af-xdp netdev of the
-same id — so libvirt's own -device (its PCI address, MAC, `mq`/`vectors`
-for as many queues) keeps pointing at it. The tap and vhost fds are
+alias in its own netns (what the helper wrote, spelt by vmnet.tap_alias:
+the port's name; a pod cannot write aliases, it has no CAP_NET_ADMIN),
+fetches the port's sockets, and replaces that one argument with the
+af-xdp netdev of the same id — so libvirt's own -device (its PCI address,
+MAC, `mq`/`vectors` for as many queues) keeps pointing at it. The tap and vhost fds are
 closed before QEMU starts. Any other argument, and any tap that is not a
 placeholder, is left exactly as it was.
 
@@ -32,8 +32,8 @@ import struct
 
 from ..errors import InvalidInput
 from ..qemu_args import parse_opts, render_opts
+from ..tap_alias import ALIAS_PREFIX, alias_for, port_of_alias  # noqa: F401 (also takeover's names)
 
-ALIAS_PREFIX = "vmnet placeholder of port "
 TUNGETIFF = 0x800454D2
 IFF_TAP = 0x0002
 
@@ -131,17 +131,6 @@ def check_queues(tap: TapNetdev, record: dict) -> None:
             f"has {record['queues']}",
             fix="give the port as many queues as the VM's NIC (the NAD's \"queues\"; KubeVirt opens "
                 "one per vCPU with networkInterfaceMultiqueue), or turn multiqueue off")
-
-
-def port_of_alias(alias: str | None) -> str | None:
-    """The port a placeholder tap's alias names (None: not a placeholder)."""
-    if alias and alias.startswith(ALIAS_PREFIX):
-        return alias[len(ALIAS_PREFIX):] or None
-    return None
-
-
-def alias_for(port: str) -> str:
-    return ALIAS_PREFIX + port
 
 
 # ---- probes -------------------------------------------------------------

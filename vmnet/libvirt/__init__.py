@@ -1,3 +1,4 @@
-"""vmnet's libvirt integration: the domain XML contract (domain_xml), a domain's
-ports as one unit (domain, run by the helper for the hook), the qemu.d hook
-(hook, hookinstall) and live attach into a running domain (attach)."""
+"""vmnet's libvirt integration: the domain XML written (domain_xml), the qemu.d hook
+(hook, hookinstall) and live attach into a running domain (attach). What the helper
+itself needs of a domain (its metadata read, its ports as one unit) is in the core
+modules vmnet.domain_metadata and vmnet.domain; domain re-exports the latter."""

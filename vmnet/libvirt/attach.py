@@ -13,10 +13,9 @@ import functools
 import json
 import os
 
-from .. import client, qemu_compat
+from .. import client, domain, qemu_compat
 from ..errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
 from ..qemu_args import netdev_id, netdev_qapi
-from . import domain
 
 
 def _libvirt():

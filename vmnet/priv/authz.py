@@ -30,6 +30,7 @@ import socket
 import struct
 
 from ..errors import PermissionDenied
+from ..pod import in_pod, pod_uids
 
 SO_PEERGROUPS = 59
 SO_PEERPIDFD = 77
@@ -181,7 +182,6 @@ class Policy:
     @staticmethod
     def _pod_mismatch(peer: Peer, record: dict, pod: dict) -> str | None:
         """A pod's port: the consumer's gid, the pod's netns, the pod's cgroup — all three."""
-        from ..kubevirt.pod import in_pod, pod_uids
         gid = record.get("consumer_gid")
         if gid is not None and peer.gid != gid:
             return f"it runs as gid {peer.gid}, the port's consumer is gid {gid}"

@@ -30,6 +30,7 @@ from pyroute2 import IPRoute
 
 from ..errors import AlreadyExists, IfindexTaken, NotFound, VmnetError
 from ..model import Port, PortSpec, has_host_end, validate_port_name
+from ..tap_alias import port_of_alias
 from . import attachments, backends, bpf, hostfilter, links, netns, tap, xsk, xskprog
 from .instance import DEFAULT, Instance
 
@@ -387,7 +388,6 @@ def _placeholder_gone(record: dict) -> str | None:
             msg = links.get_link(ifname)
     except VmnetError:
         return "its netns is gone"
-    from ..kubevirt.takeover import port_of_alias
     if msg is None or port_of_alias(msg.get("IFLA_IFALIAS")) != record["name"]:
         return f"its placeholder tap {ifname} is gone"
     return None

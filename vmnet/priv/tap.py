@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import AlreadyExists, KernelError
-from ..kubevirt.takeover import alias_for, port_of_alias
+from ..tap_alias import alias_for, port_of_alias
 from . import links
 
 
