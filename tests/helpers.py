@@ -122,6 +122,27 @@ class HelperProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def host_process() -> int | None:
+    """A process in the host's (initial) netns that root may inspect, or None: pid 1's netns
+    often cannot be opened (no ptrace access to it), the shell that started the suite's can.
+    Known by the initial netns' fixed inode (vmnet.model.HOST_NETNS_INO)."""
+    from vmnet.model import HOST_NETNS_INO
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == HOST_NETNS_INO:
+                return pid
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+NO_HOST_PROCESS = ("no process of the host's netns to name here (the suite runs in a netns of its own, or "
+                   "this kernel numbers the host's netns like any other)")
+
+
 REFERENCE_CNI = "/usr/lib/cni"          # Debian's containernetworking-plugins
 POD_UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 from helpers import REFERENCE_CNI as REFERENCE
-from helpers import POD_UID, SHARED_NETNS, HelperProcess, cni_invoke, install_cni
+from helpers import NO_HOST_PROCESS, POD_UID, SHARED_NETNS, HelperProcess, cni_invoke, host_process, install_cni
 
 from vmnet.kubevirt import cni
 from vmnet.priv import links, netns
@@ -259,6 +259,88 @@ def test_a_pod_netns_with_other_devices_needs_the_bind_guard(cni_helper, consume
         assert rc != 0 and out["code"] == 108 and "could bind its AF_XDP sockets to eth0" in out["msg"]
         assert "bpf LSM" in out["details"] and h.vmnet_json("port", "list")["ports"] == []
         assert set(pod_links(pod)) == {"lo", "eth0"}
+
+
+def _devices_of(ref) -> set:
+    from pyroute2 import IPRoute
+    with netns.entered(ref), IPRoute() as ip:
+        return {m.get("IFLA_IFNAME") for m in ip.get_links()}
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("whose", ["its own", "pid 1's", "a host process's"])
+def test_add_refuses_its_own_or_the_hosts_netns_as_a_pods_and_makes_nothing(cni_helper, whose):
+    """CNI_NETNS naming the host's netns (the runtime's own, pid 1's) is never a pod's, even
+    where allow_unconfined would let a port share a netns: the plugin refuses it first, and
+    the helper would too (tests/test_helper_security.py)."""
+    h = cni_helper
+    if whose == "a host process's" and host_process() is None:
+        pytest.skip(NO_HOST_PROCESS)
+    ref = {"its own": f"/proc/{os.getpid()}/ns/net", "pid 1's": "/proc/1/ns/net",
+           "a host process's": f"/proc/{host_process()}/ns/net"}[whose]
+    here = _devices_of(f"/proc/{os.getpid()}/ns/net")
+    rc, err, stderr = invoke(h, "ADD", conf_for(h), None, extra_env={"CNI_NETNS": ref})
+    assert rc != 0 and err is not None, stderr
+    if whose == "pid 1's" and not os.access(ref, os.R_OK):
+        # root here has no ptrace access to pid 1: neither the plugin nor the helper can
+        # tell which netns it is, and the helper cannot open it
+        assert err["code"] == cni.E_CONFIG and "may not open network namespace reference" in err["msg"], err
+    else:
+        said = "the CNI plugin's own" if whose == "its own" else "the host's"
+        assert err["code"] == cni.E_ENV and f"CNI_NETNS {ref} is {said}" in err["msg"], err
+        assert "pod sandbox's network namespace" in err["details"]
+        assert "port-create" not in h.read_log()                     # refused before asking the helper
+    assert h.vmnet_json("port", "list")["ports"] == [] and _devices_of(f"/proc/{os.getpid()}/ns/net") == here
+
+
+@pytest.mark.shared
+def test_two_pods_cannot_share_a_netns_even_where_ports_may_share_one(cni_helper, consumer_netns):
+    h, pod = cni_helper, consumer_netns
+    assert invoke(h, "ADD", conf_for(h), pod)[0] == 0
+    other = "9c2f1e44-0b7a-4c1e-9d55-3f2a6b8e7d10"
+    rc, err, _ = invoke(h, "ADD", conf_for(h), pod, container="theirs", ifname="net1", pod_uid=other)
+    assert rc != 0 and err["code"] == 108, err
+    first = cni.port_name("c0ffee", "vmnet-fast", "pod1a2b3c4d5e6")
+    assert f"already holds the consumer end of port {first} (of pod {POD_UID})" in err["msg"]
+    assert len(h.vmnet_json("port", "list")["ports"]) == 1
+    assert _devices_of(pod) == {"lo", "pod1a2b3c4d5e6", "tap1a2b3c4d5e6"}
+    assert invoke(h, "DEL", conf_for(h), pod)[0] == 0
+
+
+@pytest.mark.shared
+def test_an_ifname_another_attachment_has_in_the_pod_is_named_as_the_collision(cni_helper, consumer_netns):
+    """Two attachments (another container id, or another network) asking for one CNI_IFNAME in
+    one pod: the error names the interface, whose it is and what to do — not a port that
+    'already exists' and, asked to delete, 'does not exist'."""
+    h, pod = cni_helper, consumer_netns
+    rc, first, _ = invoke(h, "ADD", conf_for(h), pod, container="c1", ifname="net1")
+    assert rc == 0, first
+    for container, ifname, taken, what in (("c2", "net1", "net1", "the pod-side interface"),
+                                           ("c2", "pod1", "tap1", "the placeholder tap")):
+        rc, err, _ = invoke(h, "ADD", conf_for(h), pod, container=container, ifname=ifname)
+        assert rc != 0 and err["code"] == cni.E_ALREADY_EXISTS, err
+        assert err["msg"] == (f"interface {taken} already exists in /run/netns/{pod}: it is {what} of another "
+                              f"attachment, port {cni.port_name('c1', 'vmnet-fast', 'net1')} (container c1 "
+                              "of network 'vmnet-fast')"), err
+        assert "interface name of its own" in err["details"] and "DEL the attachment of container c1" in err["details"]
+        assert "does not exist" not in err["msg"]
+    assert len(h.vmnet_json("port", "list")["ports"]) == 1                     # the first is untouched
+    assert pod_links(pod)["net1"].get("IFLA_ADDRESS") == first["interfaces"][-1]["mac"]
+    assert invoke(h, "DEL", conf_for(h), pod, container="c1", ifname="net1")[0] == 0
+
+
+@pytest.mark.shared
+def test_an_ifname_taken_by_a_device_of_no_port_is_named_by_the_helper(cni_helper, consumer_netns):
+    h, pod = cni_helper, consumer_netns
+    with netns.entered(pod):
+        from pyroute2 import IPRoute
+        with IPRoute() as ip:
+            ip.link("add", ifname="eth0", kind="tuntap", mode="tap")       # another plugin's interface
+    rc, err, _ = invoke(h, "ADD", conf_for(h), pod, ifname="eth0")
+    assert rc != 0 and err["code"] == cni.E_ALREADY_EXISTS, err
+    assert err["msg"].startswith(f"device eth0 already exists in network namespace /run/netns/{pod}: port "), err
+    assert "another consumer interface name" in err["details"] and "CNI_IFNAME" in err["details"]
+    assert h.vmnet_json("port", "list")["ports"] == [] and set(pod_links(pod)) == {"lo", "eth0"}
 
 
 # ---- IPAM, delegated ----------------------------------------------------------

@@ -14,7 +14,7 @@ import array
 import os
 
 from . import protocol
-from .errors import HelperUnavailable
+from .errors import HelperUnavailable, VmnetError
 
 
 class Client:
@@ -52,6 +52,11 @@ class Client:
                 fds.frombytes(blob[:len(blob) - len(blob) % fds.itemsize])
         for fd in fds:
             os.set_inheritable(fd, False)
+        if flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            raise VmnetError(f"the helper's answer to {verb} carried more fds than the {protocol.MAX_FDS} "
+                             "a reply ever carries", fix="check that the socket is the vmnet helper's")
         if not data:
             raise HelperUnavailable("the helper closed the connection without answering")
         try:

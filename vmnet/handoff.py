@@ -24,10 +24,15 @@ import os
 from . import argv as argvmod
 from . import qemu_compat
 from .client import Client
-from .errors import InvalidInput, MemlockError, NotFound, PermissionDenied
+from .errors import InvalidInput, MemlockError, NotFound, PermissionDenied, VmnetError
 from .memlock import mib
 from .model import Port
 from .qemu_args import qemu_argv
+
+# what the consumer side reads of a port record, and of what type: a reply without them is no
+# answer this vmnet understands (a helper of another version, or no vmnet helper at all)
+RECORD_FIELDS = {"name": str, "queues": int, "start_queue": int, "mode": str, "consumer_ifname": str,
+                 "mac": str, "mtu": int}
 
 
 @dataclasses.dataclass
@@ -37,6 +42,54 @@ class Prepared:
     memlock: dict
     keep_ipc_lock: bool
     close: list[int] = dataclasses.field(default_factory=list)   # inherited fds QEMU must not get
+
+
+def unexpected_reply(verb: str, port: str, why: str) -> VmnetError:
+    return VmnetError(f"the helper's answer to {verb} for port {port} is not one this vmnet understands: {why}",
+                      fix="run the helper and its clients from the same vmnet version, and check that the "
+                          "socket is the vmnet helper's (its log shows what it answered)")
+
+
+def checked_record(verb: str, port: str, record: dict, fds: list[int], want_fds: bool) -> dict:
+    """A port record from the helper, checked before anything reads it: every field the
+    argv is built from, of its type; a port of the name asked for; as many socket fds as
+    queues (want_fds) or none. Pure."""
+    def bad(why):
+        return unexpected_reply(verb, port, why)
+    for key, kind in RECORD_FIELDS.items():
+        if key not in record:
+            raise bad(f"it has no {key!r}")
+        value = record[key]
+        if not isinstance(value, kind) or kind is int and isinstance(value, bool):
+            raise bad(f"{key!r} is {type(value).__name__} {str(value)[:40]!r}, not {kind.__name__}")
+    if record["name"] != port:
+        raise bad(f"it describes port {record['name'][:40]!r}")
+    if not isinstance(record.get("extra") or {}, dict):
+        raise bad("'extra' is not an object")
+    try:
+        Port.from_dict(record)
+    except InvalidInput as exc:
+        raise bad(exc.message) from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}") from None
+    want = record["queues"] if want_fds else 0
+    if len(fds) != want:
+        raise bad(f"it carried {len(fds)} socket fd(s) for {want}"
+                  f"{' (one per queue)' if want_fds else ' (the verb hands out none)'}")
+    return record
+
+
+def checked_memlock(plan: dict, fds: list[int], ports: list[str]) -> dict:
+    """The helper's answer to raise-memlock-for-peer, checked (see checked_record). Pure."""
+    def bad(why):
+        return unexpected_reply("raise-memlock-for-peer", ", ".join(ports), why)
+    if fds:
+        raise bad(f"it carried {len(fds)} fd(s) (the verb hands out none)")
+    if not isinstance(plan.get("action"), str):
+        raise bad("it has no 'action' string")
+    if plan["action"] == "ipc-lock" and (not isinstance(plan.get("need"), int) or isinstance(plan["need"], bool)):
+        raise bad("an 'ipc-lock' plan without the number of bytes it needs ('need')")
+    return plan
 
 
 def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: bool = False,
@@ -61,13 +114,18 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
             import shutil
             version = qemu_compat.version_of(shutil.which(argv[0]) or argv[0])
             for name in names + appended:
-                refused = qemu_compat.refusal(version, c.call("port-show", name=name)[0], qemu_multiqueue_fixed)
+                record, fds = c.call("port-show", name=name)
+                for fd in fds:
+                    os.close(fd)
+                refused = qemu_compat.refusal(version, checked_record("port-show", name, record, fds, False),
+                                              qemu_multiqueue_fixed)
                 if refused is not None:
                     raise refused
         try:
             for name in names + appended:
                 record, fds = c.call("fds-for-consumer", name=name)
                 all_fds += fds
+                checked_record("fds-for-consumer", name, record, fds, True)
                 values[name] = argvmod.port_values(record, fds)
                 if name in appended:
                     extra_args += qemu_argv(Port.from_dict(record), fds)
@@ -77,6 +135,7 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
                 from .qemu_args import netdev_qapi
                 record, fds = c.call("fds-for-consumer", name=name, placeholder=tap_name)
                 all_fds += fds
+                checked_record("fds-for-consumer", name, record, fds, True)
                 if version is not None:
                     refused = qemu_compat.refusal(version, record, qemu_multiqueue_fixed)
                     if refused is not None:
@@ -86,7 +145,9 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
             if on_fds:
                 on_fds(final_argv, all_fds)
             try:
-                memlock, _ = c.call("raise-memlock-for-peer", ports=names + appended + taken)
+                memlock, fds = c.call("raise-memlock-for-peer", ports=names + appended + taken)
+                all_fds += fds
+                checked_memlock(memlock, fds, names + appended + taken)
                 keep = memlock.get("action") == "ipc-lock"      # it holds CAP_IPC_LOCK already
                 if keep and not allow_ipc_lock:
                     raise MemlockError(

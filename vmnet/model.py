@@ -24,6 +24,22 @@ _PROC_NETNS = re.compile(r"/proc/[0-9]+/ns/net")
 _INSTANCE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # all patterns are used with fullmatch: "$" would let a trailing newline through
 
+# the inode of the host's (initial) network namespace on nsfs where the kernel fixes it
+# (PROC_NET_INIT_INO; seen on 6.18 here); older kernels number it like any other netns,
+# from 0xF0000000 up, so on no kernel does this number name another netns
+HOST_NETNS_INO = 0xEFFFFFF9
+
+
+def netns_id(path: str) -> str | None:
+    """dev:inode of the namespace file at path, how vmnet names a netns (None: unreadable).
+    One stat: the helper, the CNI plugin and the bind checks compare netns by it."""
+    import os
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
 QUEUES_MAX = 64
 MODES = ("auto", "native", "skb")
 # How a port's device is made (docs/backends.md). "auto" is resolved when the

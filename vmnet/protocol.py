@@ -5,8 +5,10 @@ Pure. A request is {"verb": "...", "args": {...}}; a reply is
 "fix"}}, with the port's AF_XDP socket fds attached by SCM_RIGHTS when the
 verb hands them out. Every message is bounded in size, and anything that is
 not exactly this shape is refused with an error naming what was wrong. An
-empty message cannot be told from the peer hanging up, and closes the
-connection.
+empty message closes the connection without a reply, like the peer hanging
+up, credentials or not (SO_PASSCRED gives every message credentials, so the
+two could be told apart; they are not). One that carries fds is refused as
+any message with fds is.
 """
 
 from __future__ import annotations
@@ -54,20 +56,21 @@ def encode_reply(result: dict | None = None, error: VmnetError | None = None) ->
 
 def decode_reply(data: bytes) -> dict:
     """The result of a reply, or the VmnetError it carries, raised."""
+    fix = "check that the socket is the vmnet helper's, of the same vmnet version as this client"
     try:
         msg = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise VmnetError("the helper sent a reply that is not JSON") from None
+        raise VmnetError("the helper sent a reply that is not JSON", fix=fix) from None
     if not isinstance(msg, dict) or not isinstance(msg.get("ok"), bool):
-        raise VmnetError("the helper sent a malformed reply")
+        raise VmnetError('the helper sent a malformed reply (not an object with "ok")', fix=fix)
     if msg["ok"]:
         result = msg.get("result", {})
         if not isinstance(result, dict):
-            raise VmnetError("the helper sent a malformed reply")
+            raise VmnetError('the helper sent a malformed reply ("result" is not an object)', fix=fix)
         return result
     err = msg.get("error") or {}
     if not isinstance(err, dict):
-        raise VmnetError("the helper sent a malformed reply")
+        raise VmnetError('the helper sent a malformed reply ("error" is not an object)', fix=fix)
     raise error_from_dict(err)
 
 
@@ -81,15 +84,3 @@ def error_from_dict(err: dict) -> VmnetError:
     return cls(str(err.get("message", "the helper refused the request")),
                fix=fix if isinstance(fix, str) else None,
                errno=errno if isinstance(errno, int) and not isinstance(errno, bool) else None)
-
-
-def require(args: dict, key: str, kind, default=...):
-    """One argument of a request, of the given type; absent → default or an error."""
-    if key not in args:
-        if default is ...:
-            raise InvalidInput(f"argument {key!r} is missing")
-        return default
-    value = args[key]
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise InvalidInput(f"argument {key!r} must be {getattr(kind, '__name__', kind)}")
-    return value

@@ -59,6 +59,13 @@ def main():
         # libvirt shows QEMU's stderr to the user when start fails
         print(f"vmnet-qemu-wrapper: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:        # noqa: BLE001 (a bug: one line for libvirt's log, never a traceback)
+        import traceback
+        _log("error", [], traceback=traceback.format_exc())
+        what = " ".join(str(exc).split())[:200]
+        print(f"vmnet-qemu-wrapper: error: internal error, QEMU not started ({type(exc).__name__}: {what})\n"
+              "  fix: report it, with the traceback that VMNET_WRAPPER_LOG=/path records", file=sys.stderr)
+        sys.exit(1)
 
 
 def _passthrough(args: list):

@@ -48,6 +48,7 @@ import subprocess
 import sys
 
 from ..errors import HelperUnavailable, InvalidInput, NotFound, VmnetError
+from ..model import netns_id as _netns_id
 
 SPEC_VERSION = "1.1.0"
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -250,7 +251,7 @@ def port_args(conf: dict, env: dict, ipam: dict | None = None) -> dict:
     from ..model import PortSpec
     try:
         PortSpec(**{k: v for k, v in out.items() if k not in ("owner", "pod")})
-        from .pod import validate_pod
+        from ..pod import validate_pod
         validate_pod(out["pod"])
     except InvalidInput as exc:
         raise CniError(E_CONFIG, f"network {network!r}: {exc.message}", exc.fix or "") from None
@@ -339,14 +340,64 @@ def _exists(conf: dict, name: str) -> dict | None:
         return None
 
 
+def refuse_host_netns(ref: str) -> None:
+    """A CNI_NETNS that is pid 1's netns or this plugin's own (the runtime's: the host's) is
+    never a pod's. The helper refuses it too, and decides; this says so before anything is
+    asked of it."""
+    from ..model import HOST_NETNS_INO
+    here, own = _netns_id(ref), _netns_id("/proc/self/ns/net")
+    if here is None or own is None:
+        return                              # the helper says what is wrong with it
+    nsfs = own.split(":")[0]
+    host = here == f"{nsfs}:{HOST_NETNS_INO}" or here == _netns_id("/proc/1/ns/net")
+    for whose, same in (("the host's (the initial one, pid 1's)", host),
+                        ("the CNI plugin's own (the container runtime's)", here == own)):
+        if same:
+            raise CniError(E_ENV, f"CNI_NETNS {ref} is {whose} network namespace, not a pod's: vmnet puts "
+                                  "a pod's port only in that pod's own",
+                           "give the pod sandbox's network namespace as CNI_NETNS")
+
+
+def refuse_ifname_collision(conf: dict, env: dict) -> None:
+    """CNI_IFNAME, or the placeholder tap named after it, is already a device of another
+    attachment's port in this pod: say so and whose, before the helper meets the name taken."""
+    here = _netns_id(env["CNI_NETNS"])
+    if here is None:
+        return
+    ifname = env["CNI_IFNAME"]
+    mine = [ifname] + ([tap_name(ifname)] if _field(conf, "placeholderTap", bool, True) else [])
+    for record in _call(conf, "port-list")["ports"]:
+        if record.get("consumer_netns_id") != here:
+            continue
+        theirs = {record.get("placeholder_tap"): "the placeholder tap",
+                  record.get("consumer_ifname"): "the pod-side interface"}
+        clash = next((n for n in mine if n in theirs), None)
+        if clash is None:
+            continue
+        pod, owner_ = record.get("consumer_pod") or {}, str(record.get("owner") or "")
+        other = pod.get("container_id")
+        whose = " of ".join(part for part in (f"container {other}" if other else "",
+                                              f"network {owner_[4:]!r}" if owner_.startswith("cni:") else "")
+                            if part)
+        first = f"the attachment of container {other}" if other else "the other attachment"
+        raise CniError(E_ALREADY_EXISTS,
+                       f"interface {clash} already exists in {env['CNI_NETNS']}: it is {theirs[clash]} of "
+                       f"another attachment, port {record['name']}{f' ({whose})' if whose else ''}",
+                       "each attachment in a pod needs an interface name of its own (and its placeholder "
+                       "tap is 'tap' + the name from its 4th character): give this attachment another "
+                       f"interface name, or DEL {first} first")
+
+
 def cmd_add(conf: dict, env: dict, stdin: bytes = b"") -> dict:
     _env(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
     port_args(conf, env)                    # refuse a bad configuration before IPAM gives anything
+    refuse_host_netns(env["CNI_NETNS"])
     name = port_name(env["CNI_CONTAINERID"], conf["name"], env["CNI_IFNAME"])
     if _exists(conf, name) is not None:
         raise CniError(E_ALREADY_EXISTS, f"interface {env['CNI_IFNAME']} of container {env['CNI_CONTAINERID']} "
                                          f"already exists on network {conf['name']!r} (port {name})",
                        "the CNI spec refuses a second ADD for the same container and interface: DEL it first")
+    refuse_ifname_collision(conf, env)
     ipam = delegate("ADD", conf, env, stdin) if conf.get("ipam") else None
     try:
         args = port_args(conf, env, ipam)

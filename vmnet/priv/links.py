@@ -93,7 +93,8 @@ def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
     msg = veth_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, peer_index, host_index,
                        host_tx_queues=queues + 1 if spec.mode == "skb" else queues)
     try:
-        send_newlink(msg, spec.name, f"veth pair {spec.host_ifname}/{spec.consumer_ifname}", peer_index, ip)
+        send_newlink(msg, spec.name, f"veth pair {spec.host_ifname}/{spec.consumer_ifname}", peer_index, ip,
+                     peer=(spec.consumer_ifname, spec.netns))
     except NetlinkError as exc:
         raise KernelError(f"cannot create veth pair {spec.host_ifname}/{spec.consumer_ifname}",
                           errno=exc.code) from None
@@ -102,9 +103,14 @@ def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
             os.close(nsfd)
 
 
-def send_newlink(msg: ifinfmsg, port: str, what: str, peer_index: int = 0, ip: IPRoute | None = None):
+def send_newlink(msg: ifinfmsg, port: str, what: str, peer_index: int = 0, ip: IPRoute | None = None,
+                 peer: tuple[str, str | None] | None = None):
     """Send an RTM_NEWLINK that creates port `port`'s devices (`what`). The refusals every
     backend meets become vmnet's errors; any other NetlinkError is the caller's to explain.
+
+    A pair's EEXIST is about either name: peer = (consumer end's name, its netns) lets the
+    error say which — a consumer end named like a device already there (a pod's CNI_IFNAME
+    taken by another attachment) is no port that exists.
 
     An ifindex vmnet chose that is taken: rtnetlink takes a request naming an existing
     ifindex here for a change of that device, which NLM_F_EXCL refuses with EEXIST, and
@@ -123,6 +129,12 @@ def send_newlink(msg: ifinfmsg, port: str, what: str, peer_index: int = 0, ip: I
             raise IfindexTaken(f"ifindex {host_index} or {peer_index}, which vmnet gives {what}, is taken "
                                "(here, or in the consumer's netns)",
                                fix="delete the device that has it, or retry (the next port gets another)") from None
+        if exc.code == errno.EEXIST and peer is not None and get_link(name, ip) is None:
+            where = f"network namespace {peer[1]}" if peer[1] else "the helper's network namespace"
+            raise AlreadyExists(f"device {peer[0]} already exists in {where}: port {port}'s consumer end "
+                                "cannot have its name",
+                                fix="give the port another consumer interface name (--ifname; a pod's "
+                                    "CNI_IFNAME), or remove that device") from None
         if exc.code == errno.EEXIST:
             raise AlreadyExists(f"port {port} already exists ({what} is present)",
                                 fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None

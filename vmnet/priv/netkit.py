@@ -167,9 +167,9 @@ class NetkitUnavailable(NotSupported):
 
 
 def _send_newlink(msg: ifinfmsg, what: str, port: str, queues: int = 1, peer_index: int = 0,
-                  ip: IPRoute | None = None) -> None:
+                  ip: IPRoute | None = None, peer: tuple[str, str | None] | None = None) -> None:
     try:
-        links.send_newlink(msg, port, what, peer_index, ip)
+        links.send_newlink(msg, port, what, peer_index, ip, peer)
     except NetlinkError as exc:
         if exc.code == errno.EOPNOTSUPP:
             # rtnl_newlink answers EOPNOTSUPP for a link kind it has no driver for; Linux
@@ -199,7 +199,7 @@ def create_pair(spec: PortSpec, mode: str = "l2", peer_index: int = 0, host_inde
         msg = pair_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, mode, peer_index,
                            host_index)
         _send_newlink(msg, f"netkit pair {spec.host_ifname}/{spec.consumer_ifname}", spec.name, queues,
-                      peer_index or host_index)
+                      peer_index or host_index, peer=(spec.consumer_ifname, spec.netns))
     finally:
         if nsfd is not None:
             os.close(nsfd)

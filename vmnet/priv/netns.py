@@ -4,6 +4,10 @@ AF_XDP sockets bind to ifindexes of the netns they were created in, and
 QEMU resolves ifname= in its own netns: so the helper creates the sockets
 (and attaches the program) after setns() into the consumer's netns.
 setns() moves only the calling thread, and `entered` always moves it back.
+
+Also which netns a pod's port may go in (`require_pod_netns`): one of that
+pod's own — never the host's, the helper's (where the host ends are), or
+one where another pod or a port of no pod already has a consumer end.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import errno
 import fcntl
 import os
 
-from ..errors import InvalidInput, KernelError, NotFound
-from ..model import validate_netns
+from ..errors import InvalidInput, KernelError, NotFound, PermissionDenied
+from ..model import HOST_NETNS_INO, netns_id as _id_of_path, validate_netns
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703
@@ -83,6 +87,46 @@ def open_netns(ref: str) -> int:
         raise InvalidInput(f"{ref} is a namespace, but not a network namespace",
                            fix="give /proc/<pid>/ns/net or /run/netns/<name>")
     return fd
+
+
+def require_pod_netns(fd: int, ref: str, pod: dict, records) -> None:
+    """Refuse to make pod `pod`'s port in the open netns `fd` (named `ref`) unless that netns
+    can only be the pod's own, whatever allow_unconfined says.
+
+    A pod's port puts its consumer end and a tap owned by the pod's uid in that netns, and
+    hands its sockets to whatever process runs there: in the host's netns (the initial one,
+    or pid 1's) or the helper's (where every port's host end is) that is the host; in a
+    netns where another pod, or a port that is no pod's, has its consumer end, two tenants
+    share one. `records` are the helper's ports; ports of the same pod (its other
+    interfaces) are fine."""
+    st = os.fstat(fd)
+    here = f"{st.st_dev}:{st.st_ino}"
+    own = "give the pod sandbox's own network namespace (its CNI_NETNS)"
+    if st.st_ino == HOST_NETNS_INO or here == _id_of_path("/proc/1/ns/net"):
+        raise PermissionDenied(
+            f"network namespace {ref} is the host's (the initial one, pid 1's): a pod's port there "
+            "would put its consumer end and a tap its consumer owns on the host", fix=own)
+    if here in (_id_of_path(f"/proc/{os.getpid()}/ns/net"), _id_of_path("/proc/thread-self/ns/net")):
+        raise PermissionDenied(
+            f"network namespace {ref} is the vmnet helper's own, where the host end of every port "
+            "is: a pod's consumer end cannot go there", fix=own)
+    for record in records:
+        other = record.get("consumer_pod") or None
+        if other and other.get("uid") == pod.get("uid"):
+            continue
+        where = record.get("consumer_netns_id")
+        if where is None and record.get("netns"):
+            try:
+                where = _id_of_path(validate_netns(record["netns"]))
+            except InvalidInput:
+                where = None
+        if where == here:
+            name = record.get("name")
+            whose = f"of pod {other.get('uid')}" if other else "of no pod"
+            raise PermissionDenied(
+                f"network namespace {ref} already holds the consumer end of port {name} ({whose}): "
+                "a pod's port needs a network namespace of that pod's own",
+                fix=f"{own}; if port {name} is left over, delete it ('vmnet port del {name}')")
 
 
 @contextlib.contextmanager
