@@ -26,7 +26,8 @@ import uuid
 
 import pytest
 from guard_gate import require_guard, require_no_guard
-from helpers import PYTHON, USER_A, HelperProcess, as_identity, capture
+from helpers import (NO_HOST_PROCESS, POD_UID, PYTHON, SHARED_NETNS, USER_A, HelperProcess, as_identity, capture,
+                     host_process)
 from test_handoff import CONSUMER_IP, HOST_IP, exec_responder, in_netns, stop, wait_ready
 
 from vmnet import probe
@@ -181,6 +182,33 @@ def test_without_the_guard_a_port_beside_other_devices_is_refused_unless_allowed
             h.vmnet_json("port", "del", alone)
         finally:
             netns.remove_named(other_ns)
+    finally:
+        h.cleanup()
+
+
+def test_without_the_guard_no_port_puts_a_device_where_an_unconfined_consumer_holds_sockets(
+        test_netns, consumer_netns, port_name):
+    """Issue: the netns rule held only at creation and handoff. Port A, made in the helper's netns
+    (then holding only lo), had its consumer take its unbound sockets; port B --netns X then put
+    B's host end beside them, A's consumer bound to it and B's VM received its frames."""
+    require_no_guard()
+    h = HelperProcess().start()
+    a, b = port_name, port_name[:-1] + ("z" if port_name[-1] != "z" else "y")
+    try:
+        assert h.vmnet_json("port", "add", a, "--consumer-user", "nobody")["confined"] is False
+        with Client(h.socket) as c:                 # its consumer holds the sockets, unbound
+            _, fds = c.call("fds-for-consumer", name=a)
+            out = h.vmnet("port", "add", b, "--netns", consumer_netns, "--consumer-user", "nobody")
+            for fd in fds:
+                os.close(fd)
+        assert out.returncode == 8, out.stderr
+        assert f"port {b}: its host end would go into the helper's netns" in out.stderr
+        assert f"port {a}'s consumer holds AF_XDP sockets nothing confines" in out.stderr
+        assert not ports.port_exists(b, h.instance)
+        assert links.get_link(f"vmn-{b}") is None
+        # A gone, B is made: its host end endangers nobody
+        h.vmnet_json("port", "del", a)
+        h.vmnet_json("port", "add", b, "--netns", consumer_netns, "--consumer-user", "nobody")
     finally:
         h.cleanup()
 
@@ -464,6 +492,75 @@ def test_memlock_plans_a_port_named_twice_once_and_only_live_consumers(shared_he
     assert "does not hold the sockets" in refused
 
 
+# a pod's port goes into that pod's own netns only: its consumer end, a tap its consumer owns
+# and its sockets anywhere else are the host's or another tenant's, whatever allow_unconfined says
+OTHER_POD = "9c2f1e44-0b7a-4c1e-9d55-3f2a6b8e7d10"
+
+
+def _pod_port(h, name, ref, pod_uid=POD_UID):
+    """A pod's port as the CNI plugin asks for it; its device names are the port's own, so
+    that no device of the host (where an unfixed helper would put them) is ever touched."""
+    return h.vmnet("port", "add", name, "--netns", ref, "--ifname", "vp" + name[-7:],
+                   "--placeholder-tap", "tp" + name[-7:], "--consumer-user", "107", "--consumer-group", "107",
+                   "--pod-uid", pod_uid)
+
+
+def _devices_in(ref) -> set:
+    from pyroute2 import IPRoute
+    with netns.entered(ref), IPRoute() as ip:
+        return {m.get("IFLA_IFNAME") for m in ip.get_links()}
+
+
+@pytest.mark.parametrize("whose", ["the helper", "pid 1", "a host process"])
+def test_a_pods_port_is_refused_in_the_hosts_or_the_helpers_netns_even_when_unconfined_is_allowed(
+        test_netns, port_name, whose):
+    if whose == "a host process" and host_process() is None:
+        pytest.skip(NO_HOST_PROCESS)
+    h = HelperProcess(SHARED_NETNS).start()
+    try:
+        ref = {"the helper": f"/proc/{h.proc.pid}/ns/net", "pid 1": "/proc/1/ns/net",
+               "a host process": f"/proc/{host_process()}/ns/net"}[whose]
+        readable = os.access(ref, os.R_OK)
+        before = _devices_in(ref) if readable else None
+        out = _pod_port(h, port_name, ref)
+        if whose == "pid 1" and not readable:
+            # root here has no ptrace access to pid 1: the helper cannot open it either
+            assert out.returncode == 2 and f"may not open network namespace reference {ref}" in out.stderr
+        else:
+            assert out.returncode == 8, (out.stdout, out.stderr)
+            said = "is the vmnet helper's own" if whose == "the helper" else "is the host's"
+            assert f"network namespace {ref} {said}" in out.stderr, out.stderr
+            assert "fix: give the pod sandbox's own network namespace" in out.stderr
+            assert _devices_in(ref) == before
+        assert h.vmnet_json("port", "list")["ports"] == [] and not ports.port_exists(port_name, h.instance)
+        assert _devices_in(f"/proc/{h.proc.pid}/ns/net") == {"lo"}
+    finally:
+        h.cleanup()
+
+
+def test_a_pods_port_cannot_share_a_netns_with_another_pod_or_a_port_of_no_pod(
+        test_netns, consumer_netns, port_name):
+    h = HelperProcess(SHARED_NETNS).start()
+    plain, first, other, sibling = (port_name + c for c in "abcd")
+    try:
+        h.vmnet_json("port", "add", plain, "--netns", consumer_netns, "--consumer-user", "107")
+        out = _pod_port(h, first, consumer_netns)
+        assert out.returncode == 8, out.stderr
+        assert f"already holds the consumer end of port {plain} (of no pod)" in out.stderr
+        assert f"network namespace /run/netns/{consumer_netns}" in out.stderr
+        h.vmnet_json("port", "del", plain)
+        assert _pod_port(h, first, consumer_netns).returncode == 0
+        out = _pod_port(h, other, consumer_netns, pod_uid=OTHER_POD)
+        assert out.returncode == 8, out.stderr
+        assert f"already holds the consumer end of port {first} (of pod {POD_UID})" in out.stderr
+        assert _pod_port(h, sibling, consumer_netns).returncode == 0         # the same pod's next NIC
+        assert {p["name"] for p in h.vmnet_json("port", "list")["ports"]} == {first, sibling}
+        assert _devices_in(consumer_netns) == {"lo"} | {f"{k}{n[-7:]}" for n in (first, sibling)
+                                                        for k in ("vp", "tp")}
+    finally:
+        h.cleanup()
+
+
 # --- 4. credentials and identity -------------------------------------------------
 
 def test_a_connection_opened_by_root_cannot_be_used_by_the_process_it_was_handed_to(helper, port_name):
@@ -671,3 +768,76 @@ def test_a_second_helper_on_the_same_instance_is_refused_and_the_first_keeps_its
         shutil.rmtree(second.dir, ignore_errors=True)
     assert helper.vmnet_json("port", "show", port_name)["name"] == port_name
     assert links.link_state("vmn-" + port_name) is not None
+
+
+# --- connection slots per tenant ------------------------------------------------------
+
+# Inside a fake pod: open up to N connections to the consumer socket, each asking once (a
+# reply, even a refusal, means it was served); print how many were served; hold them.
+HOLD_SLOTS = r"""
+import json, socket, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+held = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    s.settimeout(5)
+    try:
+        s.send(json.dumps({"verb": "fds-for-consumer", "args": {"name": "absent"}}).encode())
+        if s.recv(65536):
+            held.append(s)
+            continue
+    except OSError:
+        pass
+    s.close()
+print(json.dumps({"served": len(held)}), flush=True)
+time.sleep(600)
+"""
+
+
+def _pod_asks_once(pod, path) -> dict:
+    code = ("import json, socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); "
+            "s.connect(sys.argv[1]); s.settimeout(10); "
+            "s.send(json.dumps({'verb': 'fds-for-consumer', 'args': {'name': 'absent'}}).encode()); "
+            "r = s.recv(65536); print(r.decode() if r else '{}')")
+    out = pod.run([PYTHON, "-I", "-c", code, path], caps=())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("limits", ["", "max_clients = 6\n"], ids=["per-pod-budget", "pool-full"])
+def test_a_pod_holding_every_slot_it_can_does_not_lock_out_another_pod_or_root(test_netns, consumer_netns, limits):
+    """Issue: every virt-launcher is uid 107 and slots were counted per uid, so one pod holding 32
+    connections locked every other VM's QEMU out of the consumer socket."""
+    from launcher_env import FakePod
+    other_ns = "vmnet-c" + uuid.uuid4().hex[:8]
+    netns.create_named(other_ns)
+    h = HelperProcess(limits)
+    a, b = FakePod(consumer_netns), FakePod(other_ns)
+    try:
+        h.start()
+        consumer = os.path.join(h.dir, "consumer", "consumer.sock")
+        log = os.path.join(h.dir, "pod-a.log")
+        holder = a.start([PYTHON, "-I", "-c", HOLD_SLOTS, consumer, "40"], log, caps=())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and holder.poll() is None:
+            with open(log) as f:
+                if '"served"' in f.read():
+                    break
+            time.sleep(0.1)
+        with open(log) as f:
+            served = json.loads(f.read().strip().splitlines()[-1])["served"]
+        assert 1 <= served <= 8, f"pod A was served on {served} connections"
+        # the other pod's QEMU (the same uid 107) is served ...
+        got = _pod_asks_once(b, consumer)
+        assert got.get("ok") is False and got["error"]["code"] == "not-found", got
+        # ... and root on the admin socket
+        with Client(h.socket) as c:
+            assert "helper" in c.call("status")[0]
+        assert h.proc.poll() is None
+        assert "already has 8 connection(s)" in h.read_log() or "freed one of a tenant" in h.read_log()
+    finally:
+        a.cleanup()
+        b.cleanup()
+        h.cleanup()
+        netns.remove_named(other_ns)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vmnet import errors, protocol
+from vmnet import errors, protocol, requests
 from vmnet.errors import InvalidInput, PermissionDenied, VmnetError
 
 pytestmark = pytest.mark.unit
@@ -197,39 +197,56 @@ def test_replies_are_ascii_even_for_text_with_lone_surrogates():
     assert info.value.message == "port \ud800 does not exist"
 
 
-# --- require -----------------------------------------------------------------
+# --- the verbs' declared arguments (vmnet.requests) ---------------------------------
 
-@pytest.mark.parametrize("kind, value", [(str, "vm1"), (int, 0), (int, -3), (bool, False), (list, []),
-                                         (dict, {"a": 1})])
-def test_require_returns_a_present_argument_of_the_right_type(kind, value):
-    assert protocol.require({"k": value}, "k", kind) == value
+def test_every_verb_is_declared():
+    assert set(requests.VERBS) == set(protocol.VERBS)
 
 
-def test_require_refuses_a_missing_argument_naming_it():
-    with pytest.raises(InvalidInput, match="argument 'name' is missing"):
-        protocol.require({}, "name", str)
+def test_defaults_are_filled_and_attributes_read():
+    args = requests.parse("port-create", {"name": "vm1", "consumer_uid": 107})
+    assert (args.name, args.queues, args.backend, args.netns, args.receive_only) == ("vm1", 1, "veth", None, False)
 
 
-@pytest.mark.parametrize("default", [None, 0, "auto", False])
-def test_require_returns_the_default_for_a_missing_argument(default):
-    assert protocol.require({}, "k", str, default) is default
+def test_a_missing_argument_is_named():
+    with pytest.raises(InvalidInput, match="port-show: argument 'name' is missing"):
+        requests.parse("port-show", {})
 
 
-@pytest.mark.parametrize("value", [True, False])
-def test_require_does_not_take_a_bool_for_an_int(value):
-    with pytest.raises(InvalidInput, match="argument 'queues' must be int"):
-        protocol.require({"queues": value}, "queues", int)
-
-
-@pytest.mark.parametrize("kind, value", [(bool, 1), (bool, 0), (bool, "true"), (int, 1.0), (int, "1"),
-                                         (str, 5), (str, None), (str, ["a"]), (list, "ab"), (list, {}),
-                                         (dict, [])])
-def test_require_refuses_a_value_of_the_wrong_type_naming_the_type(kind, value):
+def test_unknown_arguments_are_refused_naming_them_and_what_the_verb_takes():
     with pytest.raises(InvalidInput) as info:
-        protocol.require({"k": value}, "k", kind)
-    assert info.value.message == f"argument 'k' must be {kind.__name__}"
+        requests.parse("port-delete", {"name": "a", "force": True, "nmae": "b"})
+    assert info.value.message == "port-delete: unknown argument(s) 'force', 'nmae'"
+    assert info.value.fix == "port-delete takes name, missing_ok"
+    with pytest.raises(InvalidInput, match="status takes no arguments"):
+        requests.parse("status", {"x": 1})
 
 
-def test_require_does_not_apply_the_default_to_a_present_value_of_the_wrong_type():
-    with pytest.raises(InvalidInput):
-        protocol.require({"queues": "2"}, "queues", int, 1)
+@pytest.mark.parametrize("verb, args, words", [
+    ("port-create", {"name": "a", "consumer_uid": True}, "'consumer_uid' must be an integer, not true or false"),
+    ("port-create", {"name": "a", "consumer_uid": "0"}, "'consumer_uid' must be an integer, not a string"),
+    ("port-create", {"name": "a", "consumer_uid": 1.0}, "'consumer_uid' must be an integer, not float"),
+    ("port-create", {"name": "a", "consumer_uid": -1}, "'consumer_uid' must be 0 to 4294967294"),
+    ("port-create", {"name": "a", "consumer_uid": 0, "queues": "2"}, "'queues' must be an integer, not a string"),
+    ("port-create", {"name": "a", "consumer_uid": 0, "receive_only": 1}, "'receive_only' must be true or false"),
+    ("port-create", {"name": "a", "consumer_uid": 0, "consumer_scope": []}, "'consumer_scope' must hold 1 to 8"),
+    ("port-create", {"name": "a", "consumer_uid": 0, "consumer_scope": [1]}, "must hold only strings"),
+    ("port-create", {"name": "a", "consumer_uid": 0, "owner": "o" * 129}, "'owner' is longer than 128"),
+    ("port-create", {"name": "a" * 65, "consumer_uid": 0}, "'name' is longer than 64"),
+    ("port-show", {"name": None}, "'name' must be a string, not null"),
+    ("port-show", {"name": ["a"]}, "'name' must be a string, not a list"),
+    ("fds-for-consumer", {"name": "a", "holder_pid": 0}, "'holder_pid' must be 1 to 4194304"),
+    ("raise-memlock-for-peer", {"ports": []}, "'ports' must hold 1 to 4096 item(s)"),
+    ("raise-memlock-for-peer", {"ports": ["a"] * 4097}, "'ports' must hold 1 to 4096 item(s)"),
+    ("domain-check", {"xml": {}}, "'xml' must be a string, not an object"),
+])
+def test_a_value_of_the_wrong_type_or_range_is_refused_saying_what_it_must_be(verb, args, words):
+    with pytest.raises(InvalidInput) as info:
+        requests.parse(verb, args)
+    assert info.value.message.startswith(f"{verb}: argument") and words in info.value.message
+
+
+def test_null_stands_for_an_absent_optional_argument_only():
+    assert requests.parse("port-create", {"name": "a", "consumer_uid": 0, "netns": None}).netns is None
+    with pytest.raises(InvalidInput, match="'consumer_uid' must be an integer, not null"):
+        requests.parse("port-create", {"name": "a", "consumer_uid": None})

@@ -382,7 +382,7 @@ def test_silent_clients_do_not_block_others_and_are_dropped_after_the_idle_timeo
 
 
 def test_clients_beyond_max_clients_are_closed_without_a_reply_until_a_slot_frees(test_netns):
-    limited = HelperProcess(extra_config="max_clients = 4\n")
+    limited = HelperProcess(extra_config="admin_clients = 4\n")      # root: the admins' pool
     clients = []
     try:
         limited.start()
@@ -392,7 +392,8 @@ def test_clients_beyond_max_clients_are_closed_without_a_reply_until_a_slot_free
             assert exchange(clients[-1], STATUS)["ok"] is True    # accepted and registered
         with connect(limited.socket, timeout=10.0) as fifth:
             assert_closed_without_reply(fifth)
-        assert wait_for_log(limited, "refused a connection: 4 clients already connected")
+        assert wait_for_log(limited, "refused a connection from pid")
+        assert wait_for_log(limited, "uid 0 already has 4 connection(s)")
         for sock in clients:
             sock.close()
         clients.clear()
@@ -410,13 +411,28 @@ def test_an_empty_message_does_not_stop_the_helper_serving_others(helper):
     with connect(helper.socket) as bystander, connect(helper.socket) as sender:
         assert exchange(bystander, STATUS)["ok"] is True
         sender.send(b"")
-        data = sender.recv(protocol.MAX_REPLY)       # currently b"": the helper hangs up
+        data = sender.recv(protocol.MAX_REPLY)       # b"": the helper hangs up (pinned down below)
         if data:
             assert json.loads(data)["ok"] is False
         assert exchange(bystander, STATUS)["ok"] is True
     assert_status_works(helper.socket)
     assert helper.proc.poll() is None
     assert wait_for_fd_count(helper, baseline) == baseline
+
+
+def test_an_empty_message_closes_the_connection_without_a_reply_and_a_new_one_is_served(helper):
+    """A message of no bytes is a close (docs/helper.md, vmnet.protocol), although SO_PASSCRED
+    gives even an empty message credentials, which would tell it from a hang-up: no reply,
+    the connection closed, and the helper serves the next connection."""
+    baseline = baseline_fd_count(helper)
+    with connect(helper.socket) as sock:
+        assert exchange(sock, STATUS)["ok"] is True            # a connection in good standing
+        sock.sendmsg([b""])
+        assert_closed_without_reply(sock)
+    assert_status_works(helper.socket)
+    assert helper.proc.poll() is None
+    assert wait_for_fd_count(helper, baseline) == baseline
+    assert "refused ? from" not in helper.read_log()                  # not taken for a request
 
 
 def test_a_client_that_hangs_up_before_the_reply_does_not_disturb_the_helper(helper):
@@ -452,25 +468,31 @@ def test_a_request_cannot_forge_lines_in_the_helpers_log(helper):
 def test_one_user_cannot_take_every_connection_slot(test_netns):
     import subprocess
     import sys
-    from helpers import USER_A, as_identity
+    from helpers import USER_A, USER_B, as_identity
     limited = HelperProcess(extra_config="max_clients_per_uid = 2\n")
-    clients = []
+    # USER_A opens three connections and asks on each; another user, then root, ask once
+    code = ("import json, socket, sys\n"
+            "held, served = [], 0\n"
+            "for _ in range(int(sys.argv[2])):\n"
+            "    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1]); s.settimeout(10)\n"
+            "    try:\n"
+            "        s.send(b'{\"verb\": \"status\"}'); served += bool(s.recv(65536))\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    held.append(s)\n"
+            "print(served)\n")
     try:
         limited.start()
-        for _ in range(2):
-            clients.append(connect(limited.socket))
-            assert exchange(clients[-1], STATUS)["ok"] is True
-        with connect(limited.socket) as third:
-            assert_closed_without_reply(third)
-        assert wait_for_log(limited, "it already has 2")
-        # another user is still served while root holds its two slots
-        code = ("import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); "
-                f"s.connect({limited.socket!r}); s.send(b'{{\"verb\": \"status\"}}'); "
-                "sys.stdout.write(s.recv(65536).decode())")
-        out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
-                             preexec_fn=as_identity(USER_A, USER_A), timeout=30, cwd="/")
-        assert json.loads(out.stdout)["ok"] is True, out.stderr
+
+        def served(uid, n):
+            out = subprocess.run([sys.executable, "-I", "-c", code, limited.socket, str(n)], capture_output=True,
+                                 text=True, preexec_fn=as_identity(uid, uid), timeout=30, cwd="/")
+            assert out.returncode == 0, out.stderr
+            return int(out.stdout)
+
+        assert served(USER_A, 3) == 2
+        assert wait_for_log(limited, f"uid {USER_A} already has 2")
+        assert served(USER_B, 1) == 1
+        assert_status_works(limited.socket)
     finally:
-        for sock in clients:
-            sock.close()
         limited.cleanup()

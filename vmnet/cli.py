@@ -160,9 +160,11 @@ def _call(verb, **args):
 @click.option("--config", "config_path", metavar="PATH",
               help="Configuration file (default: $VMNET_CONFIG or /etc/vmnet/vmnet.toml).")
 @click.option("--socket", "socket_path", metavar="PATH", help="Listen here instead of the configured socket.")
-@click.option("--metrics", metavar="ADDRESS:PORT",
-              help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (off by default; "
-                   "also `metrics =` in the configuration), e.g. 127.0.0.1:9465.")
+@click.option("--metrics", metavar="ADDRESS:PORT|unix:PATH",
+              help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics or on a unix socket (off by "
+                   "default; also `metrics =` in the configuration), e.g. 127.0.0.1:9465. Over TCP only "
+                   "totals unless metrics_port_labels = true; on a unix socket each peer sees the ports "
+                   "it may see.")
 def helper(config_path, socket_path, metrics):
     """Run the privileged helper in the foreground (as root; systemd: vmnet-helper.service).
 
@@ -176,9 +178,9 @@ def helper(config_path, socket_path, metrics):
     if socket_path:
         cfg = cfg.replace(socket=socket_path)
     if metrics is not None:
-        from .config import parse_listen
+        from .config import parse_metrics_listen
         try:
-            parse_listen(metrics, "--metrics")
+            parse_metrics_listen(metrics, "--metrics")
         except VmnetError as exc:
             raise click.BadParameter(exc.message + (f" ({exc.fix})" if exc.fix else ""),
                                      param_hint="--metrics") from None

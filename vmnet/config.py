@@ -28,8 +28,12 @@ SETTINGS = {
     "libvirt_qemu_user": (str, "libvirt-qemu"),   # consumer of a domain's ports unless its metadata names one
     "allow_ipc_lock": (bool, False),
     "idle_timeout": (float, 30.0),      # seconds a connected client may stay silent
+    # connection slots (vmnet.priv.budget): admins have admin_clients of their own; other users of
+    # the admin socket, and the consumer socket, max_clients each
+    "admin_clients": (int, 64),
     "max_clients": (int, 256),
     "max_clients_per_uid": (int, 32),   # no single user can take every slot
+    "max_clients_per_tenant": (int, 8),  # consumer socket: per pod, or per uid and cgroup outside pods
     "instance": (str, ""),              # "" is the default instance (vmnet.priv.instance)
     # without the kernel's bind guard (bpf LSM), allow ports whose consumer netns holds other
     # devices a consumer could bind its sockets to (docs/helper.md, "Security model")
@@ -38,7 +42,11 @@ SETTINGS = {
     # read one: vmnet refuses multi-queue ports to them; docs/datapath.md)
     "qemu_multiqueue_fixed": (bool, False),
     "lease_reserved_queues": (int, 1),  # netkit-lease: NIC queues 0..N-1 stay with the host
-    "metrics": (str, None),             # ADDRESS:PORT of the helper's Prometheus endpoint; off unless set
+    "metrics": (str, None),             # ADDRESS:PORT or unix:PATH of the helper's Prometheus endpoint; off unless set
+    # per-port series (names, pods, uids, counters) on a TCP endpoint, to whoever can reach it;
+    # a unix:PATH endpoint shows each peer the ports it may see (docs/helper.md, "Metrics")
+    "metrics_port_labels": (bool, False),
+    "metrics_max_connections": (int, 16),   # scrapes served at once; the rest wait in the backlog
     # attachments (docs/networks.md)
     "ovsdb": (str, "unix:/run/openvswitch/db.sock"),   # Open vSwitch's database, for --ovs ports
     "libvirt_run_dir": (str, "/run/libvirt"),  # where libvirt keeps its networks' status (network=)
@@ -114,12 +122,28 @@ def parse(text: str, origin: str = "config") -> Config:
             raise InvalidInput(f"{origin}: {exc.message}", fix=exc.fix) from None
     if cfg.metrics:
         try:
-            parse_listen(cfg.metrics)
+            parse_metrics_listen(cfg.metrics)
         except InvalidInput as exc:
             raise InvalidInput(f"{origin}: {exc.message}", fix=exc.fix) from None
+    for key in ("admin_clients", "max_clients", "max_clients_per_uid", "max_clients_per_tenant"):
+        if not 1 <= getattr(cfg, key) <= 4096:
+            raise InvalidInput(f"{origin}: {key} = {getattr(cfg, key)} is not 1-4096")
+    if not 1 <= cfg.metrics_max_connections <= 1024:
+        raise InvalidInput(f"{origin}: metrics_max_connections = {cfg.metrics_max_connections} is not 1-1024")
     if not 0 <= cfg.socket_mode <= 0o777:
         raise InvalidInput(f"{origin}: socket_mode {oct(cfg.socket_mode)} is not a file mode")
     return cfg
+
+
+def parse_metrics_listen(text: str, what: str = "metrics") -> tuple[str, int] | str:
+    """The metrics endpoint: ADDRESS:PORT -> (address, port); unix:PATH -> PATH."""
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not os.path.isabs(path):
+            raise InvalidInput(f"{what} = {text!r}: the socket path must be absolute",
+                               fix="give e.g. unix:/run/vmnet/metrics.sock")
+        return path
+    return parse_listen(text, what)
 
 
 def parse_listen(text: str, what: str = "metrics") -> tuple[str, int]:
@@ -127,7 +151,7 @@ def parse_listen(text: str, what: str = "metrics") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit():
         raise InvalidInput(f"{what} = {text!r} is not ADDRESS:PORT",
-                           fix="give e.g. 127.0.0.1:9465, 0.0.0.0:9465 or [::1]:9465")
+                           fix="give e.g. 127.0.0.1:9465, [::1]:9465 or unix:/run/vmnet/metrics.sock")
     if not 1 <= int(port) <= 65535:
         raise InvalidInput(f"{what} = {text!r}: port {port} is not 1-65535")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host

@@ -30,7 +30,7 @@ import socket
 import struct
 from importlib import resources
 
-from ..errors import KernelError, NotSupported
+from ..errors import KernelError, NotSupported, PermissionDenied, VmnetError
 from ..xdp_abi import AF_XDP
 from . import bpf, libbpf
 
@@ -260,6 +260,22 @@ def unsafe_devices(devices: list[str], own: set[str]) -> list[str]:
     return sorted(d for d in devices if d != "lo" and d not in own)
 
 
+def _netns_id(ref: str | None) -> str | None:
+    """dev:inode of a netns reference (None: the helper's own); None when it is gone."""
+    from ..model import netns_id
+    from . import netns
+    if ref is None:
+        return netns_id("/proc/thread-self/ns/net")
+    try:
+        fd = netns.open_netns(ref)        # checked to be a netns, never blocking
+    except (OSError, VmnetError):
+        return None
+    try:
+        return netns_id(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
 class Protection:
     """What keeps a consumer's sockets on its own port, as the helper applies it.
 
@@ -306,6 +322,32 @@ class Protection:
         """Refuse a port whose sockets nothing could keep on it (before anything is made)."""
         self._check(spec.name, spec.netns, {spec.host_ifname, spec.consumer_ifname, spec.placeholder_tap})
 
+    def check_neighbours(self, spec, records) -> None:
+        """The netns rule for the sockets' whole life: vmnet never puts a device of its own where
+        the consumer of a port it made unconfined holds its sockets (they are bound only when the
+        consumer binds them, to whatever device the netns then holds). Devices that others put
+        there later are the residual risk docs/helper.md names."""
+        if self.guard is not None or self.allow_unconfined:
+            return
+        here = _netns_id(None)
+        going = {here: "its host end"}
+        mine = _netns_id(spec.netns)
+        if mine is not None:
+            going.setdefault(mine, "its consumer end")
+        for record in records:
+            if record.get("confined", True):
+                continue
+            where = _netns_id(record.get("netns"))
+            if where in going:
+                what = record.get("netns") or "the helper's netns"
+                raise PermissionDenied(
+                    f"port {spec.name}: {going[where]} would go into {what}, where port {record['name']}'s "
+                    "consumer holds AF_XDP sockets nothing confines to their port: it could bind them to "
+                    f"the new device ({self.why})",
+                    fix=f"give port {record['name']}'s consumer a network namespace of its own (re-create it "
+                        "with --netns), or boot a kernel that runs the bpf LSM so vmnet can confine the "
+                        "sockets")
+
     def check_record(self, record: dict) -> None:
         """The same at handoff: devices may have appeared in the netns since."""
         self._check(record["name"], record.get("netns"),
@@ -320,7 +362,6 @@ class Protection:
             names = [m.get("IFLA_IFNAME") for m in ip.get_links()]
         unsafe = unsafe_devices([n for n in names if n], own)
         if unsafe:
-            from ..errors import PermissionDenied
             where = f"netns {netns_ref}" if netns_ref else "the helper's netns"
             raise PermissionDenied(
                 f"port {name}: its consumer could bind its AF_XDP sockets to {', '.join(unsafe[:8])}"

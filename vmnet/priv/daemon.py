@@ -29,10 +29,9 @@ import time
 
 from pyroute2 import IPRoute
 
-from .. import protocol
+from .. import domain, protocol, requests
 from ..config import Config
 from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
-from ..libvirt import domain
 from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, MemlockPlan, mib, plan_memlock
 from ..model import PortSpec, validate_port_name
 from . import addrserver, attachments, authz, backends, bindguard, bpf, hostfilter, netns, ports, state, xsk, xskprog
@@ -85,7 +84,7 @@ class Helper:
             "domain-release": self.domain_release,
             "domain-check": self.domain_check,
         }
-        assert set(self.verbs) == set(protocol.VERBS)
+        assert set(self.verbs) == set(protocol.VERBS) == set(requests.VERBS)
 
     @property
     def root(self) -> str:
@@ -168,8 +167,8 @@ class Helper:
 
     # ---- verbs ----------------------------------------------------------
 
-    def _entry(self, peer, args) -> Entry:
-        name = validate_port_name(protocol.require(args, "name", str))
+    def _entry(self, peer, name: str) -> Entry:
+        validate_port_name(name)
         entry = self.ports.get(name)
         if entry is None or not self.policy.visible(peer, entry.record):
             raise NotFound(f"port {name} does not exist", fix="list ports with 'vmnet port list'")
@@ -177,32 +176,16 @@ class Helper:
 
     def port_create(self, peer, args):
         self.policy.require_admin(peer, "create ports")
-        known = {"name", "queues", "start_queue", "mode", "netns", "mac", "mtu", "backend", "lease_from",
-                 "receive_only", "consumer_uid", "consumer_gid", "consumer_cgroup", "consumer_scope", "owner",
-                 "consumer_name", "placeholder_tap", "pod", "attachment"}
-        unknown = set(args) - known
-        if unknown:
-            raise InvalidInput(f"unknown port-create argument(s): {', '.join(sorted(unknown))}")
-        consumer_uid = protocol.require(args, "consumer_uid", int)
-        spec = PortSpec(name=protocol.require(args, "name", str),
-                        queues=protocol.require(args, "queues", int, 1),
-                        start_queue=protocol.require(args, "start_queue", int, 0),
-                        mode=protocol.require(args, "mode", str, "auto"),
-                        netns=protocol.require(args, "netns", str, None),
-                        mac=protocol.require(args, "mac", str, None),
-                        mtu=protocol.require(args, "mtu", int, None),
-                        backend=protocol.require(args, "backend", str, "veth"),
-                        lease_from=protocol.require(args, "lease_from", str, None),
-                        receive_only=protocol.require(args, "receive_only", bool, False),
-                        consumer_uid=consumer_uid,
-                        consumer_gid=protocol.require(args, "consumer_gid", int, None),
-                        consumer_name=protocol.require(args, "consumer_name", str, None),
-                        placeholder_tap=protocol.require(args, "placeholder_tap", str, None),
-                        attachment=protocol.require(args, "attachment", dict, None))
-        pod = protocol.require(args, "pod", dict, None)
+        consumer_uid = args.consumer_uid
+        spec = PortSpec(name=args.name, queues=args.queues, start_queue=args.start_queue, mode=args.mode,
+                        netns=args.netns, mac=args.mac, mtu=args.mtu, backend=args.backend,
+                        lease_from=args.lease_from, receive_only=args.receive_only, consumer_uid=consumer_uid,
+                        consumer_gid=args.consumer_gid, consumer_name=args.consumer_name,
+                        placeholder_tap=args.placeholder_tap, attachment=args.attachment)
+        pod = args.pod
         netns_id = None
         if pod is not None:
-            from ..kubevirt.pod import validate_pod
+            from ..pod import validate_pod
             pod = validate_pod(pod)
             if spec.netns is None:
                 raise InvalidInput("a pod's port needs the pod's network namespace",
@@ -210,24 +193,23 @@ class Helper:
             fd = netns.open_netns(spec.netns)
             try:
                 netns_id = authz.netns_id_of_fd(fd)
+                netns.require_pod_netns(fd, spec.netns, pod, [e.record for e in self.ports.values()])
             finally:
                 os.close(fd)
-        cgroup = protocol.require(args, "consumer_cgroup", str, None)
+        cgroup = args.consumer_cgroup
         if cgroup is not None and (not cgroup.startswith("/") or ".." in cgroup.split("/")):
             raise InvalidInput(f"consumer cgroup {cgroup!r} is not an absolute cgroup path")
-        scope = protocol.require(args, "consumer_scope", list, None)
-        if scope is not None and (not scope or len(scope) > 8 or not all(
-                isinstance(s, str) and _SCOPE.fullmatch(s) for s in scope)):
+        scope = args.consumer_scope
+        if scope is not None and not all(_SCOPE.fullmatch(s) for s in scope):
             raise InvalidInput("consumer_scope must be 1-8 cgroup directory names",
                                fix="give the names of the cgroup the consumer runs in, e.g. "
                                    "qemu-1-web.libvirt-qemu")
-        owner = protocol.require(args, "owner", str, None)
-        if owner is not None and len(owner) > 128:
-            raise InvalidInput("owner is longer than 128 characters")
+        owner = args.owner
         if spec.name in self.ports:
             raise ports.AlreadyExists(f"port {spec.name} already exists",
                                       fix=f"delete it with 'vmnet port del {spec.name}' or pick another name")
         self.protection.check(spec)
+        self.protection.check_neighbours(spec, [e.record for e in self.ports.values()])
         # what to remove should the helper stop before the port is complete
         started = time.perf_counter()
         self.state.write_intent(spec.name, {"name": spec.name, "netns": spec.netns, "backend": spec.backend,
@@ -265,8 +247,8 @@ class Helper:
 
     def port_delete(self, peer, args):
         self.policy.require_admin(peer, "delete ports")
-        name = validate_port_name(protocol.require(args, "name", str))
-        missing_ok = protocol.require(args, "missing_ok", bool, False)
+        name = validate_port_name(args.name)
+        missing_ok = args.missing_ok
         started = time.perf_counter()
         entry = self.ports.pop(name, None)
         if entry:
@@ -289,7 +271,7 @@ class Helper:
                           if self.policy.visible(peer, e.record)]}, []
 
     def port_show(self, peer, args):
-        entry = self._entry(peer, args)
+        entry = self._entry(peer, args.name)
         out = self._live(entry)
         out["health"] = ports.why_broken(entry.record, self.instance)      # None: whole
         return out, []
@@ -305,14 +287,11 @@ class Helper:
     # the libvirt hook's verbs: one request per domain, the raw domain XML
     def _domain_xml(self, peer, args, action: str) -> str:
         self.policy.require_admin(peer, action)
-        unknown = set(args) - {"xml"}
-        if unknown:
-            raise InvalidInput(f"unknown argument(s): {', '.join(sorted(unknown))}")
-        return protocol.require(args, "xml", str)
+        return args.xml
 
     def _call_as(self, peer):
         def call(verb, **args):
-            return self.verbs[verb](peer, args)[0]
+            return self.verbs[verb](peer, requests.parse(verb, args))[0]
         return call
 
     def domain_prepare(self, peer, args):
@@ -330,20 +309,17 @@ class Helper:
     # ---- the handoff ----------------------------------------------------
 
     def fds_for_consumer(self, peer, args):
-        unknown = set(args) - {"name", "holder_pid", "placeholder"}
-        if unknown:
-            raise InvalidInput(f"unknown fds-for-consumer argument(s): {', '.join(sorted(unknown))}")
-        entry = self._entry(peer, args)
+        entry = self._entry(peer, args.name)
         record = entry.record
         self.policy.require_consumer(peer, record)
-        placeholder = protocol.require(args, "placeholder", str, None)
+        placeholder = args.placeholder
         if placeholder is not None and placeholder != record.get("placeholder_tap"):
             # the wrapper found this port named on a tap: that tap must be the port's own
             raise PermissionDenied(
                 f"tap {placeholder} is not the placeholder of port {record['name']} "
                 f"({record.get('placeholder_tap') or 'it has none'})",
                 fix="give the domain the tap the port was made with (CNI ADD made it)")
-        holder_pid = protocol.require(args, "holder_pid", int, None)
+        holder_pid = args.holder_pid
         if holder_pid is not None:
             # live attach: an admin hands the sockets to a running QEMU through libvirt
             self.policy.require_admin(peer, "hand a port's sockets to another process")
@@ -389,6 +365,8 @@ class Helper:
         return out
 
     def process_exited(self, kind: str, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.changed()
         if kind == "holder":
             self.consumer_exited(name)
         else:
@@ -538,17 +516,15 @@ class Helper:
 
     def raise_memlock_for_peer(self, peer, args):
         """Raise the peer's RLIMIT_MEMLOCK to cover the ports it holds (and its uid's other live ones)."""
-        names = protocol.require(args, "ports", list)
-        target = protocol.require(args, "pid", int, peer.pid)
+        names = args.ports
+        target = args.pid if args.pid is not None else peer.pid
         if target != peer.pid:
             # raising another process's limit (live attach into a running QEMU): admins only,
             # and only for the process that holds the ports' sockets
             self.policy.require_admin(peer, "raise another process's memlock limit")
-        if not names or not all(isinstance(n, str) for n in names):
-            raise InvalidInput("ports must be a non-empty list of port names")
         mine = []
         for name in dict.fromkeys(names):               # a port named twice counts once
-            entry = self._entry(peer, {"name": name})
+            entry = self._entry(peer, name)
             self.policy.require_consumer(peer, entry.record)
             if entry.holder is None or entry.holder.pid != target or not entry.holder.alive():
                 raise PermissionDenied(f"pid {target} does not hold the sockets of port {name}",
@@ -586,6 +562,8 @@ class Helper:
 
     def handle(self, peer, data: bytes) -> tuple[bytes, list[int]]:
         with self.lock:
+            if self.metrics is not None:
+                self.metrics.changed()
             return self._handle(peer, data)
 
     def _handle(self, peer, data: bytes) -> tuple[bytes, list[int]]:
@@ -598,7 +576,7 @@ class Helper:
                     fix="use the helper's admin socket (vmnet.toml 'socket') for anything else")
             if self.metrics is not None:
                 self.metrics.requests.labels(verb).inc()
-            result, fds = self.verbs[verb](peer, args)
+            result, fds = self.verbs[verb](peer, requests.parse(verb, args))
             return protocol.encode_reply(result), fds
         except VmnetError as exc:
             # the message may quote client input: keep it on one log line
@@ -661,11 +639,24 @@ def run(cfg: Config, ready=None):
     from . import instance as instances
     logging.basicConfig(level=logging.INFO, format="vmnet-helper: %(levelname)s %(message)s")
     bpf.require_bpffs()
+    _raise_fd_limit()
     held = instances.hold(Instance(cfg.instance))      # before recovery: it removes leftovers
     try:
         _run(cfg, ready)
     finally:
         instances.release(Instance(cfg.instance), held)
+
+
+def _raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: each port's sockets and pidfds, each connection and
+    its pidfd (vmnet.priv.budget bounds those) need fds, and systemd's soft default is 1024."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
 
 
 def _run(cfg: Config, ready=None):
@@ -677,7 +668,7 @@ def _run(cfg: Config, ready=None):
     if cfg.metrics:
         from .metrics import Metrics
         helper.metrics = Metrics(helper)
-        helper.metrics.serve(cfg.metrics)
+        helper.metrics.serve(cfg.metrics, cfg.metrics_port_labels, cfg.metrics_max_connections)
     try:
         Server(helper, cfg).serve(ready)
     finally:

@@ -1,8 +1,19 @@
-"""The helper's Prometheus endpoint (`vmnet helper --metrics ADDR:PORT`, or `metrics =`).
+"""The helper's Prometheus endpoint (`vmnet helper --metrics ADDR:PORT|unix:PATH`, or `metrics =`).
 
-Off unless asked for. prometheus_client serves the exposition on a thread
-of its own; what it reads is taken under the helper's lock, so a scrape
-never sees a port half made or a socket being closed:
+Off unless asked for. vmnet.priv.metrics_server serves it on one thread of
+its own with bounded connections and a deadline each, so no client of the
+endpoint can take the fds, threads or time the helper's sockets need. The
+exposition is prometheus_client's; what it reads is taken under the
+helper's lock (so a scrape never sees a port half made or a socket being
+closed), at most once a second per view, so a tight scrape loop cannot keep
+the helper's lock either.
+
+Who sees what: the totals (the first and last groups below) go to anyone
+who reaches the endpoint. Per-port series name ports, pods and consumer
+uids, which `vmnet port list` shows only to admins and to each port's
+consumer: on a unix socket each peer gets the ports it may see (the same
+rule, from its SO_PEERCRED); on TCP nobody can be told apart, so they are
+shown to all only when the operator says so (metrics_port_labels = true).
 
 - vmnet_helper_start_time_seconds, vmnet_helper_restarts_total (starts of
   this instance's helper recorded in its state directory, less this one),
@@ -26,15 +37,22 @@ never sees a port half made or a socket being closed:
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import socket
+import threading
+import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from ..config import parse_listen
+from ..config import parse_metrics_listen
 from ..errors import KernelError
 from ..model import has_host_end
+from .metrics_server import BACKLOG, MetricsServer
 
 log = logging.getLogger("vmnet.helper")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -42,6 +60,9 @@ XSK_COUNTERS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_f
                 "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
 LINK_COUNTERS = (("rx", "packets"), ("rx", "bytes"), ("rx", "dropped"),
                  ("tx", "packets"), ("tx", "bytes"), ("tx", "dropped"))
+RENDER_INTERVAL = 1.0       # seconds an unchanged helper's exposition is served again before it is read anew
+MAX_VIEWS = 64              # expositions kept (one per uid that scraped a unix endpoint, at most)
+TOTALS, ALL = "totals", "all"   # views; a uid's view is ("uid", uid)
 
 
 class Metrics:
@@ -63,39 +84,110 @@ class Metrics:
         self.delete = Histogram("vmnet_port_delete_seconds", "Time to delete a port, in the helper.",
                                 buckets=LATENCY_BUCKETS, registry=self.registry)
         ProcessCollector(registry=self.registry)
-        self.registry.register(_Collector(helper))
-        self.server = None
+        self.server: MetricsServer | None = None
+        self.port_labels = False
+        self.rendered: dict = {}        # view -> (monotonic time, generation, exposition)
+        self.generation = 0             # bumped by every request and event that may change a port
+        self.render_lock = threading.Lock()
 
-    def serve(self, listen: str) -> None:
-        host, port = parse_listen(listen)
+    def serve(self, listen: str, port_labels: bool = False, max_connections: int = 16) -> None:
+        where = parse_metrics_listen(listen)
+        self.port_labels = port_labels
         try:
-            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+            if isinstance(where, str):
+                listener = _unix_listener(where)
+                view_of = self._view_of_peer
+            else:
+                host, port = where
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+                view_of = lambda _sock: ALL if self.port_labels else TOTALS     # noqa: E731
         except OSError as exc:
             raise KernelError(f"cannot serve metrics on {listen}", errno=exc.errno,
-                              fix="pick a free address and port (--metrics or metrics = in vmnet.toml)") from None
-        log.info("metrics on http://%s/metrics", listen)
+                              fix="pick a free address and port, or a writable path (--metrics or "
+                                  "metrics = in vmnet.toml)") from None
+        self.server = MetricsServer(listener, self.render, view_of, max_connections=max_connections).start()
+        log.info("metrics on %s (%s)", listen if isinstance(where, str) else f"http://{listen}/metrics",
+                 "each peer sees its own ports" if isinstance(where, str)
+                 else "every port" if port_labels else "totals only: metrics_port_labels is off")
+
+    def _view_of_peer(self, sock: socket.socket):
+        from . import authz
+        peer = authz.peer_of(sock)
+        if peer.pidfd is not None:
+            os.close(peer.pidfd)
+        return ALL if self.helper.policy.is_admin(peer) else ("uid", peer.uid)
+
+    def changed(self) -> None:
+        self.generation += 1
+
+    def render(self, view) -> tuple[str, bytes]:
+        """The exposition of one view, read anew when the helper changed since, or at most once
+        every RENDER_INTERVAL (traffic counters move without the helper knowing)."""
+        with self.render_lock:
+            now = time.monotonic()
+            generation = self.generation
+            hit = self.rendered.get(view)
+            if hit is not None and hit[1] == generation and now - hit[0] < RENDER_INTERVAL:
+                return CONTENT_TYPE_LATEST, hit[2]
+            body = generate_latest(_View(self.registry, _Collector(self.helper, _visible(view))))
+            self.rendered.pop(view, None)
+            self.rendered[view] = (now, generation, body)
+            while len(self.rendered) > MAX_VIEWS:
+                self.rendered.pop(next(iter(self.rendered)))
+            return CONTENT_TYPE_LATEST, body
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()
             self.server = None
 
 
+def _visible(view):
+    """Which ports' series a view shows: None for none, else a predicate on a port's record."""
+    if view == TOTALS:
+        return None
+    if view == ALL:
+        return lambda record: True
+    uid = view[1]
+    return lambda record: record.get("consumer_uid") == uid
+
+
+def _unix_listener(path: str) -> socket.socket:
+    from .server import claim_unix_path
+    if not claim_unix_path(path, socket.SOCK_STREAM):
+        raise OSError(errno.EADDRINUSE, f"another process is serving {path}")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(path)
+    os.chmod(path, 0o666)       # each peer is shown what its credentials allow
+    listener.listen(BACKLOG)
+    return listener
+
+
+class _View:
+    """The registry's totals and the ports one view may see: what generate_latest reads."""
+
+    def __init__(self, registry, ports):
+        self.registry, self.ports = registry, ports
+
+    def collect(self):
+        yield from self.registry.collect()
+        yield from self.ports.collect()
+
+
 class _Collector:
-    """What the helper holds, read at scrape time under its lock."""
+    """What the helper holds, read at scrape time under its lock; per-port series only for
+    the ports visible(record) allows (None: none)."""
 
-    def __init__(self, helper):
-        self.helper = helper
-
-    def describe(self):
-        return []           # read at scrape time only: no describe-time collection
+    def __init__(self, helper, visible=None):
+        self.helper, self.visible = helper, visible
 
     def collect(self):
         h = self.helper
         with h.lock:
-            entries = [(name, dict(e.record), [s.fileno() for s in e.sockets],
-                        e.holder is not None and e.holder.alive()) for name, e in sorted(h.ports.items())]
+            everything = [(name, dict(e.record), [s.fileno() for s in e.sockets],
+                           e.holder is not None and e.holder.alive()) for name, e in sorted(h.ports.items())]
+            entries = [e for e in everything if self.visible is not None and self.visible(e[1])]
             queues = {name: _quiet(h.queue_counters, name) for name, *_ in entries}
             xsk = {name: [_quiet(_statistics, fd) for fd in fds] for name, _, fds, _ in entries}
             nets = {name: _quiet(h._network_state, h.ports[name]) for name, *_ in entries}
@@ -109,7 +201,7 @@ class _Collector:
         info.add_metric([h.instance.describe(), h.protection.mode], 1)
         yield info
         by_kind: dict[tuple, int] = {}
-        for _, r, _, _ in entries:
+        for _, r, _, _ in everything:
             key = (r.get("backend", ""), r.get("mode", ""))
             by_kind[key] = by_kind.get(key, 0) + 1
         ports = GaugeMetricFamily("vmnet_ports", "Ports, by backend and XDP mode.", labels=["backend", "mode"])

@@ -11,7 +11,8 @@ Single-threaded, so nothing a client does may block it:
   is refused and dropped.
 - netns references are checked before anything could block on them
   (vmnet.priv.netns), a silent client is dropped after idle_timeout, and
-  no uid may hold more than max_clients_per_uid connections.
+  connection slots are counted per tenant in pools kept apart
+  (vmnet.priv.budget): admins, other local users, and consumers by pod.
 The loop also watches the pidfd of every port's holder and tells the
 helper when one exits.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import errno
 import logging
 import os
 import queue
@@ -38,8 +40,9 @@ import time
 from .. import protocol
 from ..config import Config
 from ..errors import InvalidInput, KernelError, PermissionDenied
-from . import authz
+from . import authz, budget
 from .daemon import Helper, one_line
+from ..pod import pod_uids
 
 log = logging.getLogger("vmnet.helper")
 SO_SNDBUFFORCE = 32      # not exported by Python's socket module
@@ -53,6 +56,7 @@ CLOSER_THREADS = 16
 class Conn:
     peer: authz.Peer
     last: float
+    tenant: budget.Tenant | None = None
 
     def close(self):
         if self.peer.pidfd is not None:
@@ -101,6 +105,7 @@ class Server:
         # reuses) never leaves the selector with a registration it cannot remove
         self.watching: dict = {}
         self.passrights_off = False
+        self.last_accept_error = 0.0
 
     def serve(self, ready=None):
         listener = self.listen()
@@ -205,20 +210,9 @@ class Server:
         return self._listen(self.cfg.socket, self.cfg.socket_mode, self.cfg.socket_group)
 
     def _listen(self, path: str, mode: int, group: str | None) -> socket.socket:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            probe.connect(path)
+        if not claim_unix_path(path, socket.SOCK_SEQPACKET):
             raise KernelError(f"another helper is already listening on {path}",
                               fix="stop it first ('systemctl stop vmnet-helper')")
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass
-        finally:
-            probe.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         # both are inherited by every connection, from the moment a client connects
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -241,25 +235,59 @@ class Server:
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
-        if len(self.conns) >= self.cfg.max_clients:
-            log.warning("refused a connection: %d clients already connected", len(self.conns))
-            conn.close()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            # out of fds: the client waits in the backlog; say so once a second, and do not spin
+            now = time.monotonic()
+            if now - self.last_accept_error > 1.0:
+                log.warning("cannot accept a connection: %s", exc.strerror)
+                self.last_accept_error = now
+            time.sleep(0.01)
             return
         peer = authz.peer_of(conn, consumer_only)
-        if sum(1 for c in self.conns.values() if c.peer.uid == peer.uid) >= self.cfg.max_clients_per_uid:
-            # one user holding every slot with silent connections must not lock out QEMU
-            log.warning("refused a connection from %s: it already has %d", peer.describe(),
-                        self.cfg.max_clients_per_uid)
+        try:
+            tenant = self._tenant(peer)
+        except Exception:
+            Conn(peer, 0).close()
+            conn.close()
+            raise
+        held = [(c.tenant, c.last, s) for s, c in self.conns.items() if c.tenant.pool == tenant.pool]
+        verdict = budget.judge(tenant, held, self._limits(tenant.pool))
+        if not verdict.admit:
+            # one tenant holding its slots with silent connections must not lock out anyone else
+            log.warning("refused a connection from %s: %s", peer.describe(), verdict.why)
             Conn(peer, 0).close()
             conn.close()
             return
+        if verdict.evict is not None:
+            victim = self.conns[verdict.evict]
+            log.warning("dropped a connection of %s (%s) for one of %s: %s", victim.peer.describe(),
+                        victim.tenant.describe(), tenant.describe(), verdict.why)
+            self._drop(verdict.evict)
         conn.setblocking(False)
         try:
             conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, protocol.MAX_REPLY)
         except OSError:
             pass
         self.sel.register(conn, selectors.EVENT_READ, "conn")
-        self.conns[conn] = Conn(peer, time.monotonic())
+        self.conns[conn] = Conn(peer, time.monotonic(), tenant)
+
+    def _tenant(self, peer: authz.Peer) -> budget.Tenant:
+        if not peer.consumer_only:
+            return budget.tenant_of("admin" if self.helper.policy.is_admin(peer) else "local", peer.uid)
+        paths = peer.cgroups()
+        pods = pod_uids(paths)
+        return budget.tenant_of("consumer", peer.uid, next(iter(pods)) if len(pods) == 1 else None,
+                                peer.cgroup())
+
+    def _limits(self, pool: str) -> budget.Limits:
+        cfg = self.cfg
+        if pool == "admin":
+            return budget.Limits(cfg.admin_clients, cfg.admin_clients, None)
+        if pool == "local":
+            return budget.Limits(cfg.max_clients, cfg.max_clients_per_uid, None)
+        return budget.Limits(cfg.max_clients, cfg.max_clients_per_tenant, cfg.max_clients_per_uid)
 
     def _serve_one(self, conn):
         try:
@@ -272,8 +300,11 @@ class Server:
         received, creds = _ancillary(anc)
         if received:
             self.closer.close(received)
-        if not data and not anc:
-            self._drop(conn)          # orderly close
+        if not data and not received:
+            # an orderly close, or an empty message (which carries credentials, SO_PASSCRED):
+            # it cannot be told from the peer hanging up, so it closes the connection (one that
+            # carried fds is answered below: the helper accepts none)
+            self._drop(conn)
             return
         c = self.conns[conn]
         c.last = time.monotonic()
@@ -317,6 +348,25 @@ class Server:
         if c is not None:
             c.close()
         conn.close()
+
+
+def claim_unix_path(path: str, kind: int) -> bool:
+    """Make path free for a listening unix socket: False while a live process listens there,
+    else True with a stale socket file removed (and its directory made)."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    probe = socket.socket(socket.AF_UNIX, kind)
+    try:
+        probe.connect(path)
+        return False
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return True
 
 
 def _ancillary(anc) -> tuple[list[int], tuple[int, int, int] | None]:
