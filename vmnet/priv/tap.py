@@ -41,6 +41,10 @@ def create(ifname: str, port: str, uid: int, gid: int | None, multi_queue: bool,
                 gid=gid if gid is not None else uid, ifr=flags)
     except (NetlinkError, OSError) as exc:
         code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+        if code == errno.ENOENT:
+            raise KernelError(f"cannot create placeholder tap {ifname} of port {port}: there is no "
+                              "/dev/net/tun", errno=code,
+                              fix="load the tun module (modprobe tun; CONFIG_TUN)") from None
         raise KernelError(f"cannot create placeholder tap {ifname} of port {port}", errno=code) from None
     try:
         ip.link("set", ifname=ifname, ifalias=alias_for(port))
