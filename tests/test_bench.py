@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from vmnet.bench import bench
 from vmnet.bench import floor
-from vmnet.priv import rawnl
+from vmnet import rawnl
 from vmnet.bench.report import format_result
 from vmnet.bench.stats import Goal, goals_of, percentile, summary
 

@@ -1,5 +1,7 @@
 """Raw rtnetlink requests, packed by hand, where pyroute2's message objects cost more than
-the kernel's work on a port's create path: the anti-spoofing classifier (two messages in
+the kernel's work on a port's create path, or where importing pyroute2 would cost a process
+more than its whole job (the wrapper reads a placeholder tap's alias with `link`; ~100 ms of
+imports against ~0.1 ms here): the anti-spoofing classifier (two messages in
 one datagram), reading a bridge, making the host end a member and giving it its VLANs, a
 routed port's host routes and its gateway check (each ~0.5-1 ms of Python through pyroute2, ~0.05 ms here: see
 docs/performance.md); and the benchmark's floor, which must carry no library's cost at all.
@@ -23,6 +25,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWROUTE, RTM_GETROUTE =
 IFLA_AF_SPEC, IFLA_BRIDGE_VLAN_INFO = 26, 2
 RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA = 3, 4, 10, 18, 1, 2
+IFLA_IFALIAS = 20
 RTA_DST, RTA_OIF = 1, 4
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 253, 1
 TCA_KIND, TCA_OPTIONS = 1, 2
@@ -80,8 +83,8 @@ def host_route_request(address: str, prefixlen: int, ifindex: int) -> bytes:
 
 
 def link(ifname: str) -> dict | None:
-    """ifindex, MTU, master, kind and the kind's data attributes (by type) of device `ifname`
-    in this netns, or None when there is none."""
+    """ifindex, MTU, master, alias, kind and the kind's data attributes (by type) of device
+    `ifname` in this netns, or None when there is none."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, ifname.encode() + b"\0")
     reply = _query(message(RTM_GETLINK, NLM_F_REQUEST, body, 1))
     if reply is None:
@@ -93,8 +96,9 @@ def link(ifname: str) -> dict | None:
 
     def u32(value):
         return struct.unpack("=I", value[:4])[0] if value else None
+    alias = top.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace") or None
     return {"ifindex": ifindex, "mtu": u32(top.get(IFLA_MTU)), "master": u32(top.get(IFLA_MASTER)) or None,
-            "kind": kind, "data": attrs(info.get(IFLA_INFO_DATA, b""))}
+            "alias": alias, "kind": kind, "data": attrs(info.get(IFLA_INFO_DATA, b""))}
 
 
 def route_oif(address: str) -> int | None:

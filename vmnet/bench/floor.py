@@ -24,7 +24,8 @@ import socket
 import struct
 import time
 
-from ..priv import bpf, libbpf, rawnl
+from .. import rawnl
+from ..priv import bpf, libbpf
 from ..xdp_abi import AF_XDP
 
 RTM_NEWLINK, RTM_DELLINK = 16, 17

@@ -47,7 +47,8 @@ import uuid
 
 from .. import network
 from ..model import default_mac
-from ..priv import bpf, hostfilter, libbpf, links, netns, rawnl
+from .. import rawnl
+from ..priv import bpf, hostfilter, libbpf, links, netns
 from . import floor
 from .launcher import BenchHelper, uninterrupted
 from .relay import RelayGuest

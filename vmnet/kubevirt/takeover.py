@@ -158,10 +158,9 @@ def placeholder_port(tap: TapNetdev) -> tuple[str, str] | None:
         raise InvalidInput(f"the fds of netdev {tap.id} are not the queues of one tap "
                            f"({', '.join(sorted(map(str, names)))})")
     name = names.pop()
-    from pyroute2 import IPRoute
-    with IPRoute() as ip:
-        msgs = ip.get_links(ifname=name) if ip.link_lookup(ifname=name) else []
-    if not msgs:
+    from ..rawnl import link          # not pyroute2: its import alone is ~100 ms of every start
+    found = link(name)
+    if found is None:
         return None
-    port = port_of_alias(msgs[0].get("IFLA_IFALIAS"))
+    port = port_of_alias(found["alias"])
     return (port, name) if port else None

@@ -29,7 +29,8 @@ import struct
 from importlib import resources
 
 from ..errors import KernelError
-from . import bpf, libbpf, rawnl
+from .. import rawnl
+from . import bpf, libbpf
 
 PROGRAMS = {"tc": "vmnet_hf_tc_v1", "xdp": "vmnet_hf_xdp_v1"}     # the version tag
 MAPS = {"ports": "vmnet_hf_ports", "addrs": "vmnet_hf_addrs", "stats": "vmnet_hf_stats"}

@@ -18,7 +18,8 @@ import struct
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...errors import KernelError, NotFound, NotSupported
-from .. import links, rawnl
+from ... import rawnl
+from .. import links
 from . import Kind, Prepared, of_record
 
 VLAN_PVID, VLAN_UNTAGGED, VLAN_RANGE_BEGIN, VLAN_RANGE_END = 0x2, 0x4, 0x8, 0x10
@@ -42,7 +43,7 @@ def vlan_entries(vlan: int | None, trunk) -> list[tuple[int, int]]:
 def bridge_info(name: str, ip=None) -> dict | None:
     """ifindex, MTU and VLAN settings of bridge `name` in this netns, None when there is no such
     device; vlan_filtering is None when the kernel has no bridge VLAN filtering at all. (Raw
-    rtnetlink, vmnet.priv.rawnl: `ip` is not used; the caller is in the bridge's netns.)"""
+    rtnetlink, vmnet.rawnl: `ip` is not used; the caller is in the bridge's netns.)"""
     try:
         msg = rawnl.link(name)
     except OSError as exc:

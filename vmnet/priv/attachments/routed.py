@@ -19,7 +19,8 @@ import ipaddress
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...errors import AlreadyExists, KernelError, NotFound
-from .. import links, rawnl
+from ... import rawnl
+from .. import links
 from . import Kind, Prepared, of_record
 
 NTF_PROXY = 0x08
