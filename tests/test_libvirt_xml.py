@@ -64,16 +64,41 @@ def test_declare_only_keeps_the_emulator_and_adds_no_arguments():
     assert [p["name"] for p in dm.parse_ports(root)] == ["db1"]
     assert "sock-fds=vmnet:" not in out and "name=opt/app/config,string=hello" in out
     # and it takes out what an earlier full inject put in
-    full = lx.inject(src, [lx.port_option("db1")])
-    assert "sock-fds=vmnet:db1" in full
-    assert "sock-fds=vmnet:" not in lx.inject(full, [lx.port_option("db1")], commandline=False)
+    for form, mark in (("commandline", "sock-fds=vmnet:db1"), ("interface", 'dev="vmt-db1"')):
+        full = lx.inject(src, [lx.port_option("db1")], form=form)
+        assert mark in full
+        declared = lx.inject(full, [lx.port_option("db1")], commandline=False)
+        assert "sock-fds=vmnet:" not in declared and "vmt-db1" not in declared
 
 
-def test_render_prints_metadata_emulator_and_arguments():
+def test_render_prints_metadata_emulator_and_an_interface():
     out = lx.render([lx.port_option("web1,queues=2")])
-    assert '<vmnet:port name="web1" queues="2" />' in out
+    mac = dm.parse_domain(f"<domain>{out}</domain>").find("interface/mac").get("address")
+    assert f'<vmnet:port name="web1" queues="2" mac="{mac}" />' in out
     assert "<emulator>/usr/local/bin/vmnet-qemu-wrapper</emulator>" in out
-    assert "sock-fds=vmnet:web1" in out and "&quot;mq&quot;:true,&quot;vectors&quot;:6" in out
+    assert '<target dev="vmt-web1" managed="no" />' in out and '<driver queues="2" />' in out
+    old = lx.render([lx.port_option("web1,queues=2")], commandline=True)
+    assert "sock-fds=vmnet:web1" in old and "&quot;mq&quot;:true,&quot;vectors&quot;:6" in old
+
+
+def test_inject_keeps_the_interfaces_address_alias_and_model_and_follows_its_mac():
+    """An interface of the port already in the domain (libvirt gave it a PCI address and an
+    alias at define) is rewritten in place; a new port name with the same interface MAC
+    keeps the guest's NIC."""
+    src = (GOLDEN / "q35-virt-install.in.xml").read_text()
+    once = dm.parse_domain(lx.inject(src, [lx.port_option("web1")]))
+    iface = next(i for i in once.findall("devices/interface") if i.get("type") == "ethernet")
+    ET = __import__("xml.etree.ElementTree").etree.ElementTree
+    ET.SubElement(iface, "address", {"type": "pci", "domain": "0x0000", "bus": "0x07", "slot": "0x00",
+                                    "function": "0x0"})
+    ET.SubElement(iface, "alias", {"name": "ua-fast"})
+    iface.find("model").set("type", "e1000e")
+    again = dm.parse_domain(lx.inject(ET.tostring(once), [lx.port_option("web1,queues=2")]))
+    ifaces = [i for i in again.findall("devices/interface") if i.get("type") == "ethernet"]
+    assert len(ifaces) == 1
+    assert ifaces[0].find("address").get("bus") == "0x07" and ifaces[0].find("alias").get("name") == "ua-fast"
+    assert ifaces[0].find("model").get("type") == "e1000e" and ifaces[0].find("driver").get("queues") == "2"
+    assert ifaces[0].find("mac").get("address") == iface.find("mac").get("address")
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.xml")))

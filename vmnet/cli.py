@@ -514,15 +514,30 @@ def _ports(specs):
 @libvirt_group.command("render")
 @click.option("--port", "specs", multiple=True, metavar="SPEC", help=_PORT_HELP)
 @click.option("--emulator", default=None, help="Wrapper path (default: /usr/local/bin/vmnet-qemu-wrapper).")
-def libvirt_render(specs, emulator):
-    """Print the <metadata>, <emulator> and <qemu:commandline> fragments for ports.
+@click.option("--commandline", is_flag=True,
+              help="The older form: <qemu:commandline> -netdev/-device pairs instead of <interface>s.")
+def libvirt_render(specs, emulator, commandline):
+    """Print the <metadata>, <emulator> and <interface> fragments for ports.
+
+    Each port is an <interface type='ethernet'> whose target is the port's
+    placeholder tap (vmt-PORT, managed='no'), tied to the port by its MAC.
 
     \b
     Example:
-      vmnet libvirt render --port web1,queues=2
+      vmnet libvirt render --port web1,queues=2,network=default
     """
     from .libvirt import domain_xml as lx
-    click.echo(lx.render(_ports(specs), emulator or lx.WRAPPER), nl=False)
+    click.echo(lx.render(_ports(specs), emulator or lx.WRAPPER, commandline=commandline), nl=False)
+
+
+def _read_xml(path):
+    with click.open_file(path, "rb") as f:
+        return f.read()
+
+
+def _write_xml(path, text):
+    with click.open_file(path, "w") as f:
+        f.write(text)
 
 
 @libvirt_group.command("inject")
@@ -534,8 +549,14 @@ def libvirt_render(specs, emulator):
 @click.option("--declare-only", is_flag=True,
               help="Only declare the ports in the metadata (the hook makes them at start) and keep "
                    "the domain's emulator: for `vmnet libvirt attach` into the running domain.")
-def libvirt_inject(domain_xml, specs, emulator, output, declare_only):
+@click.option("--form", type=click.Choice(["interface", "commandline"]), default="interface", show_default=True,
+              help="interface: a NIC libvirt manages; commandline: the older <qemu:commandline> pairs.")
+def libvirt_inject(domain_xml, specs, emulator, output, declare_only, form):
     """Add or replace vmnet's parts in DOMAIN_XML (idempotent; '-' for stdin).
+
+    An interface of the domain that already carries a port (its MAC or its
+    tap) is rewritten in place, keeping its PCI address, alias and model; a
+    domain of the older <qemu:commandline> form is rewritten to interfaces.
 
     \b
     Example:
@@ -543,11 +564,54 @@ def libvirt_inject(domain_xml, specs, emulator, output, declare_only):
       virsh define web.xml
     """
     from .libvirt import domain_xml as lx
-    with click.open_file(domain_xml, "rb") as f:
-        text = f.read()
-    out = lx.inject(text, _ports(specs), emulator or lx.WRAPPER, commandline=not declare_only)
-    with click.open_file(output, "w") as f:
-        f.write(out)
+    out = lx.inject(_read_xml(domain_xml), _ports(specs), emulator or lx.WRAPPER, commandline=not declare_only,
+                    form=form)
+    _write_xml(output, out)
+
+
+@libvirt_group.command("convert")
+@click.argument("domain_xml", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--interface", "selectors", multiple=True, metavar="MAC|ALIAS",
+              help="Convert (or with --revert, restore) this interface only (repeatable; default: all).")
+@click.option("--name", "names", multiple=True, metavar="MAC|ALIAS=PORT",
+              help="Name the port of that interface (default: DOMAIN-N, or one derived from the uuid).")
+@click.option("--revert", is_flag=True, help="Put back the interfaces convert replaced.")
+@click.option("--emulator", default=None, help="Wrapper path (default: /usr/local/bin/vmnet-qemu-wrapper).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Write here (default: stdout).")
+def libvirt_convert(domain_xml, selectors, names, revert, emulator, output):
+    """Turn a domain's network and bridge NICs into vmnet NICs on the same network.
+
+    <interface type='network'|'bridge'> — Open vSwitch with its interfaceid,
+    VLAN tags, MTU and queues included — becomes a vmnet port plugged
+    where the NIC was, and the NIC keeps its MAC, model, PCI address and
+    alias. The original interface is kept in vmnet's metadata: --revert
+    restores it. macvtap (direct), hostdev, vhost-user and the like are
+    refused. Idempotent.
+
+    \b
+    Example:
+      virsh dumpxml web | vmnet libvirt convert - | virsh define /dev/stdin
+      virsh dumpxml web | vmnet libvirt convert - --revert | virsh define /dev/stdin
+    """
+    from .libvirt import convert as cv
+    from .libvirt import domain_xml as lx
+    chosen = {}
+    for item in names:
+        sel, sep, port = item.partition("=")
+        if not sep or not sel or not port:
+            raise click.BadParameter(f"{item!r} is not MAC|ALIAS=PORT", param_hint="--name")
+        chosen[sel] = port
+    text = _read_xml(domain_xml)
+    if revert:
+        if chosen:
+            raise click.UsageError("--name applies to convert, not to --revert")
+        out = cv.revert(text, list(selectors))
+    else:
+        out, notes = cv.convert(text, list(selectors), emulator or lx.WRAPPER, chosen)
+        for note in notes:
+            click.echo(f"vmnet: note: {note}", err=True)
+    _write_xml(output, out)
 
 
 HOOK_PATH = "/etc/libvirt/hooks/qemu.d/vmnet"

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import pwd
 
-from .domain_metadata import domain_identity, parse_domain, parse_ports
+from .domain_metadata import bind_interfaces, domain_identity, parse_domain, parse_ports
 from .errors import AlreadyExists, InvalidInput, NotFound, VmnetError
 
 
@@ -44,15 +44,18 @@ def owner_of(uuid: str | None, name: str) -> str:
     return f"uuid:{uuid}" if uuid else f"name:{name}"
 
 
-def parse(xml: str | bytes) -> tuple[str, str, list[dict], int | None]:
+def parse(xml: str | bytes, bind: bool = True) -> tuple[str, str, list[dict], int | None]:
     """(name, owner, declared ports, the running domain's id); owner is uuid:<uuid>,
-    or name:<name> without one; the id is what libvirt puts in the hook's XML."""
+    or name:<name> without one; the id is what libvirt puts in the hook's XML. bind: tie
+    each port to its <interface> (prepare); release and check need only the names, and must
+    work on a domain whose interfaces were edited since."""
     root = parse_domain(xml)
     name, uuid = domain_identity(root)
     owner = owner_of(uuid, name)
     value = root.get("id")
     domain_id = int(value) if value and value.isascii() and value.isdigit() else None
-    return name, owner, parse_ports(root, validate=False), domain_id   # port-create validates each
+    ports = parse_ports(root, validate=False)           # port-create validates each port
+    return name, owner, bind_interfaces(root, ports) if bind else ports, domain_id
 
 
 _HOSTNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -142,7 +145,7 @@ def prepare(call, xml, default_user: str) -> dict:
 
 
 def release(call, xml) -> dict:
-    name, owner, ports, _ = parse(xml)
+    name, owner, ports, _ = parse(xml, bind=False)
     deleted = []
     for port in ports:
         existing = shown(call, port["name"])
@@ -153,6 +156,6 @@ def release(call, xml) -> dict:
 
 
 def check(call, xml) -> dict:
-    name, owner, ports, _ = parse(xml)
+    name, owner, ports, _ = parse(xml, bind=False)
     missing = [port["name"] for port in ports if shown(call, port["name"]) is None]
     return {"domain": name, "owner": owner, "missing": missing}

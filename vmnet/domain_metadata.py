@@ -142,6 +142,91 @@ def parse_ports(domain: ET.Element, validate: bool = True) -> list[dict]:
     return ports
 
 
+TAP_PREFIX = "vmt-"
+
+
+def tap_name(port: str) -> str:
+    """The placeholder tap a port's <interface type='ethernet'> names (15 bytes at most)."""
+    return TAP_PREFIX + port
+
+
+def interface_mac(iface: ET.Element) -> str | None:
+    mac = iface.find("mac")
+    value = mac.get("address") if mac is not None else None
+    return value.lower() if value else None
+
+
+def describe_interface(iface: ET.Element) -> str:
+    """How an error names an interface: its type, MAC, alias and target."""
+    parts = [f"type='{iface.get('type')}'"]
+    for what, el, attr in (("mac", iface.find("mac"), "address"), ("alias", iface.find("alias"), "name"),
+                           ("target", iface.find("target"), "dev")):
+        if el is not None and el.get(attr):
+            parts.append(f"{what} {el.get(attr)}")
+    return "<interface " + ", ".join(parts) + ">"
+
+
+def bind_interfaces(domain: ET.Element, ports: list[dict]) -> list[dict]:
+    """The ports with what their libvirt interfaces say: a port whose MAC an
+    <interface type='ethernet'> carries is that interface's, and gets its target tap as
+    placeholder_tap (made with the port, opened by libvirt, taken over by the wrapper), its
+    queues and MTU checked against the interface's. A port no interface carries is one of
+    the <qemu:commandline> form, or one for live attach: unchanged.
+
+    An interface that names a port's tap but not its MAC is an error (libvirt would fail to
+    open a tap that does not exist, saying nothing of why)."""
+    from .model import default_mac
+    ifaces = domain.findall("devices/interface")
+    out = []
+    for port in ports:
+        mac = (port.get("mac") or default_mac(port["name"])).lower()
+        mine = [i for i in ifaces if interface_mac(i) == mac]
+        if not mine:
+            named = [i for i in ifaces if (t := i.find("target")) is not None
+                     and t.get("dev") == tap_name(port["name"])]
+            if named:
+                raise InvalidInput(f"{describe_interface(named[0])} names port {port['name']}'s tap but "
+                                   f"not its MAC {mac}",
+                                   fix="give the interface and the port one MAC: run 'vmnet libvirt "
+                                       "inject' again, or set mac= in the <vmnet:port>")
+            out.append(port)
+            continue
+        if len(mine) > 1:
+            raise InvalidInput(f"two interfaces of the domain carry port {port['name']}'s MAC {mac}",
+                               fix="give each interface a MAC of its own")
+        iface = mine[0]
+        what = describe_interface(iface)
+        if iface.get("type") != "ethernet":
+            raise InvalidInput(f"{what} has port {port['name']}'s MAC but is not a vmnet interface",
+                               fix="make it <interface type='ethernet'> with <target dev='"
+                                   f"{tap_name(port['name'])}' managed='no'/> ('vmnet libvirt convert'), "
+                                   "or give the port another MAC")
+        target = iface.find("target")
+        if target is None or not target.get("dev") or target.get("managed") != "no":
+            raise InvalidInput(f"{what} of port {port['name']} has no <target dev='...' managed='no'/>",
+                               fix=f"add <target dev='{tap_name(port['name'])}' managed='no'/>: vmnet makes "
+                                   "that tap with the port, libvirt opens it, the wrapper swaps it")
+        driver = iface.find("driver")
+        queues = driver.get("queues") if driver is not None else None
+        declared = port.get("queues", 1)
+        if queues is not None and (not queues.isascii() or not queues.isdigit() or int(queues) != declared) \
+                or queues is None and declared != 1:
+            raise InvalidInput(f"{what} has {queues or 1} queue(s), port {port['name']} {declared}",
+                               fix="give <driver queues='N'/> and the port's queues= one number")
+        bound = dict(port, mac=mac, placeholder_tap=target.get("dev"))
+        mtu = iface.find("mtu")
+        if mtu is not None and mtu.get("size"):
+            size = mtu.get("size")
+            if not size.isascii() or not size.isdigit():
+                raise InvalidInput(f"{what} has <mtu size='{size}'>, not a number")
+            if port.get("mtu") not in (None, int(size)):
+                raise InvalidInput(f"{what} has MTU {size}, port {port['name']} {port['mtu']}",
+                                   fix="give <mtu size='N'/> and the port's mtu= one number, or leave one out")
+            bound["mtu"] = int(size)
+        out.append(bound)
+    return out
+
+
 def domain_identity(root: ET.Element) -> tuple[str, str]:
     """(name, uuid) of a domain; uuid is "" when it has none."""
     name = (root.findtext("name") or "").strip()
