@@ -7,6 +7,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -58,20 +59,64 @@ def test_hook_creates_ports_at_prepare_and_removes_them_at_release(libvirt_env):
         _undefine(env, name)
 
 
-def test_starting_through_the_wrapper_hands_the_right_fds_and_leaves_nothing(libvirt_env):
+def _start_fails_at_af_xdp(out):
+    # Debian's QEMU has no af-xdp: the start must fail, at memlock when the helper
+    # cannot raise it (no CAP_SYS_RESOURCE, as here), else at QEMU's -netdev
+    assert out.returncode != 0
+    if has_capability("sys_resource"):
+        assert "af-xdp" in out.stderr
+    else:
+        assert "needs to lock 64 MiB" in out.stderr, out.stderr
+
+
+def test_a_vmnet_interface_is_libvirts_nic_and_the_wrapper_swaps_exactly_its_tap(libvirt_env):
+    """The interface form: libvirt manages the NIC (domiflist, its PCI address, mq/vectors),
+    opens the placeholder tap the hook made with the port, and the wrapper replaces that one
+    netdev, keeping libvirt's id, and closes the tap fds before QEMU runs."""
     env = libvirt_env
     pname = "lw" + uuid.uuid4().hex[:6]
     name = _domain(env, [lx.port_option(f"{pname},queues=2")])
     open(env.wrapper_log, "w").close()
     try:
+        listed = env.virsh("domiflist", name)
+        assert f"vmt-{pname}" in listed.stdout and "ethernet" in listed.stdout, listed.stdout
+        mac = env.virsh("domiflist", name).stdout.split()[-1]
         out = env.virsh("start", name)
-        # Debian's QEMU has no af-xdp: the start must fail, at memlock when the helper
-        # cannot raise it (no CAP_SYS_RESOURCE, as here), else at QEMU's -netdev
-        assert out.returncode != 0
-        if has_capability("sys_resource"):
-            assert "af-xdp" in out.stderr
-        else:
-            assert "needs to lock 64 MiB" in out.stderr, out.stderr
+        _start_fails_at_af_xdp(out)
+        (take,) = [e for e in _wrapper_events(env) if e["event"] == "takeover"]
+        (sub,) = [e for e in _wrapper_events(env) if e["event"] == "substituted"]
+        assert take["taps"][0]["port"] == pname and take["taps"][0]["tap"] == f"vmt-{pname}"
+        assert len(take["taps"][0]["fds"]) == 2
+        netdevs = [json.loads(a) for a in sub["argv"] if a.startswith("{") and '"af-xdp"' in a]
+        assert not [a for a in sub["argv"] if '"type":"tap"' in a]
+        (netdev,) = netdevs
+        fds = sub["fds"]
+        assert netdev == {"type": "af-xdp", "id": take["taps"][0]["netdev"], "ifname": f"vmc-{pname}",
+                          "queues": 2, "start-queue": 0, "mode": "native", "inhibit": True,
+                          "sock-fds": f"{fds[0]}:{fds[1]}"}
+        (device,) = [json.loads(a) for a in sub["argv"] if a.startswith('{"driver":"virtio-net-pci"')]
+        assert device["netdev"] == netdev["id"] and device["mac"] == mac
+        assert device["mq"] is True and device["vectors"] == 6 and "addr" in device
+        assert sub["uid"] == int(subprocess.check_output(["id", "-u", "libvirt-qemu"]))
+        log = env.helper.read_log()
+        assert f"created port {pname}" in log and f"handed 2 socket fd(s) of port {pname}" in log
+        assert not ports.port_exists(pname, libvirt_env.helper.instance)          # released after the failed start
+        assert subprocess.run(["ip", "link", "show", f"vmt-{pname}"], capture_output=True).returncode != 0
+    finally:
+        _undefine(env, name)
+
+
+def test_starting_through_the_wrapper_hands_the_right_fds_and_leaves_nothing(libvirt_env):
+    """The older <qemu:commandline> form keeps working."""
+    env = libvirt_env
+    pname = "lw" + uuid.uuid4().hex[:6]
+    name = BASE_DOMAIN.format(name="vmnet-t" + uuid.uuid4().hex[:6], qemu=QEMU)
+    name = env.define(dm_name(name), lx.inject(name, [lx.port_option(f"{pname},queues=2")], env.wrapper,
+                                               form="commandline"))
+    open(env.wrapper_log, "w").close()
+    try:
+        out = env.virsh("start", name)
+        _start_fails_at_af_xdp(out)
         (sub,) = [e for e in _wrapper_events(env) if e["event"] == "substituted"]
         fds = sub["fds"]
         argv = " ".join(sub["argv"])
@@ -88,6 +133,10 @@ def test_starting_through_the_wrapper_hands_the_right_fds_and_leaves_nothing(lib
         assert not ports.port_exists(pname, libvirt_env.helper.instance)          # released after the failed start
     finally:
         _undefine(env, name)
+
+
+def dm_name(xml: str) -> str:
+    return re.search(r"<name>([^<]+)</name>", xml).group(1)
 
 
 def test_capability_probes_reach_qemu_through_the_wrapper(libvirt_env):
@@ -165,6 +214,87 @@ def test_live_attach_into_a_running_domain_rolls_back_when_qemu_cannot_take_it(l
         assert "Traceback" not in out.stderr
         assert not ports.port_exists(pname, libvirt_env.helper.instance)
         assert env.virsh("domstate", name).stdout.strip() == "running"
+    finally:
+        _undefine(env, name)
+
+
+Q35_DOMAIN = """<domain type="qemu">
+  <name>{name}</name>
+  <memory unit="MiB">96</memory>
+  <vcpu>1</vcpu>
+  <os><type arch="x86_64" machine="q35">hvm</type></os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>{qemu}</emulator>
+    {controllers}
+  </devices>
+</domain>
+"""
+
+
+def _q35(env, root_ports: int) -> str:
+    """A running q35 domain with `root_ports` root ports declared. libvirt puts its USB
+    controller and balloon into the first two; with none declared it adds ports for them
+    and one spare at define."""
+    name = "vmnet-t" + uuid.uuid4().hex[:6]
+    ctl = "<controller type='pci' model='pcie-root'/>" + "<controller type='pci' model='pcie-root-port'/>" * root_ports
+    env.define(name, Q35_DOMAIN.format(name=name, qemu=QEMU, controllers=ctl))
+    out = env.virsh("start", name)
+    assert out.returncode == 0, out.stderr
+    return name
+
+
+def _device_add(env, name, ident, bus):
+    """A device libvirt does not know of in that port (what an earlier attach leaves)."""
+    cmd = json.dumps({"execute": "device_add", "arguments": {"driver": "virtio-rng-pci", "id": ident, "bus": bus}})
+    out = env.virsh("qemu-monitor-command", name, cmd)
+    assert out.returncode == 0 and '"return"' in out.stdout, out.stdout + out.stderr
+
+
+def _hotplug_choice(env, name):
+    """(the spare ports of the live XML, the bus attach would pick or the refusal), asked in a
+    process of its own (libvirt-python keeps fds open for the life of the process)."""
+    code = ("import json, sys\nfrom vmnet.libvirt import attach as la\nfrom vmnet.errors import VmnetError\n"
+            "conn, dom = la._domain('qemu:///system', sys.argv[1])\n"
+            "free = la.hotplug_candidates(dom.XMLDesc(0))\n"
+            "try:\n    bus = la._hotplug_bus(dom, sys.argv[1])\nexcept VmnetError as exc:\n    bus = str(exc)\n"
+            "print(json.dumps([free, bus]))\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code, name], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_live_attach_on_q35_without_a_free_root_port_is_refused_with_the_fix_and_makes_nothing(libvirt_env):
+    """libvirt leaves a q35 domain one spare root port at define: a device libvirt does not
+    know of (what an earlier attach leaves) fills it first."""
+    env = libvirt_env
+    name = _q35(env, 0)
+    pname = "la" + uuid.uuid4().hex[:6]
+    try:
+        free, _ = _hotplug_choice(env, name)
+        for i, bus in enumerate(free):
+            _device_add(env, name, f"vmnet-test-rng{i}", bus)
+        out = env.helper.vmnet("libvirt", "attach", name, f"{pname},queues=1")
+        assert out.returncode != 0
+        assert f"domain {name} has no free PCIe port to hot-plug a NIC into" in out.stderr, out.stderr
+        assert "<controller type='pci' model='pcie-root-port'/>" in out.stderr
+        assert not ports.port_exists(pname, libvirt_env.helper.instance)
+        assert env.virsh("domstate", name).stdout.strip() == "running"
+    finally:
+        _undefine(env, name)
+
+
+def test_live_attach_on_q35_picks_a_root_port_no_device_sits_in(libvirt_env):
+    """libvirt's live XML names the spare root ports; QEMU is asked which of them already
+    carry a device libvirt does not know of: the next one is chosen."""
+    env = libvirt_env
+    name = _q35(env, 4)
+    try:
+        free, bus = _hotplug_choice(env, name)
+        assert len(free) >= 2 and bus == free[0]
+        _device_add(env, name, "vmnet-test-rng0", free[0])
+        again, bus = _hotplug_choice(env, name)
+        assert again == free and bus == free[1]
     finally:
         _undefine(env, name)
 

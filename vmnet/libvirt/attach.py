@@ -2,8 +2,10 @@
 
 libvirt closes fds it does not know, so the sockets reach QEMU through
 libvirt_qemu.qemuMonitorCommandWithFiles: `getfd` once per queue, then
-`netdev_add` af-xdp naming those fds and `device_add` virtio-net-pci. Every
-step is undone when a later one fails. Run from the CLI (or the helper's
+`netdev_add` af-xdp naming those fds and `device_add` virtio-net-pci — on a
+q35 domain into a PCIe root port no device sits in (its root bus takes no
+hot-plugged device), on pc onto the root bus. Every step is undone when a
+later one fails. Run from the CLI (or the helper's
 host), never from inside a libvirt hook: it calls back into libvirt.
 """
 
@@ -75,11 +77,63 @@ def qemu_pid(name: str, run_dir: str = "/run/libvirt/qemu") -> int:
                        fix="start it first; live attach needs a running QEMU") from None
 
 
+HOTPLUG_PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
+
+
+def hotplug_candidates(xml: str | bytes) -> list[str] | None:
+    """Where a NIC can be hot-plugged into the running domain whose live XML this is: the
+    aliases (QEMU's bus ids) of its PCIe root and downstream ports that libvirt has put no
+    device on, in order; None for a conventional PCI machine (pc), whose root bus takes
+    hot-plugged devices. Pure."""
+    from ..domain_metadata import parse_domain
+    root = parse_domain(xml)
+    controllers = root.findall("devices/controller[@type='pci']")
+    if not any(c.get("model") == "pcie-root" for c in controllers):
+        return None
+    used = {int(a.get("bus"), 16) for a in root.iter("address")
+            if a.get("type") == "pci" and a.get("bus") and a.get("bus").startswith("0x")}
+    free = []
+    for c in controllers:
+        alias = c.find("alias")
+        if c.get("model") in HOTPLUG_PORTS and c.get("index", "").isdigit() and int(c.get("index")) not in used \
+                and alias is not None and alias.get("name"):
+            free.append(alias.get("name"))
+    return free
+
+
+NO_SLOT_FIX = ("stop the domain and add empty root ports to its XML, one per NIC to hot-plug: "
+               "<controller type='pci' model='pcie-root-port'/> (virt-install --controller "
+               "type=pci,model=pcie-root-port; libvirt gives q35 domains a few spare ones at define)")
+
+
+def _hotplug_bus(dom, name: str) -> str | None:
+    """The bus to device_add on: a free PCIe port (asking QEMU as well which ones already
+    carry a device libvirt does not know of, such as an earlier `attach`), or None on pc."""
+    candidates = hotplug_candidates(dom.XMLDesc(0))
+    if candidates is None:
+        return None
+    for bus in candidates:
+        try:
+            children = _qmp(dom, "qom-list", {"path": f"/machine/peripheral/{bus}/{bus}"})
+        except VmnetError:
+            children = []
+        if not any(str(c.get("name", "")).startswith("child[") for c in children or ()):
+            return bus
+    raise NotSupported(f"domain {name} has no free PCIe port to hot-plug a NIC into (its machine is "
+                       "PCI Express, whose root bus takes no hot-plugged device)", fix=NO_SLOT_FIX)
+
+
 def attach(socket_path: str, uri: str, name: str, port: dict, qemu_multiqueue_fixed: bool = False) -> dict:
     """Plug a port into the running domain: the domain's own port when it exists (declared in
-    its metadata, made by the hook at start), else a new one owned by the domain."""
+    its metadata, made by the hook at start), else a new one owned by the domain. On a q35
+    domain the NIC goes into a free PCIe root port; with none, nothing is made."""
     conn, dom = _domain(uri, name)
     pid = qemu_pid(name)
+    try:
+        bus = _hotplug_bus(dom, name)
+    except BaseException:
+        conn.close()
+        raise
     with open(f"/proc/{pid}/status") as f:
         uid = int(next(l for l in f if l.startswith("Uid:")).split()[1])
     existing = _shown(socket_path, port["name"])
@@ -120,6 +174,8 @@ def attach(socket_path: str, uri: str, name: str, port: dict, qemu_multiqueue_fi
                   "mac": record["mac"], "host_mtu": record["mtu"]}
         if record["queues"] > 1:
             device.update(mq=True, vectors=2 * record["queues"] + 2)
+        if bus is not None:
+            device["bus"] = bus
         _qmp(dom, "device_add", device)
         return record
     except BaseException:
