@@ -5,7 +5,10 @@ its metadata, so the hook makes it at start; `vmnet libvirt attach DOMAIN
 PORT` then plugs that very port into the running QEMU (getfd, netdev_add
 af-xdp, device_add), the guest's hot-plugged NIC answers ping, traffic goes
 on across a libvirtd restart (`reconnect`), detach unplugs it and destroy
-leaves nothing. A domain without metadata gets a port made for it.
+leaves nothing. A domain without metadata gets a port made for it. Each case
+runs on machine pc (the NIC goes on the root bus) and on q35 (into a free
+pcie-root-port: the domain declares four, libvirt fills two with its USB
+controller and balloon).
 
 QEMU must lock 32 MiB of UMEM per queue and this machine's root cannot raise
 a memlock limit, so libvirt here runs QEMU as root with its capabilities
@@ -52,8 +55,13 @@ def _vmnet(env, *args):
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
+MACHINES = {"pc": "", "q35": "<controller type='pci' model='pcie-root'/>"
+                            + "<controller type='pci' model='pcie-root-port'/>" * 4}
+
+
+@pytest.mark.parametrize("machine", list(MACHINES))
 @pytest.mark.parametrize("declared", [True, False], ids=["port-in-metadata", "no-metadata"])
-def test_attach_plugs_a_port_into_a_running_domain_across_a_libvirtd_restart(libvirt_root, qemu, declared):
+def test_attach_plugs_a_port_into_a_running_domain_across_a_libvirtd_restart(libvirt_root, qemu, declared, machine):
     vmlinuz, moddir = _require_qemu(qemu)
     env = libvirt_root
     name, pname = "vmnet-t" + uuid.uuid4().hex[:6], "la" + uuid.uuid4().hex[:6]
@@ -64,10 +72,10 @@ def test_attach_plugs_a_port_into_a_running_domain_across_a_libvirtd_restart(lib
     firmware = "".join(f'<qemu:arg value="{a}"/>' for a in testguest.firmware_args())
     xml = f"""<domain type="qemu" xmlns:qemu="{lx.QEMU_NS}"><name>{name}</name>
       <memory unit="MiB">256</memory><vcpu>1</vcpu>
-      <os><type arch="x86_64" machine="pc">hvm</type><kernel>{vmlinuz}</kernel><initrd>{initrd}</initrd>
+      <os><type arch="x86_64" machine="{machine}">hvm</type><kernel>{vmlinuz}</kernel><initrd>{initrd}</initrd>
       <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
       <features><acpi/></features>
-      <devices><emulator>{qemu}</emulator><serial type="file"><source path="{serial}"/></serial></devices>
+      <devices><emulator>{qemu}</emulator>{MACHINES[machine]}<serial type="file"><source path="{serial}"/></serial></devices>
       <qemu:commandline>{firmware}</qemu:commandline>
     </domain>"""
     if declared:        # the stock emulator stays: the port is declared only, as in vm-live-attach.xml
@@ -94,6 +102,10 @@ def test_attach_plugs_a_port_into_a_running_domain_across_a_libvirtd_restart(lib
         assert probe.ping(GUEST_IP, count=5, timeout=2)["received"] == 5
         detached = _vmnet(env, "libvirt", "detach", name, pname)
         assert detached.returncode == 0, detached.stderr
+        assert detached.stdout.startswith("detached"), detached.stderr     # the guest let the NIC go
+        peripherals = env.virsh("qemu-monitor-command", name,
+                                '{"execute":"qom-list","arguments":{"path":"/machine/peripheral"}}').stdout
+        assert f'"vmnet-{pname}-dev"' not in peripherals and '"vmnet-' not in peripherals
         assert env.helper.vmnet("port", "show", pname).returncode == 3
     finally:
         env.virsh("destroy", name)

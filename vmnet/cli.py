@@ -669,8 +669,11 @@ def libvirt_attach_cmd(ctx, domain, spec, uri):
 def libvirt_detach_cmd(domain, port, uri):
     """Unplug PORT from running DOMAIN and delete it."""
     from .libvirt.attach import detach
-    detach(_config().socket, uri, domain, port)
-    click.echo(f"detached port {port} from {domain}")
+    if detach(_config().socket, uri, domain, port):
+        click.echo(f"detached port {port} from {domain}")
+    else:
+        click.echo(f"deleted port {port}; the guest of {domain} has not released its NIC yet (it needs ACPI "
+                   "or PCIe hot-plug): QEMU removes the device when the guest lets it go", err=True)
 
 
 # ---- KubeVirt ---------------------------------------------------------

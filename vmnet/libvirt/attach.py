@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 
 from .. import client, domain, qemu_compat
 from ..errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
@@ -192,17 +193,35 @@ def attach(socket_path: str, uri: str, name: str, port: dict, qemu_multiqueue_fi
         conn.close()
 
 
-def detach(socket_path: str, uri: str, name: str, pname: str) -> None:
+def detach(socket_path: str, uri: str, name: str, pname: str, wait: float = 10.0) -> bool:
+    """Unplug port `pname` from domain `name` and delete it. device_del only asks the guest
+    (ACPI or PCIe hot-plug): wait up to `wait` seconds for QEMU to drop the device, as
+    libvirt does for its own. True when it is gone; False when the guest has not let it go
+    yet (QEMU removes it when the guest does) — the port is deleted either way."""
     conn, dom = _domain(uri, name)
+    device = f"{netdev_id(pname)}-dev"
     try:
         record = client.call(socket_path, "port-show", name=pname)
         if record.get("owner") != owner_of(dom):
             raise InvalidInput(f"port {pname} does not belong to domain {name}")
-        _quiet(_qmp, dom, "device_del", {"id": f"{netdev_id(pname)}-dev"})
+        _quiet(_qmp, dom, "device_del", {"id": device})
+        deadline = time.monotonic() + wait
+        while (present := _present(dom, device)) is not False and time.monotonic() < deadline:
+            time.sleep(0.1)
         _quiet(_qmp, dom, "netdev_del", {"id": netdev_id(pname)})
         client.call(socket_path, "port-delete", name=pname, missing_ok=True)
+        return present is False
     finally:
         conn.close()
+
+
+def _present(dom, ident: str) -> bool | None:
+    """Whether QEMU still has the device `ident`, from its own composition tree; None when
+    QEMU cannot be asked."""
+    try:
+        return any(p.get("name") == ident for p in _qmp(dom, "qom-list", {"path": "/machine/peripheral"}) or ())
+    except VmnetError:
+        return None
 
 
 def _quiet(fn, *args, **kw):
