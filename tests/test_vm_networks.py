@@ -6,13 +6,17 @@ here skips, saying so):
   classless static routes (option 121) and the MTU (option 26); a peer beyond the host
   reaches the guest's address and the guest reaches the peer;
 - a libvirt domain with network="default" on a private libvirtd: the guest takes its lease
-  from libvirt's own dnsmasq and pings 192.168.122.1.
+  from libvirt's own dnsmasq and pings 192.168.122.1;
+- a domain made on `default` with libvirt's own NIC, converted by `vmnet libvirt convert`:
+  the guest sees the same MAC in the same PCI slot and takes its lease through the port;
+  reverted, it boots on libvirt's tap again.
 The address server itself, with real clients (udhcpc, the kernel's router discovery, dhcpcd),
 runs in the netns tier too (tests/test_networks.py), which needs no QEMU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -116,3 +120,83 @@ def test_a_guest_on_libvirts_default_network_takes_its_lease_from_libvirts_dnsma
         env.virsh("destroy", name)
         env.virsh("undefine", name)
     assert env.helper.vmnet("port", "show", pname).returncode == 3          # release removed it
+
+
+def _nic_of(serial: str) -> dict:
+    """eth0's MAC and PCI address as the guest wrote them on its console."""
+    with open(serial, errors="replace") as f:
+        found = re.search(testguest.NIC + r" (.*)", f.read())
+    assert found, "the guest wrote no NIC line"
+    return dict(re.findall(r"(\w+)=(\S*)", found.group(1)))
+
+
+def test_a_converted_domain_boots_on_its_port_with_the_same_nic_and_reverted_boots_on_a_tap(private_libvirt,
+                                                                                               qemu):
+    """virt-install's kind of NIC on `default` (MAC and PCI slot given), `vmnet libvirt
+    convert`ed: the guest sees the same MAC in the same slot, takes its lease from libvirt's
+    dnsmasq through the port; `--revert`ed, it boots on libvirt's tap again."""
+    import subprocess
+    from helpers import PYTHON
+    vmlinuz, moddir = _require_qemu(qemu)
+    env = private_libvirt
+    wrapper = env.wrapper(qemu)
+    name = "vmnet-t" + uuid.uuid4().hex[:6]
+    mac = "52:54:00:" + ":".join(uuid.uuid4().hex[i:i + 2] for i in (0, 2, 4))
+    initrd = testguest.build_initramfs(os.path.join(env.dir, "guest.cpio"), moddir, testguest.DHCP,
+                                       ping="192.168.122.1")
+    os.chmod(initrd, 0o644)
+    serial = os.path.join(env.dir, name + ".serial")
+    nic = (f"<interface type='network'><mac address='{mac}'/><source network='default'/><model type='virtio'/>"
+           "<address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/></interface>")
+    env.define(name, guest_domain_xml(name, vmlinuz, initrd, qemu, serial).replace("</devices>", nic + "</devices>"))
+
+    def vmnet(*args, text):
+        out = subprocess.run([PYTHON, "-I", "-m", "vmnet", "libvirt", "convert", "-", *args], input=text,
+                             capture_output=True, text=True, env=env.helper.env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def boot() -> tuple[dict, dict, int]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(serial)
+        out = env.virsh("start", name)
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + 30
+        while not os.path.exists(serial) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        lease, answered = lease_of(serial)
+        return _nic_of(serial), lease, answered
+
+    try:
+        env.define(name, vmnet("--emulator", wrapper, text=env.virsh("dumpxml", "--inactive", name).stdout))
+        (pname,) = [w[4:] for w in env.virsh("domiflist", name).stdout.split() if w.startswith("vmt-")]
+        seen, lease, answered = boot()
+        assert seen == {"mac": mac, "pci": "0000:00:07.0"}, seen
+        record = env.helper.vmnet_json("port", "show", pname)
+        assert record["mac"] == mac and record["attachment"]["bridge"] == "virbr0"
+        assert ipaddress.ip_address(lease["ip"]) in ipaddress.ip_network("192.168.122.0/24") and answered == 3
+        tap = f"vmt-{pname}"
+        stats = dict(re.findall(r"(\w+) (\d+)", env.virsh("domifstat", name, tap).stdout))
+        assert stats["rx_packets"] == stats["tx_packets"] == "0", stats     # the placeholder's, not the port's
+
+        def answers() -> bool:
+            return subprocess.run(["ip", "netns", "exec", env.netns, "ping", "-n", "-q", "-c", "2", "-W", "1",
+                                   lease["ip"]], capture_output=True).returncode == 0
+        assert answers()
+        assert env.virsh("domif-setlink", name, tap, "down").returncode == 0          # libvirt's set_link on
+        assert not answers()                                                         # the NIC reaches the port
+        assert env.virsh("domif-setlink", name, tap, "up").returncode == 0
+        assert answers()
+        env.virsh("destroy", name)
+        assert env.helper.vmnet("port", "show", pname).returncode == 3          # release removed it
+
+        env.define(name, vmnet("--revert", text=env.virsh("dumpxml", "--inactive", name).stdout))
+        seen, lease, answered = boot()
+        assert seen == {"mac": mac, "pci": "0000:00:07.0"}, seen
+        listed = env.virsh("domiflist", name).stdout
+        assert "network" in listed and "vmt-" not in listed, listed
+        assert ipaddress.ip_address(lease["ip"]) in ipaddress.ip_network("192.168.122.0/24") and answered == 3
+        assert env.helper.vmnet_json("port", "list")["ports"] == []
+    finally:
+        env.virsh("destroy", name)
+        env.virsh("undefine", name)

@@ -25,6 +25,7 @@ READY = "VMNET-GUEST-READY"
 DHCP = "dhcp"               # an address that asks the guest to take its own by DHCP (busybox udhcpc)
 LEASE = "VMNET-GUEST-LEASE"  # the serial line that tells what udhcpc was given
 PINGED = "VMNET-GUEST-PINGED"
+NIC = "VMNET-GUEST-NIC"   # the serial line that tells eth0's MAC and PCI address, as the guest sees them
 MODULES = ("virtio_net",)
 TCP_SINK_PORT = 5001
 # Debian's busybox nc has no -k: "-ll -e" forks PROG per connection and keeps
@@ -179,6 +180,8 @@ def init_script(inserts: list[str], address: str, prefix: int = 24, queues: int 
         *([f"{ethtool} -L eth0 combined {queues} > /dev/ttyS0 2>&1"] if queues > 1 else []),
         "/bin/busybox ip link set lo up",
         "/bin/busybox ip link set eth0 up",
+        f"echo {NIC} mac=$(/bin/busybox cat /sys/class/net/eth0/address)"
+        " pci=$(/bin/busybox basename $(/bin/busybox readlink -f /sys/class/net/eth0/device/..)) > /dev/ttyS0",
         *([f"/bin/busybox ip addr add {address}/{prefix} dev eth0"] if address != DHCP else
           ["/bin/busybox udhcpc -i eth0 -n -q -t 20 -T 2 -O mtu -O staticroutes -s /bin/lease > /dev/ttyS0 2>&1"]),
         *([f"echo {PINGED} $(/bin/busybox ping -c 3 -W 2 {ping} | /bin/busybox grep -c 'bytes from') > /dev/ttyS0"]
