@@ -5,6 +5,7 @@ to whoever runs the benchmark; this only keeps the benchmark from rotting.
 """
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -175,3 +176,18 @@ def test_the_classifier_request_makes_clsact_then_a_direct_action_bpf_filter():
     assert b"clsact\0" in req and b"bpf\0" in req and b"vmnet_hf_tc_v1\0" in req
     assert struct.pack("=HHI", 8, rawnl.TCA_BPF_FD, 42) in req
     assert struct.pack("=HHI", 8, rawnl.TCA_BPF_FLAGS, rawnl.TCA_BPF_FLAG_ACT_DIRECT) in req
+
+
+def test_the_vm_start_benchmark_refuses_a_qemu_without_af_xdp_saying_so():
+    """scripts/bench-vm-start needs a QEMU with af-xdp (the VM tier's); Debian's has none."""
+    import subprocess
+    import sys
+    debian_qemu = "/usr/bin/qemu-system-x86_64"
+    if not os.path.exists(debian_qemu):
+        pytest.skip("Debian's QEMU is not installed")
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench-vm-start")
+    out = subprocess.run([sys.executable, script, "--qemu", debian_qemu], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=60)
+    assert out.returncode != 0 and "needs a QEMU built with af-xdp" in out.stderr, out.stderr
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "--runs" in shown.stdout and "libvirt's own NIC" in shown.stdout

@@ -208,7 +208,9 @@ def format_result(r: dict) -> str:
                  "" if key == "qemu" else _x(wr["ratios_to_qemu"][key]))
                 for key, label in (("qemu", "QEMU itself"), ("wrapper_venv", "wrapper, virtualenv"),
                                    ("wrapper_runtime", "wrapper, KubeVirt directory"),
-                                   ("wrapper_runtime_tap_not_vmnets", "  + a tap to look at"))]
+                                   ("wrapper_venv_tap_not_vmnets", "  virtualenv + a tap to look at"),
+                                   ("wrapper_runtime_tap_not_vmnets", "  KubeVirt dir. + a tap to look at"))
+                if key in wr]
         out += ["   " + line for line in _table(("way", "p50 ms", "p99", "added ms", "ratio"), rows)]
         out.append(f"   {wr['runs']} runs each; the KubeVirt directory ({wr['runtime_mib']} MiB) built in "
                    f"{wr['runtime_build_s']} s")
