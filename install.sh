@@ -25,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
     python3 python3-venv python3-dev gcc make pkg-config libcap-dev \
-    libbpf1 libbpf-dev linux-libc-dev clang llvm iproute2 iputils-ping file
+    libbpf1 libbpf-dev libxdp1 xdp-tools linux-libc-dev clang llvm iproute2 iputils-ping file
 # QEMU 10.0 and libvirt 11.3 come from bookworm-backports; its sources entry is
 # derived from this machine's own Debian entry.
 /usr/bin/python3 scripts/enable-backports

@@ -30,10 +30,19 @@ def _vmnet_links_everywhere() -> set[str]:
                                 or "vmnet placeholder of port" in line)}
 
 
+# libxdp pins dispatchers under $LIBXDP_BPFFS/xdp: the session gives it a directory of its own,
+# so the tests' dispatchers (and xdp-loader's, run from the tests) never meet the host's
+LIBXDP_BPFFS = f"/sys/fs/bpf/vmnet-tests-libxdp-{os.getpid()}"
+
+
 def _pins() -> set[str]:
     """Everything pinned under every helper instance's root (ports, shared programs,
-    temporaries), and the instances' own directories."""
+    temporaries), the instances' own directories, and libxdp's dispatchers of the session."""
     out = set(bpf.instance_roots()[1:])
+    try:
+        out |= {os.path.join(LIBXDP_BPFFS, "xdp", e) for e in os.listdir(os.path.join(LIBXDP_BPFFS, "xdp"))}
+    except FileNotFoundError:
+        pass
     for root in bpf.instance_roots():
         try:
             out |= {os.path.join(root, e) for e in os.listdir(root) if not e.startswith("@")}
@@ -70,6 +79,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not is_root and ("netns" in item.keywords or "system" in item.keywords):
             item.add_marker(pytest.mark.skip(reason="needs root: creates kernel objects"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def libxdp_bpffs_of_the_session():
+    """A private LIBXDP_BPFFS (see above), set before anything loads libxdp; removed after."""
+    if os.geteuid() != 0 or not os.path.isdir("/sys/fs/bpf"):
+        yield None
+        return
+    bpf.require_bpffs()
+    os.makedirs(LIBXDP_BPFFS, exist_ok=True)
+    os.environ["LIBXDP_BPFFS"] = LIBXDP_BPFFS
+    yield LIBXDP_BPFFS
+    for d in (os.path.join(LIBXDP_BPFFS, "xdp"), LIBXDP_BPFFS):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -41,7 +41,7 @@ def row(checks: list[Check], name: str) -> Check:
 def test_run_checks_returns_every_named_check_once_in_order(tmp_path):
     checks = doctor.run_checks(qemu=str(tmp_path / "absent"))
     assert tuple(c.name for c in checks) == doctor.CHECK_NAMES
-    assert len(doctor.CHECK_NAMES) == 18
+    assert len(doctor.CHECK_NAMES) == 19
     for check in checks:
         assert check.status in ("ok", "missing", "warn"), check
         assert check.detail

@@ -21,6 +21,7 @@ import uuid
 import pytest
 from helpers import HelperProcess, capture, responder_stats
 from lease_env import NetdevsimPair, require_netdevsim
+from xdp_env import count, counting_program, hook_of, require_dispatcher, xdp_loader
 from test_handoff import in_netns, stop, wait_ready
 
 from vmnet.errors import AlreadyExists, InvalidInput, NotFound, NotSupported, VmnetError
@@ -130,6 +131,45 @@ def test_a_leased_port_receives_on_its_nic_queues_and_the_rest_reach_the_host(ni
     assert _nothing_leased(nic) and _no_xdp(nic)
 
 
+def test_a_leased_port_shares_the_nic_with_programs_loaded_before_and_after_it(test_netns, nic, pod, port_name):
+    """xdp-loader loads a counting program before vmnet and one after: the leased queues' frames
+    reach the VM's sockets (and the program before it), the rest reach the program after it
+    and the host; deleting the port leaves both running."""
+    require_dispatcher()
+    nic_ns = test_netns
+    h = HelperProcess().start()
+    proc = None
+    try:
+        xdp_loader(nic_ns, "load", "-m", "native", "--prio", "10", nic.nic, counting_program("count_before"))
+        rec = h.vmnet_json("port", "add", port_name, "--backend", "netkit-lease", "--lease-from", nic.nic,
+                           "--queues", "2", "--netns", pod, "--receive-only", "--consumer-user", "nobody")
+        xdp_loader(nic_ns, "load", "-m", "native", "--prio", "30", nic.nic, counting_program("count_after"))
+        assert [c.name for c in hook_of(nic.nic).components] == ["count_before", "vmnet_xsk_v2", "count_after"]
+        shown = h.vmnet_json("port", "show", port_name)
+        assert shown["xdp_hook"]["vmnet_slot"] == 1 and shown["xdp_hook"]["kind"] == "dispatcher"
+        assert [c["name"] for c in shown["xdp_hook"]["components"]] == ["count_before", "vmnet_xsk_v2",
+                                                                        "count_after"]
+        proc = _exec_responder(h, pod, port_name)
+        wait_ready(proc)
+        for q in (1, 2, 3):
+            nic.send(q, _frame(rec["mac"]) + bytes([q]), count=4)
+        time.sleep(0.5)
+        assert {s["queue"]: s["rx"] for s in responder_stats(proc)} == {1: 4, 2: 4}
+        assert count(nic_ns, nic.nic, "count_before") == 12      # every frame
+        assert count(nic_ns, nic.nic, "count_after") == 4        # NIC queue 3 only: passed on by vmnet
+        stop(proc)
+        proc = None
+        h.vmnet("port", "del", port_name)
+        assert [c.name for c in hook_of(nic.nic).components] == ["count_before", "count_after"]
+        assert _nothing_leased(nic)
+        xdp_loader(nic_ns, "unload", nic.nic, "--all")
+    finally:
+        if proc is not None:
+            stop(proc)
+        h.cleanup()
+    assert _no_xdp(nic)
+
+
 def test_ports_leasing_from_one_nic_share_its_program_which_goes_with_the_last(nic, pod, port_name, instance):
     other_pod = "vmnet-q" + uuid.uuid4().hex[:8]
     netns.create_named(other_pod)
@@ -141,8 +181,10 @@ def test_ports_leasing_from_one_nic_share_its_program_which_goes_with_the_last(n
         b = ports.create_port(PortSpec(name=port_name[:-1] + "b", backend="netkit-lease", lease_from=f"{nic.nic}:2",
                                        netns=other_pod, receive_only=True), instance)
         made.append(b)
-        assert a.port.prog_id == b.port.prog_id == links.link_state(nic.nic)["xdp_drv_prog_id"]
-        assert a.port.link_id == b.port.link_id                   # one attachment on the NIC
+        assert a.port.prog_id == b.port.prog_id                   # the instance's program
+        hook = hook_of(nic.nic)                                   # in the NIC's dispatcher, once
+        assert hook.kind == "dispatcher" and hook.mode == "native"
+        assert [c.id for c in hook.components] == [a.port.xdp["component"]] == [b.port.xdp["component"]]
         shared = bpf.pin_dir(f"+nic-{nic.nic_ifindex}", instance.pin_root)
         assert os.path.isdir(shared)
         made.pop(0).close()
@@ -228,7 +270,7 @@ def test_a_nic_carrying_a_program_that_is_not_vmnets_is_refused(nic, pod, port_n
     foreign = bpf.load_and_attach(nic.nic_ifindex, nic.nic, 4, "native")
     try:
         _refused(instance, PortSpec(name=port_name, backend="netkit-lease", lease_from=nic.nic, netns=pod,
-                                    receive_only=True), AlreadyExists, "not this vmnet helper's")
+                                    receive_only=True), AlreadyExists, "without a dispatcher")
         with netns.entered(pod):
             assert links.link_state("vmc-" + port_name) is None
         assert _nothing_leased(nic)

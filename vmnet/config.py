@@ -42,6 +42,9 @@ SETTINGS = {
     # read one: vmnet refuses multi-queue ports to them; docs/datapath.md)
     "qemu_multiqueue_fixed": (bool, False),
     "lease_reserved_queues": (int, 1),  # netkit-lease: NIC queues 0..N-1 stay with the host
+    # netkit-lease: the run priority of vmnet's program in the NIC's libxdp dispatcher (lower runs
+    # first; 20 is where libxdp's own AF_XDP program runs; docs/backends.md, "Sharing the NIC")
+    "xdp_priority": (int, 20),
     "metrics": (str, None),             # ADDRESS:PORT or unix:PATH of the helper's Prometheus endpoint; off unless set
     # per-port series (names, pods, uids, counters) on a TCP endpoint, to whoever can reach it;
     # a unix:PATH endpoint shows each peer the ports it may see (docs/helper.md, "Metrics")
@@ -130,6 +133,9 @@ def parse(text: str, origin: str = "config") -> Config:
             raise InvalidInput(f"{origin}: {key} = {getattr(cfg, key)} is not 1-4096")
     if not 1 <= cfg.metrics_max_connections <= 1024:
         raise InvalidInput(f"{origin}: metrics_max_connections = {cfg.metrics_max_connections} is not 1-1024")
+    if not 0 <= cfg.xdp_priority <= 1000:
+        raise InvalidInput(f"{origin}: xdp_priority = {cfg.xdp_priority} is not 0-1000",
+                           fix="lower runs first in the NIC's XDP dispatcher; libxdp's default is 50")
     if not 0 <= cfg.socket_mode <= 0o777:
         raise InvalidInput(f"{origin}: socket_mode {oct(cfg.socket_mode)} is not a file mode")
     return cfg

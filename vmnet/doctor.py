@@ -23,7 +23,7 @@ from . import caps
 from .memlock import INFINITY, UMEM_BYTES_PER_QUEUE, mib
 
 OK, MISSING, WARN = "ok", "missing", "warn"
-CHECK_NAMES = ("kernel", "af-xdp", "btf", "bpf-link", "netkit", "queue-lease", "bpffs",
+CHECK_NAMES = ("kernel", "af-xdp", "btf", "bpf-link", "netkit", "queue-lease", "xdp-sharing", "bpffs",
                "bind-guard", "memlock", "qemu", "libvirt", "privileges", "anti-spoofing", "bridge-vlans",
                "openvswitch", "libvirt-networks", "addr-server", "ports")
 AF_XDP = 44
@@ -162,6 +162,39 @@ def check_queue_lease() -> Check:
             "no device here has AF_XDP zero-copy, so a leased queue could only receive")
     return Check("queue-lease", OK, f"{why}: --backend netkit-lease works with a NIC whose driver can "
                  f"lend queues (mlx5, bnxt_en, gve, fbnic; netdevsim); {nics}")
+
+
+def check_xdp_sharing() -> Check:
+    """libxdp (how a leased NIC's XDP hook is shared), and what runs on each device's hook here."""
+    from .errors import VmnetError
+    from .priv import links, nichook, xdpshare
+    try:
+        xdpshare.lib()
+    except VmnetError as exc:
+        return Check("xdp-sharing", MISSING, exc.message, exc.fix)
+    from pyroute2 import IPRoute
+    with IPRoute() as ip:
+        names = [m.get("IFLA_IFNAME") for m in ip.get_links() if m.get("IFLA_XDP")]
+    shown = []
+    for name in names:
+        state = links.link_state(name)
+        if not state or not nichook._prog_id(state):
+            continue
+        try:
+            hook = nichook.hook_of(state)
+        except VmnetError as exc:
+            shown.append(f"{name}: unreadable ({exc.message})")
+            continue
+        if hook.kind == "dispatcher":
+            shown.append(f"{name}: libxdp dispatcher ({hook.mode}) with "
+                         + ", ".join(f"{c.name} prio {c.priority}" for c in hook.components))
+        elif hook.kind == "foreign-dispatcher":
+            shown.append(f"{name}: a dispatcher libxdp did not pin (bpfman's?): vmnet cannot join it")
+        else:
+            shown.append(f"{name}: {hook.prog_name} (id {hook.prog_id}) alone"
+                         + ("" if hook.prog_name == "vmnet_xsk_v2" else ": vmnet cannot join it"))
+    return Check("xdp-sharing", OK, f"libxdp found: a NIC's XDP hook is shared through its dispatcher "
+                 f"(pins under {xdpshare.bpffs()}); " + ("; ".join(shown) if shown else "no XDP program here"))
 
 
 def bpffs_mounted(mounts: str, root: str = "/sys/fs/bpf") -> bool:
@@ -373,7 +406,7 @@ def run_checks(qemu: str | None = None, config=None) -> list[Check]:
         ("kernel", lambda: Check("kernel", OK, release)),
         ("af-xdp", check_af_xdp), ("btf", check_btf),
         ("bpf-link", lambda: check_bpf_link(release)), ("netkit", lambda: check_netkit(release)),
-        ("queue-lease", check_queue_lease), ("bpffs", check_bpffs), ("bind-guard", check_bind_guard),
+        ("queue-lease", check_queue_lease), ("xdp-sharing", check_xdp_sharing), ("bpffs", check_bpffs), ("bind-guard", check_bind_guard),
         ("memlock", check_memlock),
         ("qemu", lambda: check_qemu(qemu)), ("libvirt", check_libvirt),
         ("privileges", check_privileges),

@@ -27,7 +27,7 @@ PIN_ROOT = "/sys/fs/bpf/vmnet"          # the default instance's root
 PROGRAM_NAME = "vmnet_xsk_v1"      # the version tag; matches bpf/xsk_redirect.c
 MAP_NAME = "vmnet_xsks"
 BPF_FS_MAGIC = 0xCAFE4A11
-PORT_PINS = ("link", "filter", "xsks")   # a port's pins (xsks: first-version ports only)
+PORT_PINS = ("link", "filter", "xsks", "prog")   # a port's pins (xsks: first-version ports only; prog: a NIC's component)
 MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "skb": libbpf.XDP_FLAGS_SKB_MODE}
 
 

@@ -34,7 +34,8 @@ from ..config import Config
 from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
 from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, MemlockPlan, mib, plan_memlock
 from ..model import PortSpec, validate_port_name
-from . import addrserver, attachments, authz, backends, bindguard, bpf, hostfilter, netns, ports, state, xsk, xskprog
+from . import (addrserver, attachments, authz, backends, bindguard, bpf, hostfilter, netns, nichook, ports, state,
+               xsk, xskprog)
 from .confine import apply_memlock
 from .holders import Holder
 from .instance import Instance
@@ -131,6 +132,7 @@ class Helper:
                 self._delete(name, None)
                 removed.append(name)
         removed += self._collect_attachments()
+        removed += self._collect_nic_hooks()
         kept_ifindexes = {e.record.get("host_ifindex") for e in self.ports.values()}
         for ifindex in self.host_filter.ports():
             if ifindex not in kept_ifindexes:
@@ -157,6 +159,18 @@ class Helper:
                 log.warning("cannot look for what %s attachments left behind: %s", kind, exc.message)
         if found:
             log.warning("removed what a crash left plugged of port(s) %s", ", ".join(found))
+        return found
+
+    def _collect_nic_hooks(self) -> list[str]:
+        """vmnet's components on NIC XDP hooks that no kept port needs (vmnet.priv.nichook)."""
+        leased = {(e.record.get("extra") or {}).get("nic_ifindex") for e in self.ports.values()} - {None}
+        try:
+            found = nichook.collect(self.instance, self.program, leased)
+        except VmnetError as exc:
+            log.warning("cannot look for what crashes left on NIC XDP hooks: %s", exc.message)
+            return []
+        if found:
+            log.warning("removed vmnet's XDP components no port needs: %s", ", ".join(found))
         return found
 
     def _my_devices_here(self) -> list[str]:
@@ -481,7 +495,7 @@ class Helper:
         out["holder"] = (dict(entry.holder.to_dict(), alive=entry.holder.alive())
                          if entry.holder is not None else None)
         out["queue_counters"] = ports.queue_stats(entry.record, self.instance, self.program)
-        out.update(backends.get(entry.record.get("backend", "veth")).describe(entry.record))
+        out.update(backends.get(entry.record.get("backend", "veth")).describe(entry.record, self.instance))
         out["network"] = self._network_state(entry)
         guard = self.protection.guard
         if entry.sockets:

@@ -50,6 +50,7 @@ def _declare(l):
         "bpf_object__find_program_by_name": (p, [p, c]),
         "bpf_map__set_max_entries": (i, [p, u32]),
         "bpf_map__fd": (i, [p]),
+        "bpf_map__reuse_fd": (i, [p, i]),
         "bpf_program__fd": (i, [p]),
         "bpf_link_create": (i, [i, i, i, p]),
         "bpf_obj_pin": (i, [i, c]),
@@ -60,6 +61,7 @@ def _declare(l):
         "bpf_map_get_next_key": (i, [i, p, p]),
         "bpf_obj_get_info_by_fd": (i, [i, p, ctypes.POINTER(u32)]),
         "bpf_prog_get_fd_by_id": (i, [u32]),
+        "bpf_map_get_fd_by_id": (i, [u32]),
         "libbpf_num_possible_cpus": (i, []),
     }
     for name, (restype, argtypes) in sigs.items():
@@ -254,5 +256,25 @@ def map_info(fd: int) -> MapInfo:
     return _info(fd, MapInfo)
 
 
+def prog_map_ids(fd: int) -> list[int]:
+    """The ids of the maps a program uses."""
+    count = prog_info(fd).nr_map_ids
+    ids = (ctypes.c_uint32 * max(count, 1))()
+    info = ProgInfo(nr_map_ids=count, map_ids=ctypes.addressof(ids))
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "read a program's maps")
+    return list(ids[:min(count, info.nr_map_ids)])
+
+
+def map_reuse_fd(obj, name: str, fd: int) -> None:
+    """Make an opened (not yet loaded) object's map `name` the existing map `fd`."""
+    m = _ptr(lib().bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
+    _check(lib().bpf_map__reuse_fd(m, fd), f"reuse map {name}")
+
+
 def prog_fd_by_id(prog_id: int) -> int:
     return _check(lib().bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(lib().bpf_map_get_fd_by_id(map_id), f"open map id {map_id}")

@@ -31,7 +31,7 @@ from pyroute2 import IPRoute
 from ..errors import AlreadyExists, IfindexTaken, NotFound, VmnetError
 from ..model import Port, PortSpec, has_host_end, validate_port_name
 from ..tap_alias import port_of_alias
-from . import attachments, backends, bpf, hostfilter, links, netns, tap, xsk, xskprog
+from . import attachments, backends, bpf, hostfilter, links, netns, nichook, tap, xdpshare, xsk, xskprog
 from .instance import DEFAULT, Instance
 
 LAYOUT = 2
@@ -140,7 +140,8 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None, host_
         xdp = dict(plugged.xdp)
         with netns.entered(xdp["netns"]):
             if xdp["shared"]:
-                xdp["mode"], link_id = _shared_attachment(program, instance, xdp)
+                xdp["mode"], xdp["component"] = _shared_attachment(program, instance, xdp, config)
+                link_id = 0
             else:
                 link_fd, xdp["mode"] = program.attach(xdp["ifindex"], xdp["ifname"], xdp["mode"])
                 link_id = libbpf_link_id(link_fd)
@@ -202,21 +203,12 @@ def libbpf_link_id(link_fd: int) -> int:
     return libbpf.link_info(link_fd).id
 
 
-def _shared_attachment(program, instance: Instance, xdp: dict) -> tuple[str, int]:
-    """The link all ports on one device share (a NIC whose queues are leased): made by the
-    first of them, kept while any has a slot on that device. (mode, link id)."""
-    name = xdp["shared"]
-    info = bpf.pinned_link_info(name, instance.pin_root)
-    if info is not None and info.xdp_ifindex:
-        return xdp["mode"], info.id          # the backend read the mode it runs in
-    if info is not None:                    # its device went: a stale pin
-        bpf.unpin(name, instance.pin_root)
-    fd, mode = program.attach(xdp["ifindex"], xdp["ifname"], xdp["mode"])
-    try:
-        bpf.pin_link(name, fd, instance.pin_root)
-        return mode, libbpf_link_id(fd)
-    finally:
-        os.close(fd)
+def _shared_attachment(program, instance: Instance, xdp: dict, config=None) -> tuple[str, int]:
+    """The component all ports leasing from one NIC share in its XDP dispatcher
+    (vmnet.priv.nichook): joined by the first of them, kept while any has a slot there.
+    (mode, component program id)."""
+    priority = config.xdp_priority if config is not None else xdpshare.DEFAULT_PRIORITY
+    return nichook.ensure(program, instance, xdp, priority)
 
 
 def new_sockets(record: dict, instance: Instance = DEFAULT, guard=None, program=None) -> tuple[list, list]:
@@ -310,7 +302,7 @@ def _remove(name: str, instance: Instance, record: dict | None, program=None, sl
                     found = True
                 left = {ifindex for _, ifindex, _ in prog.claims().values()}
                 for ifindex in devices - left:          # the last port on a shared device (a NIC)
-                    found = bpf.unpin(f"+nic-{ifindex}", instance.pin_root) or found
+                    found = nichook.release(instance, ifindex) or found
                 prog.unpin_if_unused()
     found = bpf.unpin(name, instance.pin_root) or found
     found = _clear_filter(host_ifindexes, attachments.of_record(record).addresses if record else None,

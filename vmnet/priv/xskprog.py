@@ -148,6 +148,13 @@ class XskProgram:
         mode "auto" tries native, then skb."""
         return bpf.attach_xdp(self.fds["prog"], ifindex, ifname, mode)
 
+    def join(self, ifindex: int, ifname: str, mode: str, priority: int) -> tuple[int, str]:
+        """The program as a component of the device's libxdp dispatcher, with this instance's
+        maps (vmnet.priv.xdpshare): (its program id, mode)."""
+        from . import xdpshare
+        maps = {MAPS[k]: self.fds[k] for k in MAPS}
+        return xdpshare.join(ifindex, ifname, object_path(), "xdp", maps, priority, mode)
+
     # ---- slots ---------------------------------------------------------
 
     def claims(self) -> dict[int, tuple[str, int, int]]:

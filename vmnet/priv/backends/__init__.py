@@ -15,7 +15,7 @@ asks the backend only what differs between veth, netkit and netkit-lease:
   and with record None (what a crash left) by name alone;
 - why_broken(name, record, instance) -> str | None: whether a recorded
   port's devices and attachment are still there (the helper's recovery);
-- describe(record) -> dict: what status shows beyond the common fields.
+- describe(record, instance) -> dict: what status shows beyond the common fields.
 
 A new backend is one module here and one line in BACKENDS.
 """
@@ -75,7 +75,7 @@ class Backend:
     def why_broken(self, name: str, record: dict, instance) -> str | None:
         return None
 
-    def describe(self, record: dict) -> dict:
+    def describe(self, record: dict, instance=None) -> dict:
         return {}
 
 

@@ -31,7 +31,7 @@ import errno
 
 from ...errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
 from ...model import MTU_FRAME_MAX, parse_lease_from
-from .. import bpf, links, netdev_genl, netkit, netns, steering
+from .. import links, netdev_genl, netkit, netns, nichook, steering
 from . import Backend, Configured, Plugged
 
 RESERVED_QUEUES = 1          # queue 0 stays with the host unless the configuration says otherwise
@@ -92,7 +92,7 @@ class NetkitLease(Backend):
             raise NotFound(f"NIC {nic}, whose queues the port would lease, does not exist here",
                            fix="name a NIC of the helper's netns with --lease-from")
         nic_ifindex = state["ifindex"]
-        self._require_our_program_or_none(nic, state, ctx)
+        hook = nichook.check(state, ctx.instance)          # a hook vmnet cannot share: refused here
         queues = netdev_genl.rx_queues(nic_ifindex, nd)
         if not queues:
             raise NotSupported(f"{nic} reports no RX queues through netdev queue-get",
@@ -122,22 +122,11 @@ class NetkitLease(Backend):
         return Plugged(
             spec=spec, reason="asked for", consumer_ifindex=consumer, bind_queues=bind,
             keys=[(nic_ifindex, q) for q in nic_queues],
-            xdp={"ifindex": nic_ifindex, "ifname": nic, "netns": None, "mode": state["xdp_mode"] or "native",
-                 "shared": f"+nic-{nic_ifindex}"},
+            xdp={"ifindex": nic_ifindex, "ifname": nic, "netns": None,
+                 "mode": hook.mode or state["xdp_mode"] or "native", "shared": nichook.shared_name(nic_ifindex)},
             extra={"nic": nic, "nic_ifindex": nic_ifindex, "nic_queues": nic_queues, "zero_copy": zero_copy,
                    "receive_only": spec.receive_only, "_nic_mtu": state["mtu"],
                    "_queue_count": len(queues), "_leased_now": leased_now})
-
-    @staticmethod
-    def _require_our_program_or_none(nic: str, state: dict, ctx) -> None:
-        prog_id = state["xdp_prog_id"] or state["xdp_drv_prog_id"] or state["xdp_skb_prog_id"]
-        if not prog_id:
-            return
-        if bpf.link_ifindex(f"+nic-{state['ifindex']}", ctx.instance.pin_root) == state["ifindex"]:
-            return          # this instance's shared program, put there for another port
-        raise AlreadyExists(
-            f"{nic} already carries an XDP program (id {prog_id}) that is not this vmnet helper's",
-            fix=f"detach it ('ip link set dev {nic} xdp off') or lease from another NIC")
 
     @staticmethod
     def _lease(netkit_ifindex: int, nic_ifindex: int, queue: int, nic: str, nd) -> int:
@@ -210,12 +199,26 @@ class NetkitLease(Backend):
                     return "its netkit device is gone"
         except VmnetError:
             return "its netns is gone"
-        if not bpf.link_ifindex(record["xdp"]["shared"], instance.pin_root):
-            return f"the program on {record['extra']['nic']} is gone"
+        nic = record["extra"]["nic"]
+        state = links.link_state(nic)
+        if state is None:
+            return f"its NIC {nic} is gone"
+        try:
+            hook = nichook.hook_of(state)
+        except VmnetError as exc:
+            return f"the XDP hook of {nic} cannot be read: {exc.message}"
+        if not nichook.ours_on(hook, nichook.pinned_component(instance, state["ifindex"])):
+            return f"vmnet's program on {nic} is gone (unloaded from its XDP hook)"
         return None
 
-    def describe(self, record):
+    def describe(self, record, instance=None):
         extra = record.get("extra") or {}
-        return {"nic": extra.get("nic"), "nic_queues": extra.get("nic_queues"),
-                "zero_copy": extra.get("zero_copy"), "steering": extra.get("steering")}
+        out = {"nic": extra.get("nic"), "nic_queues": extra.get("nic_queues"),
+               "zero_copy": extra.get("zero_copy"), "steering": extra.get("steering")}
+        if instance is not None and extra.get("nic_ifindex"):
+            try:
+                out["xdp_hook"] = nichook.describe(instance, extra["nic_ifindex"])
+            except VmnetError as exc:
+                out["xdp_hook"] = {"device": extra.get("nic"), "error": exc.message}
+        return out
 
