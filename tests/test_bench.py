@@ -98,6 +98,9 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     assert result["networks"]["datapath"]["spoofed_on_bridge_port"] == {"mac": 0, "arp": 0, "ipv4": 0, "ipv6": 0,
                                                                         "nd": 0}
     assert {g["name"] for g in result["goals"]} >= {"create p99, 1 queue", "scale: helper RSS"}
+    xs = result["xdp-sharing"]          # measured where the kernel runs freplace programs
+    assert "error" not in xs, xs
+    assert "freplace" in xs.get("skipped", "") or xs["ns_per_packet"]["dispatcher"]["other_queue"] > 0, xs
     assert all(set(g) >= {"value", "limit", "met", "verdict"} for g in result["goals"])
     text = format_result(result)
     assert "goals" in text and "create p99, 1 queue" in text

@@ -149,6 +149,7 @@ def test_a_leased_port_shares_the_nic_with_programs_loaded_before_and_after_it(t
         assert shown["xdp_hook"]["vmnet_slot"] == 1 and shown["xdp_hook"]["kind"] == "dispatcher"
         assert [c["name"] for c in shown["xdp_hook"]["components"]] == ["count_before", "vmnet_xsk_v2",
                                                                         "count_after"]
+        assert f"XDP hook of {nic.nic}: libxdp dispatcher (native), vmnet in slot 1" in h.vmnet("status").stdout
         proc = _exec_responder(h, pod, port_name)
         wait_ready(proc)
         for q in (1, 2, 3):

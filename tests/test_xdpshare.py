@@ -276,13 +276,16 @@ def test_a_helper_killed_while_it_joins_or_leaves_leaves_a_consistent_dispatcher
     xdp_loader(dev, "load", "-m", "skb", "--prio", "10", NIC, counting_program("count_before"))
     rng = random.Random(int(os.environ.get("VMNET_TEST_SEED", "0")) or None)
     for _ in range(8):
-        child = subprocess.Popen([sys.executable, "-c", CHURN, instance.name, dev, NIC, maps],
-                                 stdout=subprocess.PIPE, text=True, env=os.environ)
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.4))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
+        # -I and cwd /: the installed vmnet (with its BPF objects), not the work tree's
+        child = subprocess.Popen([sys.executable, "-I", "-c", CHURN, instance.name, dev, NIC, maps],
+                                 stdout=subprocess.PIPE, text=True, env=os.environ, cwd="/")
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.4))
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
         # the helper's recovery, in its order: abandoned temporary pins, then the NIC hooks
         bpf.remove_abandoned_pins(instance.pin_root)
         removed = nichook.collect(instance, prog, leased=set())

@@ -398,7 +398,21 @@ def _lease_text(r: dict) -> str | None:
     steer_text = ("steering: RSS context " + str(steer.get("context")) if steer.get("active")
                   else f"steering: none ({steer.get('why', 'unknown')})")
     return (f"  leases {r.get('nic')} queue(s) {r.get('nic_queues')} as {r.get('bind_queues')}; "
-            f"zero-copy {'yes' if r.get('zero_copy') else 'no'}; {steer_text}")
+            f"zero-copy {'yes' if r.get('zero_copy') else 'no'}; {steer_text}" + _hook_text(r.get("xdp_hook")))
+
+
+def _hook_text(hook: dict | None) -> str:
+    """Where vmnet's program runs on the NIC's XDP hook, and beside what."""
+    if not hook:
+        return ""
+    if hook.get("error"):
+        return f"\n  XDP hook of {hook.get('device')}: {hook['error']}"
+    if hook.get("kind") != "dispatcher":
+        return f"\n  XDP hook of {hook.get('device')}: vmnet's program alone ({hook.get('note', hook.get('kind'))})"
+    slot = hook.get("vmnet_slot")
+    progs = ", ".join(f"{c['name']} (id {c['id']}, prio {c['priority']})" for c in hook.get("components") or [])
+    where = f"slot {slot}" if slot is not None else "no slot (vmnet's program is missing)"
+    return f"\n  XDP hook of {hook.get('device')}: libxdp dispatcher ({hook.get('mode')}), vmnet in {where}: {progs}"
 
 
 def _holder_text(r: dict) -> str:

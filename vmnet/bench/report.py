@@ -129,6 +129,26 @@ def _lease_lines(r: dict) -> list[str]:
             "socket in the map, the program already on the NIC"]
 
 
+def _xdp_sharing_lines(r: dict) -> list[str]:
+    xs = r.get("xdp-sharing") or {}
+    if _problem(xs):
+        return ["8. sharing a NIC's XDP hook (libxdp dispatcher)", f"   {_problem(xs)}"]
+    c, pp = xs["create_ms"], xs["ns_per_packet"]
+    return ["8. sharing a NIC's XDP hook (libxdp dispatcher), per create on a veth, "
+            f"{xs['iterations']} iterations, ms p50 (p99)",
+            f"   bpf_link attach {_ms(c['link_attach']['p50'])} ({_ms(c['link_attach']['p99'])}), detach "
+            f"{_ms(c['link_detach']['p50'])}",
+            f"   join, making the dispatcher {_ms(c['join_new']['p50'])} ({_ms(c['join_new']['p99'])}), "
+            f"leave as the last {_ms(c['leave_last']['p50'])}",
+            f"   join a dispatcher running another program {_ms(c['join_existing']['p50'])} "
+            f"({_ms(c['join_existing']['p99'])}), leave it {_ms(c['leave_one']['p50'])}",
+            "   per packet (BPF_PROG_TEST_RUN, 1,000,000 runs, median of 3), ns: "
+            f"vmnet's program alone {pp['alone']['other_queue']} / {pp['alone']['served_queue']}, in the "
+            f"dispatcher {pp['dispatcher']['other_queue']} / {pp['dispatcher']['served_queue']} "
+            f"(a frame of another queue / of a queue vmnet serves); added "
+            f"{pp['added']['other_queue']} / {pp['added']['served_queue']}"]
+
+
 def format_result(r: dict) -> str:
     out = [f"vmnet bench{' --quick' if r.get('quick') else ''}: kernel {r['machine']['kernel']}, "
            f"{r['machine']['cpus']} CPUs, load {r['machine']['loadavg_start']} -> {r['machine'].get('loadavg_end')}, "
@@ -233,6 +253,8 @@ def format_result(r: dict) -> str:
         out += [""] + _network_lines(r)
     if not (r.get("lease") or {}).get("skipped"):
         out += [""] + _lease_lines(r)
+    if "xdp-sharing" in r:
+        out += [""] + _xdp_sharing_lines(r)
     out += ["", "goals"]
     out += ["   " + line for line in _table(
         ("goal", "limit", "measured", "verdict"),

@@ -25,7 +25,7 @@ from . import datapath, hook, latency, networks, scale, wrapper
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
 
-PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "networks", "lease")
+PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "networks", "lease", "xdp-sharing")
 CONSUMER_UID = 65534        # nobody: ports are never handed out here
 
 
@@ -135,6 +135,8 @@ def _run(plan: Plan, progress) -> dict:
         _part(result, "lease", plan, lambda: lease.measure(plan.lease_from, plan.iterations, progress))
     else:
         result["lease"] = {"skipped": "no --lease-from NIC"}
+    from . import xdpshare
+    _part(result, "xdp-sharing", plan, lambda: xdpshare.measure(max(plan.iterations // 4, 5), progress))
     if profile and os.path.exists(profile):
         result["profile"] = _summarise_profile(profile, os.path.join(plan.profile_dir, "helper-top.txt"))
     result["machine"]["loadavg_end"] = _loadavg()

@@ -62,6 +62,7 @@ def _declare(l):
         "bpf_obj_get_info_by_fd": (i, [i, p, ctypes.POINTER(u32)]),
         "bpf_prog_get_fd_by_id": (i, [u32]),
         "bpf_map_get_fd_by_id": (i, [u32]),
+        "bpf_prog_test_run_opts": (i, [i, p]),
         "libbpf_num_possible_cpus": (i, []),
     }
     for name, (restype, argtypes) in sigs.items():
@@ -278,3 +279,25 @@ def prog_fd_by_id(prog_id: int) -> int:
 
 def map_fd_by_id(map_id: int) -> int:
     return _check(lib().bpf_map_get_fd_by_id(map_id), f"open map id {map_id}")
+
+
+class TestRunOpts(ctypes.Structure):
+    # struct bpf_test_run_opts (libbpf 1.1): what a run is given, and its result
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
+def test_run(prog_fd: int, frame: bytes, repeat: int, ctx: bytes | None = None) -> tuple[int, int]:
+    """BPF_PROG_TEST_RUN: the kernel runs the program `repeat` times on `frame` (with an
+    xdp_md `ctx`); (its action, ns per run as the kernel measured it)."""
+    data = ctypes.create_string_buffer(frame, len(frame))
+    c = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.addressof(data), data_size_in=len(frame),
+                       ctx_in=ctypes.addressof(c) if c else None, ctx_size_in=len(ctx) if ctx else 0,
+                       repeat=repeat)
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test-run a program")
+    return opts.retval, opts.duration
