@@ -56,6 +56,17 @@ def test_raw_requests_carry_what_the_kernel_needs():
     assert struct.pack("=HHHH", 8, rawnl.IFLA_BRIDGE_VLAN_INFO, 0, 200) in vlan
     assert rawnl.attrs(b"".join([rawnl.attr(3, b"ab\0"), rawnl.attr(4 | rawnl.NLA_F_NESTED, b"xyzw")])) == {
         3: b"ab\0", 4: b"xyzw"}
+    veth = rawnl.veth_request("vmn-a", "vmc-a", "02:00:00:00:00:01", 2, 3, 9, host_index=40, peer_index=41)
+    assert rawnl.NLMSGHDR.unpack_from(veth)[2] & rawnl.NLM_F_EXCL
+    assert rawnl.IFINFOMSG.unpack_from(veth, rawnl.NLMSGHDR.size)[2] == 40
+    assert b"veth\0" in veth and b"vmc-a\0" in veth and bytes.fromhex("020000000001") in veth
+    assert struct.pack("=HHI", 8, rawnl.IFLA_NET_NS_FD, 9) in veth
+    assert struct.pack("=HHI", 8, rawnl.IFLA_NUM_TX_QUEUES, 3) in veth     # the host end's, in skb mode
+    assert rawnl.IFINFOMSG.pack(0, 0, 41, 0, 0) in veth                      # the peer's chosen ifindex
+    up = rawnl.mtu_up_request(7, 3506)
+    assert rawnl.IFINFOMSG.unpack_from(up, rawnl.NLMSGHDR.size)[2:] == (7, rawnl.IFF_UP, rawnl.IFF_UP)
+    assert struct.pack("=HHI", 8, rawnl.IFLA_MTU, 3506) in up
+    assert b"vmnet@x\0" in rawnl.alias_request(7, "vmnet@x")
     route = rawnl.host_route_request("10.99.1.2", 32, 7)
     assert rawnl.NLMSGHDR.unpack_from(route)[1] == rawnl.RTM_NEWROUTE
     assert socket.inet_aton("10.99.1.2") in route and route[rawnl.NLMSGHDR.size + 1] == 32

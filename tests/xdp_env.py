@@ -97,8 +97,9 @@ def dispatcher_supported() -> tuple[bool, str]:
         xdp_loader(ns, "unload", "vmnet-xa", "--all", check=False)
         if hook.kind == "dispatcher":
             return True, ""
+        said = out.stderr.strip()[-200:]
         return False, ("this kernel refuses the freplace (BPF_PROG_TYPE_EXT) programs libxdp's dispatcher "
-                       f"is made of, so libxdp loads one program alone ({out.stderr.strip()[-200:]})")
+                       "is made of, so libxdp loads one program alone" + (f" ({said})" if said else ""))
     finally:
         netns.remove_named(ns)
 

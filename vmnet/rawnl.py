@@ -2,7 +2,8 @@
 the kernel's work on a port's create path, or where importing pyroute2 would cost a process
 more than its whole job (the wrapper reads a placeholder tap's alias with `link`; ~100 ms of
 imports against ~0.1 ms here): the anti-spoofing classifier (two messages in
-one datagram), reading a bridge, making the host end a member and giving it its VLANs, a
+one datagram), reading a bridge, making the host end a member and giving it its VLANs, a pair's
+MTU, link state and alias, its host end's ifindex and max MTU, the veth pair itself, a
 routed port's host routes and its gateway check (each ~0.5-1 ms of Python through pyroute2, ~0.05 ms here: see
 docs/performance.md); and the benchmark's floor, which must carry no library's cost at all.
 Everything else stays with pyroute2.
@@ -25,7 +26,9 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWROUTE, RTM_GETROUTE =
 IFLA_AF_SPEC, IFLA_BRIDGE_VLAN_INFO = 26, 2
 RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA = 3, 4, 10, 18, 1, 2
-IFLA_IFALIAS = 20
+IFLA_IFALIAS, IFLA_MAX_MTU = 20, 51
+IFLA_ADDRESS, IFLA_NET_NS_FD, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES, VETH_INFO_PEER = 1, 28, 31, 32, 1
+IFF_UP = 0x1
 RTA_DST, RTA_OIF = 1, 4
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 253, 1
 TCA_KIND, TCA_OPTIONS = 1, 2
@@ -82,9 +85,40 @@ def host_route_request(address: str, prefixlen: int, ifindex: int) -> bytes:
     return message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, 1)
 
 
+def veth_request(host: str, peer: str, mac: str, queues: int, host_tx_queues: int, netns_fd: int | None,
+                 host_index: int = 0, peer_index: int = 0) -> bytes:
+    """Create a veth pair: `host` here with `queues` RX and `host_tx_queues` TX queues and
+    ifindex host_index (0: the kernel's choice), its peer `peer` with the VM's MAC and
+    `queues` queues each way, made in netns_fd with ifindex peer_index (what vmnet.priv.links
+    explains). Pure."""
+    def u32(kind, value):
+        return attr(kind, struct.pack("=I", value))
+    peer_attrs = (attr(IFLA_IFNAME, peer.encode() + b"\0") + attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+                  + u32(IFLA_NUM_TX_QUEUES, queues) + u32(IFLA_NUM_RX_QUEUES, queues)
+                  + (u32(IFLA_NET_NS_FD, netns_fd) if netns_fd is not None else b""))
+    info = attr(IFLA_INFO_KIND, b"veth\0") + attr(IFLA_INFO_DATA | NLA_F_NESTED, attr(
+        VETH_INFO_PEER, IFINFOMSG.pack(socket.AF_UNSPEC, 0, peer_index, 0, 0) + peer_attrs))
+    body = (IFINFOMSG.pack(socket.AF_UNSPEC, 0, host_index, 0, 0) + attr(IFLA_IFNAME, host.encode() + b"\0")
+            + u32(IFLA_NUM_TX_QUEUES, host_tx_queues) + u32(IFLA_NUM_RX_QUEUES, queues)
+            + attr(IFLA_LINKINFO | NLA_F_NESTED, info))
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, 1)
+
+
+def alias_request(ifindex: int, alias: str) -> bytes:
+    """Set device `ifindex`'s alias (IFLA_IFALIAS). Pure."""
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_IFALIAS, alias.encode() + b"\0")
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
+def mtu_up_request(ifindex: int, mtu: int) -> bytes:
+    """Set device `ifindex`'s MTU and bring it up (what `ip link set D mtu M up` sends). Pure."""
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, IFF_UP, IFF_UP) + attr(IFLA_MTU, struct.pack("=I", mtu))
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
 def link(ifname: str) -> dict | None:
-    """ifindex, MTU, master, alias, kind and the kind's data attributes (by type) of device
-    `ifname` in this netns, or None when there is none."""
+    """ifindex, MTU, max MTU, master, alias, kind and the kind's data attributes (by type) of
+    device `ifname` in this netns, or None when there is none."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, ifname.encode() + b"\0")
     reply = _query(message(RTM_GETLINK, NLM_F_REQUEST, body, 1))
     if reply is None:
@@ -97,7 +131,8 @@ def link(ifname: str) -> dict | None:
     def u32(value):
         return struct.unpack("=I", value[:4])[0] if value else None
     alias = top.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace") or None
-    return {"ifindex": ifindex, "mtu": u32(top.get(IFLA_MTU)), "master": u32(top.get(IFLA_MASTER)) or None,
+    return {"ifindex": ifindex, "mtu": u32(top.get(IFLA_MTU)), "max_mtu": u32(top.get(IFLA_MAX_MTU)),
+            "master": u32(top.get(IFLA_MASTER)) or None,
             "alias": alias, "kind": kind, "data": attrs(info.get(IFLA_INFO_DATA, b""))}
 
 

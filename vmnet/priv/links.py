@@ -15,7 +15,6 @@ import errno
 import os
 
 from pyroute2 import IPRoute
-from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWLINK
@@ -23,6 +22,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ..errors import AlreadyExists, IfindexTaken, KernelError, NotFound
 from ..model import PortSpec
+from . import ethtool
 from . import netns as _netns
 
 # IFLA_XDP_ATTACHED, as a number or as pyroute2 names it
@@ -53,30 +53,6 @@ def peer_attrs(ifname: str, mac: str, queues: int, netns_fd: int | None) -> list
     return attrs
 
 
-def veth_request(host_ifname: str, peer_ifname: str, mac: str, queues: int,
-                 netns_fd: int | None = None, peer_index: int = 0, host_index: int = 0,
-                 host_tx_queues: int | None = None) -> ifinfmsg:
-    """RTM_NEWLINK for a veth pair: host end here, peer (the consumer end) in netns_fd.
-
-    Pure. peer_index, when given, is the ifindex the consumer end gets:
-    vmnet.priv.xskprog keys the shared program by ifindex. The kernel honours
-    a peer's ifi_index only when the request names the host end's too
-    (host_index).
-    """
-    peer = peer_attrs(peer_ifname, mac, queues, netns_fd)
-    msg = ifinfmsg()
-    msg["family"] = 0
-    msg["index"] = host_index
-    msg["attrs"] = [
-        ("IFLA_IFNAME", host_ifname),
-        ("IFLA_NUM_TX_QUEUES", host_tx_queues or queues), ("IFLA_NUM_RX_QUEUES", queues),
-        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"),
-                                     ("IFLA_INFO_DATA", {"attrs": [
-                                         ("VETH_INFO_PEER", {"index": peer_index, "attrs": peer})]})]}),
-    ]
-    return msg
-
-
 def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
                 host_index: int = 0) -> None:
     """Create host end vmn-<port> here and consumer end vmc-<port> in spec.netns.
@@ -87,17 +63,22 @@ def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
     as many transmit queues as queues, the port's last queue would never receive (seen on
     6.18: transmit queues 0-3 reach queues 0, 0, 1, 2). In native mode veth hands transmit
     queue k to its peer's queue k, and a transmit queue past the peer's would bypass XDP.
+
+    One raw request (vmnet.rawnl): pyroute2's message objects cost more than the kernel's
+    work here (docs/performance.md).
     """
+    from .. import rawnl
     nsfd = _netns.open_netns(spec.netns) if spec.netns else None
     queues = spec.start_queue + spec.queues
-    msg = veth_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues, nsfd, peer_index, host_index,
-                       host_tx_queues=queues + 1 if spec.mode == "skb" else queues)
+    request = rawnl.veth_request(spec.host_ifname, spec.consumer_ifname, spec.mac, queues,
+                                 queues + 1 if spec.mode == "skb" else queues, nsfd, host_index, peer_index)
+    what = f"veth pair {spec.host_ifname}/{spec.consumer_ifname}"
     try:
-        send_newlink(msg, spec.name, f"veth pair {spec.host_ifname}/{spec.consumer_ifname}", peer_index, ip,
-                     peer=(spec.consumer_ifname, spec.netns))
-    except NetlinkError as exc:
-        raise KernelError(f"cannot create veth pair {spec.host_ifname}/{spec.consumer_ifname}",
-                          errno=exc.code) from None
+        rawnl.transact(request)
+    except OSError as exc:
+        newlink_refused(exc.errno, spec.name, what, host_index, spec.host_ifname, peer_index,
+                        (spec.consumer_ifname, spec.netns), ip)
+        raise KernelError(f"cannot create {what}", errno=exc.errno) from None
     finally:
         if nsfd is not None:
             os.close(nsfd)
@@ -106,7 +87,24 @@ def create_veth(spec: PortSpec, ip: IPRoute | None = None, peer_index: int = 0,
 def send_newlink(msg: ifinfmsg, port: str, what: str, peer_index: int = 0, ip: IPRoute | None = None,
                  peer: tuple[str, str | None] | None = None):
     """Send an RTM_NEWLINK that creates port `port`'s devices (`what`). The refusals every
-    backend meets become vmnet's errors; any other NetlinkError is the caller's to explain.
+    backend meets become vmnet's errors (newlink_refused); any other NetlinkError is the
+    caller's to explain."""
+    host_index, name = msg["index"], msg.get_attr("IFLA_IFNAME")
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    try:
+        with _netlink(ip) as sock:
+            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
+            sock.nlm_request_batch([msg])
+    except NetlinkError as exc:
+        newlink_refused(exc.code, port, what, host_index, name, peer_index, peer, ip)
+        raise
+
+
+def newlink_refused(code: int, port: str, what: str, host_index: int, name: str, peer_index: int = 0,
+                    peer: tuple[str, str | None] | None = None, ip: IPRoute | None = None) -> None:
+    """Raise vmnet's error for an RTM_NEWLINK that created port `port`'s devices (`what`) and
+    was refused with errno `code`, when it is one every backend meets; return otherwise.
 
     A pair's EEXIST is about either name: peer = (consumer end's name, its netns) lets the
     error say which — a consumer end named like a device already there (a pod's CNI_IFNAME
@@ -116,29 +114,20 @@ def send_newlink(msg: ifinfmsg, port: str, what: str, peer_index: int = 0, ip: I
     ifindex here for a change of that device, which NLM_F_EXCL refuses with EEXIST, and
     answers EBUSY for a peer's ifindex taken in the peer's netns.
     """
-    host_index, name = msg["index"], msg.get_attr("IFLA_IFNAME")
-    msg["header"]["type"] = RTM_NEWLINK
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-    try:
-        with _netlink(ip) as sock:
-            # the batch call: the sync nlm_request of pyroute2 0.9.7 trips over its own status
-            sock.nlm_request_batch([msg])
-    except NetlinkError as exc:
-        if peer_index and (exc.code == errno.EBUSY or
-                           exc.code == errno.EEXIST and host_index and index_taken(host_index, name, ip)):
-            raise IfindexTaken(f"ifindex {host_index} or {peer_index}, which vmnet gives {what}, is taken "
-                               "(here, or in the consumer's netns)",
-                               fix="delete the device that has it, or retry (the next port gets another)") from None
-        if exc.code == errno.EEXIST and peer is not None and get_link(name, ip) is None:
-            where = f"network namespace {peer[1]}" if peer[1] else "the helper's network namespace"
-            raise AlreadyExists(f"device {peer[0]} already exists in {where}: port {port}'s consumer end "
-                                "cannot have its name",
-                                fix="give the port another consumer interface name (--ifname; a pod's "
-                                    "CNI_IFNAME), or remove that device") from None
-        if exc.code == errno.EEXIST:
-            raise AlreadyExists(f"port {port} already exists ({what} is present)",
-                                fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None
-        raise
+    if peer_index and (code == errno.EBUSY or
+                       code == errno.EEXIST and host_index and index_taken(host_index, name, ip)):
+        raise IfindexTaken(f"ifindex {host_index} or {peer_index}, which vmnet gives {what}, is taken "
+                           "(here, or in the consumer's netns)",
+                           fix="delete the device that has it, or retry (the next port gets another)") from None
+    if code == errno.EEXIST and peer is not None and get_link(name, ip) is None:
+        where = f"network namespace {peer[1]}" if peer[1] else "the helper's network namespace"
+        raise AlreadyExists(f"device {peer[0]} already exists in {where}: port {port}'s consumer end "
+                            "cannot have its name",
+                            fix="give the port another consumer interface name (--ifname; a pod's "
+                                "CNI_IFNAME), or remove that device") from None
+    if code == errno.EEXIST:
+        raise AlreadyExists(f"port {port} already exists ({what} is present)",
+                            fix=f"delete it with 'vmnet port del {port}' or pick another port name") from None
 
 
 def index_taken(ifindex: int, ifname: str, ip: IPRoute | None = None) -> bool:
@@ -202,6 +191,15 @@ def require_link(ifname: str, ip: IPRoute | None = None) -> dict:
     return state
 
 
+def set_alias_raw(ifindex: int, ifname: str, alias: str) -> None:
+    """set_alias by ifindex in the calling thread's netns, in one raw request (vmnet.rawnl)."""
+    from .. import rawnl
+    try:
+        rawnl.transact(rawnl.alias_request(ifindex, alias))
+    except OSError as exc:
+        raise KernelError(f"cannot set the alias of {ifname}", errno=exc.errno) from None
+
+
 def set_alias(ifname: str, alias: str, ip: IPRoute | None = None) -> None:
     """IFLA_IFALIAS: the helper instance's marker on the devices it makes."""
     with _netlink(ip) as ip:
@@ -220,31 +218,37 @@ def set_mtu_up(ifname: str, mtu: int, ip: IPRoute | None = None) -> None:
                               fix="choose a smaller MTU for the port") from None
 
 
-def disable_offloads(ifname: str) -> list[str]:
-    """Turn off checksum/segmentation/VLAN offloads; return what is now off.
-
-    Straight through the SIOCETHTOOL feature calls (pyroute2's IoctlEthtool): the
-    ethtool object above them opens a generic-netlink socket per use, which cost
-    more than the rest of a port's creation.
-    """
-    eth = IoctlEthtool(ifname)
+def set_mtu_up_raw(ifindex: int, ifname: str, mtu: int) -> None:
+    """set_mtu_up by ifindex in the calling thread's netns, in one raw request (vmnet.rawnl)."""
+    from .. import rawnl
     try:
-        feats = eth.get_features()
-        for name, _value, available, _, _ in list(feats):
-            if _offload_feature(name) and available:
-                feats[name] = False
-        eth.set_features(feats)
-        after = eth.get_features()
-    except (OSError, NoSuchDevice, NotSupportedError) as exc:
-        raise KernelError(f"cannot change offloads of {ifname}: {exc}",
-                          errno=getattr(exc, "errno", None)) from None
-    finally:
-        eth.close()
-    left = [n for n, value, _, _, _ in after if _offload_feature(n) and value]
+        rawnl.transact(rawnl.mtu_up_request(ifindex, mtu))
+    except OSError as exc:
+        raise KernelError(f"cannot set MTU {mtu} on {ifname}", errno=exc.errno,
+                          fix="choose a smaller MTU for the port") from None
+
+
+def disable_offloads(ifname: str) -> list[str]:
+    """Turn off checksum/segmentation/VLAN offloads; return the offload features (now off).
+
+    Straight through SIOCETHTOOL (vmnet.priv.ethtool), with the kernel's feature names
+    read once: the ethtool object of pyroute2 opens a generic-netlink socket per use, and
+    its ioctl one reads every name again per call, each costing more than the rest of a
+    port's creation.
+    """
+    try:
+        names = ethtool.feature_names(ifname)
+        offload = sum(1 << i for i, n in enumerate(names) if _offload_feature(n))
+        available, _ = ethtool.get_features(ifname)
+        ethtool.set_features(ifname, offload & available, 0)
+        _, active = ethtool.get_features(ifname)
+    except OSError as exc:
+        raise KernelError(f"cannot change offloads of {ifname}: {exc.strerror or exc}", errno=exc.errno) from None
+    left = [n for i, n in enumerate(names) if (offload & active) >> i & 1]
     if left:
         raise KernelError(f"offloads {', '.join(left)} stay enabled on {ifname}",
                           fix="AF_XDP cannot carry offloaded frames; this driver cannot be used")
-    return sorted(n for n in after.keys() if _offload_feature(n))
+    return sorted(n for n in names if _offload_feature(n))
 
 
 def add_address(ifname: str, address: str, prefixlen: int) -> None:

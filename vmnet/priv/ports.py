@@ -71,20 +71,62 @@ def create_port(spec: PortSpec, instance: Instance = DEFAULT, guard=None,
     program = program or xskprog.XskProgram.ensure(instance.pin_root)
     try:
         program.pin()
-        # One netlink socket per netns for the whole creation: each socket stays
-        # bound to the netns it was opened in, and opening one per request costs more
-        # than the requests themselves.
-        with contextlib.ExitStack() as stack:
-            host_ip = stack.enter_context(IPRoute())
-            with netns.entered(spec.netns):
-                cons_ip = stack.enter_context(IPRoute()) if spec.netns else host_ip
-            return _create(spec, host_ip, cons_ip, instance, guard, program, config, host_filter)
+        # One netlink socket per netns for the whole creation, opened when first used (a
+        # veth port's create path is raw rtnetlink and uses none): each socket stays bound
+        # to the netns it was opened in, and opening one costs more than most requests.
+        host_ip, cons_ip = LazyIPRoute(None), LazyIPRoute(spec.netns) if spec.netns else None
+        try:
+            return _create(spec, host_ip, cons_ip or host_ip, instance, guard, program, config, host_filter)
+        finally:
+            host_ip.close()
+            if cons_ip is not None:
+                cons_ip.close()
     finally:
         if own:
             program.close()
 
 
 IFINDEX_TRIES = 8
+
+
+class LazyIPRoute:
+    """A pyroute2 IPRoute bound to netns `ref` (None: the calling thread's), opened on first use."""
+
+    def __init__(self, ref: str | None):
+        self.ref, self._ip = ref, None
+        if ref is None:                 # bound now, to the netns the caller is in now
+            self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def __getattr__(self, name):
+        if self._ip is None:
+            if self.ref is not None:
+                with netns.entered(self.ref):
+                    self._ip = IPRoute()
+            else:
+                here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    netns._setns(self._home)
+                    try:
+                        self._ip = IPRoute()
+                    finally:
+                        netns._setns(here)
+                finally:
+                    os.close(here)
+        return getattr(self._ip, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def close(self):
+        if self._ip is not None:
+            self._ip.close()
+            self._ip = None
+        if self.ref is None and self._home >= 0:
+            os.close(self._home)
+            self._home = -1
 
 
 def _plug(spec, ctx, program) -> tuple[list[int], backends.Plugged]:

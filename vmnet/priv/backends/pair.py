@@ -12,9 +12,10 @@ host end's max MTU to what fits a page).
 
 from __future__ import annotations
 
-from ...errors import InvalidInput
+from ... import rawnl
+from ...errors import InvalidInput, KernelError
 from ...model import MTU_FRAME_MAX, PortSpec
-from .. import bpf, links
+from .. import bpf, links, netns
 from . import Backend, Configured, Context, Plugged
 
 
@@ -56,21 +57,29 @@ class PairBackend(Backend):
     def plug(self, spec, ctx):
         self.create(spec, ctx)
         if ctx.instance.alias:
-            links.set_alias(spec.host_ifname, ctx.instance.alias, ctx.host_ip)
-        consumer = links.require_link(spec.consumer_ifname, ctx.cons_ip)
+            if ctx.host_ifindex:
+                links.set_alias_raw(ctx.host_ifindex, spec.host_ifname, ctx.instance.alias)
+            else:
+                links.set_alias(spec.host_ifname, ctx.instance.alias, ctx.host_ip)
+        # the consumer end has the ifindex vmnet asked for (send_newlink refuses a taken one)
+        consumer = ctx.ifindex or links.require_link(spec.consumer_ifname, ctx.cons_ip)["ifindex"]
         mode = self.attach_mode if (self.attach_mode and spec.mode == "auto") else spec.mode
-        return Plugged(spec=spec, reason="asked for", consumer_ifindex=consumer["ifindex"],
-                       bind_queues=spec.map_keys, keys=[(consumer["ifindex"], q) for q in spec.map_keys],
-                       xdp={"ifindex": consumer["ifindex"], "ifname": spec.consumer_ifname,
+        return Plugged(spec=spec, reason="asked for", consumer_ifindex=consumer,
+                       bind_queues=spec.map_keys, keys=[(consumer, q) for q in spec.map_keys],
+                       xdp={"ifindex": consumer, "ifname": spec.consumer_ifname,
                             "netns": spec.netns, "mode": mode, "shared": None})
 
     def configure(self, plugged, ctx):
         spec = plugged.spec
         offloads = links.disable_offloads(spec.host_ifname)
-        host = links.require_link(spec.host_ifname, ctx.host_ip)
+        # raw rtnetlink: pyroute2's message objects cost more here than the kernel's work
+        host = rawnl.link(spec.host_ifname)
+        if host is None:
+            raise KernelError(f"host end {spec.host_ifname} of port {spec.name} went while it was made")
         mtu, why = choose_mtu(spec, host["max_mtu"], ctx.network_mtu)
-        links.set_mtu_up(spec.host_ifname, mtu, ctx.host_ip)
-        links.set_mtu_up(spec.consumer_ifname, mtu, ctx.cons_ip)
+        links.set_mtu_up_raw(host["ifindex"], spec.host_ifname, mtu)
+        with netns.entered(spec.netns):
+            links.set_mtu_up_raw(plugged.consumer_ifindex, spec.consumer_ifname, mtu)
         return Configured(mtu=mtu, host_ifindex=host["ifindex"], offloads_off=offloads, mtu_reason=why)
 
     def unplug(self, name, record, instance):
