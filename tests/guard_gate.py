@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import required_or_skip
 
 from vmnet.priv import bindguard
 
@@ -28,9 +29,8 @@ def require_guard() -> None:
     ok, why = guard_available()
     if ok:
         return
-    if os.environ.get("VMNET_REQUIRE_BIND_GUARD") == "1":
-        pytest.fail(f"VMNET_REQUIRE_BIND_GUARD=1 but the kernel cannot run vmnet's bind guard: {why}")
-    pytest.skip(f"the kernel cannot run vmnet's bind guard: {why} (the kernel-matrix entry 6.12 runs this)")
+    required_or_skip("VMNET_REQUIRE_BIND_GUARD", f"the kernel cannot run vmnet's bind guard: {why}",
+                     f"the kernel cannot run vmnet's bind guard: {why} (the kernel-matrix entry 6.12 runs this)")
 
 
 def require_no_guard() -> str:

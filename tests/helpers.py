@@ -13,6 +13,8 @@ import sys
 import time
 import uuid
 
+import pytest
+
 from vmnet.priv.instance import Instance
 
 PYTHON = sys.executable
@@ -21,6 +23,14 @@ PYTHON = sys.executable
 SHARED_NETNS = "allow_unconfined = true\n"
 ADMIN_GID = 64100           # numeric ids: no /etc/passwd entries are created or left behind
 USER_A, USER_B = 64001, 64002
+
+
+def required_or_skip(env: str, failure: str, skip: str):
+    """The kernel matrix's rule for a test this kernel cannot run: a skip saying why, or a
+    failure where the entry's kernel must run it (scripts/kernel-matrix sets env to 1)."""
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{env}=1 but {failure}")
+    pytest.skip(skip)
 
 
 def as_identity(uid: int, gid: int, groups=(), keep_ipc_lock: bool = False):

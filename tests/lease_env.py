@@ -19,6 +19,7 @@ import sys
 import time
 
 import pytest
+from helpers import required_or_skip
 
 from vmnet.priv import netdev_genl
 
@@ -53,9 +54,8 @@ def require_netdevsim():
     ok, why = netdevsim_available()
     if ok:
         return
-    if os.environ.get("VMNET_REQUIRE_LEASE") == "1":
-        pytest.fail(f"VMNET_REQUIRE_LEASE=1 but {why}")
-    pytest.skip(f"no NIC to lease queues from here: {why} (the kernel-matrix entry 7.3-netdevsim runs this)")
+    required_or_skip("VMNET_REQUIRE_LEASE", why,
+                     f"no NIC to lease queues from here: {why} (the kernel-matrix entry 7.3-netdevsim runs this)")
 
 
 def _write(path: str, text: str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import required_or_skip
 
 from vmnet import doctor
 
@@ -26,8 +27,6 @@ def require_netkit() -> None:
     check = doctor.check_netkit(release)
     if check.status == doctor.OK:
         return
-    if os.environ.get("VMNET_REQUIRE_NETKIT") == "1":
-        pytest.fail(f"VMNET_REQUIRE_NETKIT=1 but kernel {release} shows no netkit: {check.detail}")
-    if check.status == doctor.MISSING:
-        pytest.skip(f"netkit is absent: {check.detail}")
-    pytest.skip(f"cannot tell whether kernel {release} has netkit: {check.detail}")
+    required_or_skip("VMNET_REQUIRE_NETKIT", f"kernel {release} shows no netkit: {check.detail}",
+                     f"netkit is absent: {check.detail}" if check.status == doctor.MISSING
+                     else f"cannot tell whether kernel {release} has netkit: {check.detail}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import required_or_skip
 from guest_env import Guest, Namespaces, make_bridge, ping, run_in, veth_to
 
 from vmnet import doctor
@@ -23,11 +24,10 @@ def require_bridge_vlans():
     state = doctor.kernel_config(os.uname().release, "BRIDGE_VLAN_FILTERING")
     if state == "y":
         return
-    if os.environ.get("VMNET_REQUIRE_BRIDGE_VLANS") == "1":
-        pytest.fail(f"VMNET_REQUIRE_BRIDGE_VLANS=1 but kernel {os.uname().release} shows "
-                    f"CONFIG_BRIDGE_VLAN_FILTERING={state}")
-    pytest.skip(f"kernel {os.uname().release} has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING="
-                f"{state or 'unknown'}): Debian's kernels in the kernel matrix run these")
+    required_or_skip("VMNET_REQUIRE_BRIDGE_VLANS",
+                     f"kernel {os.uname().release} shows CONFIG_BRIDGE_VLAN_FILTERING={state}",
+                     f"kernel {os.uname().release} has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING="
+                     f"{state or 'unknown'}): Debian's kernels in the kernel matrix run these")
 
 
 @pytest.fixture

@@ -203,15 +203,20 @@ def _refused_and_nothing_made(prog, instance, kind, words):
     return exc.value
 
 
-def test_a_program_attached_without_a_dispatcher_is_refused_naming_it_and_its_holder(dev, program, instance):
-    prog, _ = program
-    obj = libbpf.BpfObject(counting_program("lone_prog"))
+def _attach_alone(path: str, name: str) -> int:
+    """Program `name` of object `path` on the NIC by a bpf_link of this process, no dispatcher."""
+    obj = libbpf.BpfObject(path)
     try:
         obj.load()
-        link = libbpf.link_create_xdp(obj.program_fd("lone_prog"), links.require_link(NIC)["ifindex"],
+        return libbpf.link_create_xdp(obj.program_fd(name), links.require_link(NIC)["ifindex"],
                                       libbpf.XDP_FLAGS_SKB_MODE)
     finally:
         obj.close()
+
+
+def test_a_program_attached_without_a_dispatcher_is_refused_naming_it_and_its_holder(dev, program, instance):
+    prog, _ = program
+    link = _attach_alone(counting_program("lone_prog"), "lone_prog")
     try:
         pid = str(os.getpid())
         err = _refused_and_nothing_made(prog, instance, AlreadyExists,
@@ -225,13 +230,7 @@ def test_a_dispatcher_libxdp_did_not_pin_is_refused_as_bpfmans(dev, program, ins
     """bpfman is not packaged for Debian: this attaches a dispatcher the way bpfman does (its
     own program, by bpf_link, pinned outside libxdp's directory)."""
     prog, _ = program
-    obj = libbpf.BpfObject("/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o")
-    try:
-        obj.load()
-        link = libbpf.link_create_xdp(obj.program_fd("xdp_dispatcher"), links.require_link(NIC)["ifindex"],
-                                      libbpf.XDP_FLAGS_SKB_MODE)
-    finally:
-        obj.close()
+    link = _attach_alone("/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o", "xdp_dispatcher")
     try:
         _refused_and_nothing_made(prog, instance, NotSupported, ["bpfman", "does not interoperate"])
     finally:

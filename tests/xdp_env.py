@@ -22,6 +22,7 @@ import tempfile
 import uuid
 
 import pytest
+from helpers import required_or_skip
 
 from vmnet.priv import libbpf, links, netns, xdpshare, xskprog
 
@@ -108,6 +109,5 @@ def require_dispatcher():
     ok, why = dispatcher_supported()
     if ok:
         return
-    if os.environ.get("VMNET_REQUIRE_XDP_DISPATCHER") == "1":
-        pytest.fail(f"VMNET_REQUIRE_XDP_DISPATCHER=1 but {why}")
-    pytest.skip(f"{why}; the kernel-matrix entries (Debian's 6.12 and 7.3) run this")
+    required_or_skip("VMNET_REQUIRE_XDP_DISPATCHER", why,
+                     f"{why}; the kernel-matrix entries (Debian's 6.12 and 7.3) run this")

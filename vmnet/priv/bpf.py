@@ -282,17 +282,17 @@ def remove_abandoned_pins(root: str = PIN_ROOT) -> list[str]:
     """Temporary pin directories of processes that died while pinning (a port's link, or the
     shared program: whatever pins they hold)."""
     removed = []
-    for entry in _entries(root):
+    for entry in entries(root):
         if entry.startswith("_"):
             pid = entry.rsplit("-", 1)[-1]
             if pid.isascii() and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                 d = os.path.join(root, entry)
-                remove_pin_dir(d, _entries(d))
+                remove_pin_dir(d, entries(d))
                 removed.append(entry)
     return removed
 
 
-def _entries(root: str = PIN_ROOT) -> list[str]:
+def entries(root: str = PIN_ROOT) -> list[str]:
     try:
         return os.listdir(root)
     except FileNotFoundError:
@@ -345,9 +345,9 @@ def unpin(port: str, root: str = PIN_ROOT) -> bool:
 
 def pinned_ports(root: str = PIN_ROOT) -> list[str]:
     """Port directories under root: not temporaries ("_"), instances ("@") or shared objects ("+")."""
-    return sorted(e for e in _entries(root) if not e.startswith(("_", "@", "+")))
+    return sorted(e for e in entries(root) if not e.startswith(("_", "@", "+")))
 
 
 def instance_roots() -> list[str]:
     """Pin roots of every helper instance that has pins, the default one first."""
-    return [PIN_ROOT] + sorted(os.path.join(PIN_ROOT, e) for e in _entries(PIN_ROOT) if e.startswith("@"))
+    return [PIN_ROOT] + sorted(os.path.join(PIN_ROOT, e) for e in entries(PIN_ROOT) if e.startswith("@"))

@@ -21,6 +21,7 @@ there (a helper died inside a change).
 from __future__ import annotations
 
 import os
+import socket
 
 from ..errors import AlreadyExists, VmnetError
 from . import bpf, libbpf, links, xdpshare, xskprog
@@ -108,7 +109,7 @@ def release(instance, ifindex: int) -> bool:
     if component is None:
         return False
     if component:
-        name = next((n for n, i in _ifindexes().items() if i == ifindex), str(ifindex))
+        name = _ifname(ifindex) or str(ifindex)
         try:
             xdpshare.leave(ifindex, name, component, None)
         except VmnetError:
@@ -116,10 +117,11 @@ def release(instance, ifindex: int) -> bool:
     return bpf.unpin(shared_name(ifindex), instance.pin_root)
 
 
-def _ifindexes() -> dict[str, int]:
-    from pyroute2 import IPRoute
-    with IPRoute() as ip:
-        return {m.get("IFLA_IFNAME"): m["index"] for m in ip.get_links()}
+def _ifname(ifindex: int) -> str | None:
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return None
 
 
 def _instance_maps() -> set[int]:
@@ -141,7 +143,7 @@ def collect(instance, program: xskprog.XskProgram, leased: set[int]) -> list[str
     """What crashes left on NIC hooks: (see the module's docstring). `leased`: ifindexes this
     instance's kept ports lease from. Returns what was removed, for the log."""
     removed = []
-    for entry in bpf._entries(instance.pin_root):
+    for entry in bpf.entries(instance.pin_root):
         if entry.startswith("+nic-") and entry[5:].isdigit() and int(entry[5:]) not in leased:
             if release(instance, int(entry[5:])):
                 removed.append(entry)
@@ -174,7 +176,7 @@ def collect(instance, program: xskprog.XskProgram, leased: set[int]) -> list[str
 
 def describe(instance, ifindex: int) -> dict | None:
     """The NIC's hook as status shows it: vmnet's slot and the programs sharing it."""
-    name = next((n for n, i in _ifindexes().items() if i == ifindex), None)
+    name = _ifname(ifindex)
     state = links.link_state(name) if name else None
     if state is None:
         return None
