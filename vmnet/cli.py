@@ -241,9 +241,17 @@ def _attachment_text(r: dict) -> str:
     return text
 
 
+MIGRATION_TEXT = {"incoming": "waiting for its VM: an incoming live migration (routes follow its first frame)",
+                  "stopped": "its VM stopped here (migrated away, or shut down): kept until libvirt's release"}
+
+
 def _network_text(r: dict) -> list[str]:
     net = r.get("network") or {}
     lines = []
+    if r.get("migration"):
+        lines.append(f"  migration: {MIGRATION_TEXT.get(r['migration'], r['migration'])}")
+    if net.get("waiting"):
+        lines.append(f"  waiting: {net['waiting']}")
     if net.get("missing"):
         lines.append(f"  NOT PLUGGED: {net['missing']}")
     for note in net.get("notes") or ():
@@ -318,11 +326,14 @@ def _network_text(r: dict) -> list[str]:
               help="Serve the guest its --address(es) by DHCP and router advertisements.")
 @click.option("--spoofcheck/--no-spoofcheck", default=True, show_default=True,
               help="Drop frames from the VM with another MAC or (with --address) another address.")
+@click.option("--incoming", is_flag=True,
+              help="For a VM that is migrating here (QEMU -incoming): a --routed port gets its routes "
+                   "only when the VM sends its first frame here (docs/migration.md).")
 @click.pass_obj
 def port_add(ctx, name, queues, start_queue, mode, backend, lease_from, receive_only, netns, mac, mtu,
              consumer, consumer_group, consumer_cgroup, owner, consumer_name, placeholder_tap, pod_uid,
              bridge, ovs, libvirt_network, routed, attach_kind, vlan, trunk, addresses, gateways, routes, dns,
-             search, hostname, iface_id, vm_uuid, dhcp, spoofcheck):
+             search, hostname, iface_id, vm_uuid, dhcp, spoofcheck, incoming):
     """Create port NAME for a consumer.
 
     \b
@@ -334,6 +345,8 @@ def port_add(ctx, name, queues, start_queue, mode, backend, lease_from, receive_
                 consumer_uid=_uid(consumer))
     if receive_only:
         args["receive_only"] = True
+    if incoming:
+        args["incoming"] = True
     for key, value in (("netns", netns), ("mac", mac), ("mtu", mtu), ("owner", owner), ("lease_from", lease_from),
                        ("consumer_gid", _gid(consumer_group)), ("consumer_cgroup", consumer_cgroup),
                        ("consumer_name", consumer_name), ("placeholder_tap", placeholder_tap)):

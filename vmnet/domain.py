@@ -11,6 +11,11 @@ integration's: a domain is one of the helper's objects, and the helper does
 not import its callers (live attach, vmnet.libvirt.attach, shares
 owner_of and shown).
 
+incoming (libvirt's `migrate begin` on the destination of a live
+migration): refuses what prepare would (a port name another owner has
+here) before libvirt starts anything; prepare then makes the ports
+incoming (docs/migration.md).
+
 prepare: every declared port (owner = "uuid:<the domain's uuid>", or
 "name:<its name>" for a domain without one, so a domain named like
 another's uuid owns nothing of it; consumer = the uid libvirt runs QEMU as
@@ -110,9 +115,12 @@ def shown(call, port: str) -> dict | None:
         return None
 
 
-def prepare(call, xml, default_user: str) -> dict:
+def prepare(call, xml, default_user: str, incoming=None) -> dict:
+    """incoming(owner) -> bool: whether the domain is migrating here (the hook's migrate came
+    first); its ports are then made incoming."""
     name, owner, ports, domain_id = parse(xml)
     scope = cgroup_scope(domain_id, name) if domain_id is not None else None
+    arriving = bool(incoming and incoming(owner))
     created: list[str] = []
     try:
         for port in ports:
@@ -125,6 +133,8 @@ def prepare(call, xml, default_user: str) -> dict:
                 args["attachment"] = dict(att, vm_uuid=owner[5:])
             if scope:
                 args["consumer_scope"] = scope
+            if arriving:
+                args["incoming"] = True
             try:
                 call("port-create", **args)
             except AlreadyExists:
@@ -141,7 +151,23 @@ def prepare(call, xml, default_user: str) -> dict:
             except VmnetError:
                 pass
         raise
-    return {"domain": name, "owner": owner, "created": created, "consumer_scope": scope}
+    return {"domain": name, "owner": owner, "created": created, "consumer_scope": scope, "incoming": arriving}
+
+
+def incoming(call, xml, default_user: str) -> dict:
+    """A domain migrating here (the hook's migrate, before libvirt starts anything here): what
+    prepare would refuse, refused now, while the VM still runs, untouched, on its source."""
+    name, owner, ports, _ = parse(xml)
+    for port in ports:
+        consumer(port, default_user)
+        existing = shown(call, port["name"])
+        if existing is not None and existing.get("owner") != owner:
+            raise AlreadyExists(
+                f"port {port['name']} of domain {name} exists on this host already, "
+                f"owned by {existing.get('owner') or 'no domain'}: the VM cannot migrate here",
+                fix=f"delete that port here ('vmnet port del {port['name']}') or give the domain's port "
+                    "another name in its vmnet metadata, then migrate again")
+    return {"domain": name, "owner": owner, "ports": [p["name"] for p in ports]}
 
 
 def release(call, xml) -> dict:

@@ -228,6 +228,9 @@ class PortSpec:
     placeholder_tap: str | None = None
     # where the host end is plugged and what the guest is told (vmnet.network)
     attachment: Attachment = Attachment()
+    # made for a VM that is migrating here: what draws its traffic to this host (a routed
+    # port's host routes) waits until it runs here (docs/migration.md)
+    incoming: bool = False
 
     def __post_init__(self):
         validate_port_name(self.name)

@@ -140,3 +140,11 @@ class Responder:
         return self._eth(dst_mac, ETH_P_IP) + hdr + body
 
 
+
+
+def arp_announcement(sender_mac: str, address: str) -> bytes:
+    """A gratuitous ARP request (RFC 5227's announcement) for IPv4 `address` at `sender_mac`: the
+    ARP part of the frame, for a packet socket that adds the Ethernet header. Neighbours that
+    hold an entry for the address take the new MAC (Linux does whatever its arp_accept)."""
+    ip = socket.inet_aton(address)
+    return struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac_bytes(sender_mac) + ip + bytes(6) + ip

@@ -22,7 +22,8 @@ MAX_MESSAGE = 192 * 1024     # requests are tiny but for the hook's domain XML; 
 MAX_REPLY = 4 * 1024 * 1024
 MAX_FDS = 64                 # one per queue of one port
 VERBS = ("port-create", "port-delete", "port-list", "port-show", "fds-for-consumer",
-         "raise-memlock-for-peer", "status", "domain-prepare", "domain-release", "domain-check")
+         "raise-memlock-for-peer", "status", "domain-prepare", "domain-release", "domain-check",
+         "domain-incoming", "domain-stopped")
 # all the consumer socket (the one mounted into pods) serves
 CONSUMER_VERBS = ("fds-for-consumer", "raise-memlock-for-peer")
 

@@ -22,7 +22,7 @@ import struct
 NLMSG_ERROR = 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLA_F_NESTED = 0x8000
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWROUTE, RTM_GETROUTE = 16, 17, 18, 19, 24, 26
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 16, 17, 18, 19, 24, 25, 26
 IFLA_AF_SPEC, IFLA_BRIDGE_VLAN_INFO = 26, 2
 RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA = 3, 4, 10, 18, 1, 2
@@ -30,7 +30,7 @@ IFLA_IFALIAS, IFLA_MAX_MTU = 20, 51
 IFLA_ADDRESS, IFLA_NET_NS_FD, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES, VETH_INFO_PEER = 1, 28, 31, 32, 1
 IFF_UP = 0x1
 RTA_DST, RTA_OIF = 1, 4
-RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 253, 1
+RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RT_SCOPE_NOWHERE, RTN_UNICAST = 254, 4, 253, 255, 1
 TCA_KIND, TCA_OPTIONS = 1, 2
 TCA_BPF_CLASSID, TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT = 3, 6, 7, 8, 1
 TC_H_CLSACT, CLSACT_INGRESS, ETH_P_ALL = 0xFFFFFFF1, 0xFFFFFFF2, 0x0003
@@ -85,6 +85,15 @@ def host_route_request(address: str, prefixlen: int, ifindex: int) -> bytes:
     return message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, 1)
 
 
+def host_route_delete_request(address: str, prefixlen: int, ifindex: int) -> bytes:
+    """Delete the main table's route to address/prefixlen through device `ifindex`, whatever its
+    scope and protocol (what `ip route del ADDR/LEN dev D` sends); ESRCH when there is none. Pure."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    rtm = RTMSG.pack(family, prefixlen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, RTN_UNICAST, 0)
+    body = rtm + attr(RTA_DST, socket.inet_pton(family, address)) + attr(RTA_OIF, struct.pack("=I", ifindex))
+    return message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
 def veth_request(host: str, peer: str, mac: str, queues: int, host_tx_queues: int, netns_fd: int | None,
                  host_index: int = 0, peer_index: int = 0) -> bytes:
     """Create a veth pair: `host` here with `queues` RX and `host_tx_queues` TX queues and
@@ -107,6 +116,12 @@ def veth_request(host: str, peer: str, mac: str, queues: int, host_tx_queues: in
 def alias_request(ifindex: int, alias: str) -> bytes:
     """Set device `ifindex`'s alias (IFLA_IFALIAS). Pure."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_IFALIAS, alias.encode() + b"\0")
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
+def address_request(ifindex: int, mac: str) -> bytes:
+    """Set device `ifindex`'s MAC address (IFLA_ADDRESS). Pure."""
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
     return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
 
 

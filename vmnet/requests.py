@@ -96,6 +96,7 @@ VERBS: dict[str, dict[str, Arg]] = {
         "consumer_cgroup": Arg(str, None),
         "consumer_scope": Arg(list, None, lo=1, hi=8, items=str),
         "owner": Arg(str, None, max_len=128),
+        "incoming": Arg(bool, False),
     },
     "port-delete": {"name": _NAME, "missing_ok": Arg(bool, False)},
     "port-list": {},
@@ -108,6 +109,8 @@ VERBS: dict[str, dict[str, Arg]] = {
     "domain-prepare": {"xml": Arg(str, max_len=XML_MAX)},
     "domain-release": {"xml": Arg(str, max_len=XML_MAX)},
     "domain-check": {"xml": Arg(str, max_len=XML_MAX)},
+    "domain-incoming": {"xml": Arg(str, max_len=XML_MAX)},
+    "domain-stopped": {"xml": Arg(str, max_len=XML_MAX)},
 }
 
 

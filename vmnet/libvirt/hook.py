@@ -3,11 +3,16 @@
 It hands the domain XML to the helper, which does the work in one request
 (vmnet.domain): prepare/begin creates every declared port, all or nothing;
 release/end deletes the ports the domain owns; reconnect/begin reports
-ports that are gone and creates nothing; every other operation does
-nothing. Importing no XML parser keeps a VM start cheap. It never calls
+ports that are gone and creates nothing; migrate/begin (on a live
+migration's destination, first of all) refuses what prepare would and
+marks the ports to come as incoming; stopped/end withdraws what draws the
+domain's traffic here (a migration's source) and keeps the ports until
+release; every other operation does nothing (docs/migration.md). Importing no XML parser keeps a VM start cheap. It never calls
 libvirt (hooks run under libvirt's locks). A failure at prepare is printed
 on stderr, which libvirt shows to the user, and makes libvirt abort the
-start; later operations only log, so that a hook never kills a running VM.
+start; a failure at migrate aborts the migration (the VM runs on, untouched,
+on its source); later operations only log, so that a hook never kills a
+running VM.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from ..protocol import MAX_MESSAGE
 
 VERBS = {("prepare", "begin"): "domain-prepare",
          ("release", "end"): "domain-release",
-         ("reconnect", "begin"): "domain-check"}
+         ("reconnect", "begin"): "domain-check",
+         ("migrate", "begin"): "domain-incoming",
+         ("stopped", "end"): "domain-stopped"}
+FATAL = ("prepare", "migrate")      # a failure here stops libvirt, before anything runs
 
 
 def run(argv: list[str], xml: bytes, settings: dict | None = None) -> int:
@@ -51,4 +59,4 @@ def run(argv: list[str], xml: bytes, settings: dict | None = None) -> int:
         return 0
     except VmnetError as exc:
         print(f"vmnet: domain {domain}: {op} failed: {exc}", file=sys.stderr)
-        return 1 if op == "prepare" else 0
+        return 1 if op in FATAL else 0

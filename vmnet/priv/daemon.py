@@ -84,7 +84,12 @@ class Helper:
             "domain-prepare": self.domain_prepare,
             "domain-release": self.domain_release,
             "domain-check": self.domain_check,
+            "domain-incoming": self.domain_incoming,
+            "domain-stopped": self.domain_stopped,
         }
+        # owners (domain uuids) whose migration here the hook announced: their ports are made
+        # incoming at prepare; kept for INCOMING_TTL seconds
+        self.incoming_owners: dict[str, float] = {}
         assert set(self.verbs) == set(protocol.VERBS) == set(requests.VERBS)
 
     @property
@@ -141,6 +146,11 @@ class Helper:
         self.host_filter.unpin_if_unused()
         for name, entry in self.ports.items():
             self._start_addr_server(name, entry)
+            if entry.record.get("migration") == "incoming" and entry.holder is not None:
+                # the TX ring that tells when the VM runs here was read through sockets this
+                # helper no longer has
+                self._activate(name, entry, "the helper restarted while its VM was migrating here, "
+                                            "and cannot tell whether it runs yet")
         return {"kept": kept, "removed": sorted(set(removed))}
 
     def _delete(self, name: str, record: dict | None) -> bool:
@@ -195,7 +205,8 @@ class Helper:
                         netns=args.netns, mac=args.mac, mtu=args.mtu, backend=args.backend,
                         lease_from=args.lease_from, receive_only=args.receive_only, consumer_uid=consumer_uid,
                         consumer_gid=args.consumer_gid, consumer_name=args.consumer_name,
-                        placeholder_tap=args.placeholder_tap, attachment=args.attachment)
+                        placeholder_tap=args.placeholder_tap, attachment=args.attachment,
+                        incoming=args.incoming)
         pod = args.pod
         netns_id = None
         if pod is not None:
@@ -239,7 +250,8 @@ class Helper:
         record = dict(created.port.to_dict(), consumer_cgroup=cgroup, consumer_scope=scope, owner=owner,
                       consumer_pod=pod, consumer_netns_id=netns_id,
                       created=time.time(), created_by=peer.uid, holder=None,
-                      confined=self.protection.guard is not None)
+                      confined=self.protection.guard is not None,
+                      migration="incoming" if spec.incoming else None)
         try:
             self.state.write(spec.name, record)
         except BaseException:
@@ -310,7 +322,8 @@ class Helper:
 
     def domain_prepare(self, peer, args):
         xml = self._domain_xml(peer, args, "create a domain's ports")
-        return domain.prepare(self._call_as(peer), xml, self.cfg.libvirt_qemu_user), []
+        return domain.prepare(self._call_as(peer), xml, self.cfg.libvirt_qemu_user,
+                              incoming=lambda owner: self.incoming_owners.pop(owner, None) is not None), []
 
     def domain_release(self, peer, args):
         xml = self._domain_xml(peer, args, "delete a domain's ports")
@@ -319,6 +332,74 @@ class Helper:
     def domain_check(self, peer, args):
         xml = self._domain_xml(peer, args, "check a domain's ports")
         return domain.check(self._call_as(peer), xml), []
+
+    INCOMING_TTL = 600.0            # from the hook's migrate to its prepare, at most
+
+    def domain_incoming(self, peer, args):
+        """libvirt's `migrate begin` on the destination: refuse now what prepare would refuse
+        (the migration is then aborted before anything starts here), and remember that this
+        domain's ports are to be made incoming."""
+        xml = self._domain_xml(peer, args, "take a domain's ports in")
+        result = domain.incoming(self._call_as(peer), xml, self.cfg.libvirt_qemu_user)
+        now = time.monotonic()
+        self.incoming_owners = {o: t for o, t in self.incoming_owners.items() if now - t < self.INCOMING_TTL}
+        self.incoming_owners[result["owner"]] = now
+        return result, []
+
+    def domain_stopped(self, peer, args):
+        """libvirt's `stopped end`: the domain's QEMU is gone (on a migration's source, the VM
+        runs on the destination now). Its ports are kept until `release`, but what draws its
+        traffic here is withdrawn at once."""
+        xml = self._domain_xml(peer, args, "stop a domain's ports")
+        owner = domain.parse(xml, bind=False)[1]
+        stopped = []
+        for name, entry in sorted(self.ports.items()):
+            record = entry.record
+            if record.get("owner") != owner or not self.policy.visible(peer, record):
+                continue
+            try:
+                attachments.get(attachments.of_record(record).kind).withdraw(
+                    record, attachments.Context(self.instance, self.cfg))
+            except VmnetError as exc:
+                log.warning("port %s: cannot withdraw its routes: %s", name, exc.message)
+            record["migration"] = "stopped"
+            self.state.write(name, record)
+            stopped.append(name)
+        if stopped:
+            log.info("port(s) %s of %s: the VM stopped here; kept until libvirt's release", ", ".join(stopped), owner)
+        return {"owner": owner, "stopped": stopped}, []
+
+    # ---- live migration: the destination's ports wait for their VM ------------
+
+    def watch_incoming(self) -> bool:
+        """Activate each incoming port whose consumer has sent its first frame (the destination
+        QEMU announces the VM as soon as it runs here). True while some port still waits."""
+        with self.lock:
+            waiting = False
+            for name, entry in list(self.ports.items()):
+                if entry.record.get("migration") != "incoming":
+                    continue
+                if any(xsk.tx_produced(s) for s in entry.sockets):
+                    self._activate(name, entry, "its VM sent its first frame here")
+                else:
+                    waiting = True
+            return waiting
+
+    def _activate(self, name: str, entry: Entry, why: str) -> None:
+        record = entry.record
+        try:
+            done = attachments.get(attachments.of_record(record).kind).activate(
+                record, attachments.Context(self.instance, self.cfg))
+        except VmnetError as exc:
+            log.warning("port %s: the VM runs here, but %s", name, exc.message)
+            done = {"error": exc.message}
+        record["migration"] = None
+        record["arrived"] = dict(done, at=time.time())
+        self.state.write(name, record)
+        if self.metrics is not None:
+            self.metrics.changed()
+        log.info("port %s: active (%s)%s", name, why,
+                 f"; routes {', '.join(done['routes'])}" if done.get("routes") else "")
 
     # ---- the handoff ----------------------------------------------------
 

@@ -208,6 +208,18 @@ class _Collector:
         for (backend, mode), n in sorted(by_kind.items()):
             ports.add_metric([backend, mode], n)
         yield ports
+        migrating = GaugeMetricFamily("vmnet_ports_migrating",
+                                      "Ports waiting for a VM migrating here (incoming), and ports whose VM "
+                                      "stopped here, kept until libvirt's release (stopped).", labels=["state"])
+        for state in ("incoming", "stopped"):
+            migrating.add_metric([state], sum(1 for _, r, _, _ in everything if r.get("migration") == state))
+        yield migrating
+        per_port = GaugeMetricFamily("vmnet_port_migration", "1 for a port in a live migration, by state "
+                                     "(incoming, stopped).", labels=["port", "state"])
+        for name, r, _, _ in entries:
+            if r.get("migration"):
+                per_port.add_metric([name, r["migration"]], 1)
+        yield per_port
         pinfo = GaugeMetricFamily("vmnet_port_info", "One per port.",
                                   labels=["port", "backend", "mode", "queues", "consumer_uid", "pod"])
         alive = GaugeMetricFamily("vmnet_port_holder_alive", "1 while a live consumer holds the port's sockets.",

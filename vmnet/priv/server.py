@@ -136,8 +136,9 @@ class Server:
                     self._watch_holders()
                 except Exception:       # a process it cannot watch must not stop the helper
                     log.exception("error while watching consumers")
-                # while a socket waits for its consumer's rings, look again every 20 ms
-                for key, _ in self.sel.select(timeout=0.02 if waiting else 1.0):
+                # while a socket waits for its consumer's rings, or a port for its migrating VM,
+                # look again every 10 ms
+                for key, _ in self.sel.select(timeout=0.01 if waiting else 1.0):
                     try:
                         if key.data == "listener":
                             self._accept(listener)
@@ -153,6 +154,7 @@ class Server:
                         if key.data == "conn":
                             self._drop(key.fileobj)
                 waiting = self.helper.store_pending()
+                waiting = self.helper.watch_incoming() or waiting
                 now = time.monotonic()
                 for conn, c in list(self.conns.items()):
                     if now - c.last > self.cfg.idle_timeout:

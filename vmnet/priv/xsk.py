@@ -12,11 +12,14 @@ XDP_STATISTICS can be read from the helper's copy of each socket.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import socket
+import struct
 
 from ..errors import from_oserror
-from ..xdp_abi import AF_XDP, read_statistics
+from ..xdp_abi import (AF_XDP, MMAP_OFFSETS, SOL_XDP, TX_PRODUCER, XDP_MMAP_OFFSETS, XDP_PGOFF_TX_RING,
+                       read_statistics)
 from . import libbpf
 
 
@@ -79,3 +82,19 @@ def statistics(fd: int) -> dict:
         return read_statistics(s)
     finally:
         s.close()
+
+
+def tx_produced(sock: socket.socket) -> int:
+    """How many frames the socket's holder has put on its TX ring so far (the ring's producer
+    index, read through the helper's copy of the socket); 0 while it has no TX ring.
+
+    What tells the helper that a VM migrated here is running: the destination's QEMU sends
+    nothing until the guest runs, and then announces it at once (docs/migration.md)."""
+    try:
+        raw = sock.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, MMAP_OFFSETS.size)
+        offset = MMAP_OFFSETS.unpack(raw.ljust(MMAP_OFFSETS.size, b"\0"))[TX_PRODUCER]
+        with mmap.mmap(sock.fileno(), mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ,
+                       offset=XDP_PGOFF_TX_RING) as ring:
+            return struct.unpack_from("=I", ring, offset)[0]
+    except (OSError, ValueError):
+        return 0

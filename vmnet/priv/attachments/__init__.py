@@ -16,7 +16,12 @@ libvirt network:
 - describe(record, ctx) -> dict: where the port is plugged now and what
   is missing on the host (status, port show, doctor);
 - collect(keep, ctx) -> list[str]: after a crash, what plug left of ports
-  the helper no longer has (by vmnet's own markers, never anyone else's).
+  the helper no longer has (by vmnet's own markers, never anyone else's);
+- activate(record, ctx) / withdraw(record, ctx): for a live migration
+  (docs/migration.md), what draws the VM's traffic to this host — a routed
+  port's host routes — is put in place only once the VM runs here
+  (activate: a port made with incoming) and taken away as soon as it has
+  stopped here (withdraw), before the port itself goes at release.
 
 A new kind is one module here and one line in KINDS. Anti-spoofing
 (vmnet.priv.hostfilter) and serving the guest its addresses
@@ -66,6 +71,12 @@ class Kind:
 
     def collect(self, keep: set[str], ctx: Context) -> list[str]:
         return []
+
+    def activate(self, record: dict, ctx: Context) -> dict:
+        return {}
+
+    def withdraw(self, record: dict, ctx: Context) -> bool:
+        return False
 
 
 def get(name: str) -> Kind:

@@ -9,6 +9,15 @@ and fe80::1 (a proxy NDP entry on the host end). The host end forwards
 (its own forwarding switch: the host's other devices are the operator's),
 and nothing else of the host is changed. Removing the host end takes its
 routes, proxy entries and settings along.
+
+The host end's MAC is GATEWAY_MAC on every host (as Calico's ee:ee:ee:ee:ee:ee):
+the guest's neighbour entry for its gateway stays right when the VM is live
+migrated to another host, whose host end would otherwise have another MAC
+and drop what the guest sends to the old one. A port made for an incoming
+migration gets its routes only when the VM runs here (activate), and the
+port it left loses them as soon as the VM has stopped there (withdraw);
+activation also announces the addresses where the host proxies ARP for
+them (vmnet.priv.announce).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from .. import links
 from . import Kind, Prepared, of_record
 
 NTF_PROXY = 0x08
+GATEWAY_MAC = "ee:ee:ee:ee:ee:ee"       # every routed host end's, on every host
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -98,21 +108,19 @@ class Routed(Kind):
         ifname, ifindex = port.spec.host_ifname, port.host_ifindex
         for path, value in host_settings(ifname, bool(att.ipv4), bool(att.ipv6)).items():
             _sysctl(path, value)
-        routes = []
-        for address in att.addresses:
-            iface = ipaddress.ip_interface(address)
-            try:
-                rawnl.transact(rawnl.host_route_request(str(iface.ip), iface.network.prefixlen, ifindex))
-            except OSError as exc:
-                if exc.errno == errno.EEXIST:
-                    with links.netlink(ctx.ip) as ip:
-                        oif = host_route_oif(ip, address)
-                        through = f" through {_ifname(ip, oif)}" if oif else ""
-                    raise AlreadyExists(f"{address} is already routed{through}",
-                                        fix="give the VM an address the host does not route elsewhere, or "
-                                            "delete the port or route that has it") from None
-                raise KernelError(f"cannot route {address} through {ifname}", errno=exc.errno) from None
-            routes.append(address)
+        try:
+            rawnl.transact(rawnl.address_request(ifindex, GATEWAY_MAC))
+        except OSError as exc:
+            raise KernelError(f"cannot give {ifname} the gateway's MAC {GATEWAY_MAC}", errno=exc.errno) from None
+        if port.spec.incoming:
+            # nothing draws the VM's traffic here before it runs here; but an address the host
+            # routes elsewhere is refused now, not when the VM arrives
+            with links.netlink(ctx.ip) as ip:
+                for address in att.addresses:
+                    self._refuse_routed(ip, address)
+            routes = []
+        else:
+            routes = self._route(att.addresses, ifname, ifindex, ctx)
         if att.ipv6:
             with links.netlink(ctx.ip) as ip:
                 try:
@@ -122,8 +130,48 @@ class Routed(Kind):
                                       errno=exc.code) from None
         return {"routes": routes, "gateway4": att.gateway4, "gateway6": att.gateway6}
 
-    def unplug(self, name, record, ctx):
+    @staticmethod
+    def _refuse_routed(ip, address: str, oif: int | None = None) -> None:
+        oif = oif or host_route_oif(ip, address)
+        if oif:
+            raise AlreadyExists(f"{address} is already routed through {_ifname(ip, oif)}",
+                                fix="give the VM an address the host does not route elsewhere, or "
+                                    "delete the port or route that has it")
+
+    def _route(self, addresses, ifname: str, ifindex: int, ctx) -> list[str]:
+        routes = []
+        for address in addresses:
+            iface = ipaddress.ip_interface(address)
+            try:
+                rawnl.transact(rawnl.host_route_request(str(iface.ip), iface.network.prefixlen, ifindex))
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    with links.netlink(ctx.ip) as ip:
+                        oif = host_route_oif(ip, address)
+                        if oif == ifindex:
+                            routes.append(address)      # activated twice
+                            continue
+                        self._refuse_routed(ip, address, oif)
+                    raise AlreadyExists(f"{address} is already routed",
+                                        fix="give the VM an address the host does not route elsewhere, or "
+                                            "delete the port or route that has it") from None
+                raise KernelError(f"cannot route {address} through {ifname}", errno=exc.errno) from None
+            routes.append(address)
+        return routes
+
+    def activate(self, record, ctx):
+        from .. import announce
         att = of_record(record)
+        routes = self._route(att.addresses, record["host_ifname"], record["host_ifindex"], ctx)
+        return {"routes": routes, "announced_on": announce.announce(routes)}
+
+    def withdraw(self, record, ctx):
+        return self._unroute(record["name"], of_record(record), ctx, proxy=False)
+
+    def unplug(self, name, record, ctx):
+        return self._unroute(name, of_record(record), ctx, proxy=True)
+
+    def _unroute(self, name, att, ctx, proxy: bool) -> bool:
         found = False
         with links.netlink(ctx.ip) as ip:
             idx = ip.link_lookup(ifname="vmn-" + name)
@@ -132,13 +180,12 @@ class Routed(Kind):
             for address in att.addresses:
                 iface = ipaddress.ip_interface(address)
                 try:
-                    ip.route("del", dst=str(iface.ip), dst_len=iface.network.prefixlen, oif=idx[0],
-                             family=10 if iface.version == 6 else 2)
+                    rawnl.transact(rawnl.host_route_delete_request(str(iface.ip), iface.network.prefixlen, idx[0]))
                     found = True
-                except NetlinkError as exc:
-                    if exc.code not in (errno.ESRCH, errno.ENOENT):
-                        raise KernelError(f"cannot delete the route to {address}", errno=exc.code) from None
-            if att.gateway6:
+                except OSError as exc:
+                    if exc.errno not in (errno.ESRCH, errno.ENOENT):
+                        raise KernelError(f"cannot delete the route to {address}", errno=exc.errno) from None
+            if att.gateway6 and proxy:
                 try:
                     ip.neigh("del", dst=att.gateway6, ifindex=idx[0], flags=NTF_PROXY, family=10)
                 except NetlinkError:
@@ -154,7 +201,10 @@ class Routed(Kind):
             missing = [a for a in att.addresses if host_route_oif(ip, a) != ifindex]
             if att.ipv4 and not gateway_routable(att.gateway4, ifindex):
                 notes.append(f"no route covers the guests' gateway {att.gateway4} (proxy ARP needs one)")
-        if missing:
+        if missing and record.get("migration") == "incoming":
+            out["plugged"] = False
+            out["waiting"] = "its routes wait for the VM to run here (incoming migration)"
+        elif missing:
             out["plugged"] = False
             out["missing"] = "no host route for " + ", ".join(missing)
         if att.ipv4 and _read("/proc/sys/net/ipv4/ip_forward") == "0":
