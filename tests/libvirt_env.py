@@ -172,15 +172,22 @@ class PrivateLibvirt:
     /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt, so that its networks (virbr0,
     their dnsmasq and firewall rules) never touch the host's. virsh reaches it through its
     socket; the helper reads its networks' status where its /run/libvirt really is
-    (libvirt_run_dir)."""
+    (libvirt_run_dir).
+
+    listen: a host of a migration pair (tests/migration_env.py): a host_uuid of its own (libvirt
+    refuses to migrate to "the same host") and TCP without authentication on its netns's
+    addresses. mounts: {path: file} bind-mounted in its mount namespace only (one <emulator>
+    path that is each host's own wrapper)."""
 
     DIRS = {"run": "/run/libvirt", "etc": "/etc/libvirt", "lib": "/var/lib/libvirt",
             "cache": "/var/cache/libvirt", "log": "/var/log/libvirt"}
 
-    def __init__(self, netns_name: str, helper_config: str = "", qemu_conf: str | None = None):
+    def __init__(self, netns_name: str, helper_config: str = "", qemu_conf: str | None = None,
+                 listen: bool = False, mounts: dict | None = None):
         import tempfile
         self.netns = netns_name
         self.qemu_conf = qemu_conf
+        self.listen, self.mounts = listen, dict(mounts or {})
         self.dir = tempfile.mkdtemp(prefix="vmnet-libvirt-")
         self.run_dir = os.path.join(self.dir, "run")
         self.helper = HelperProcess(f'libvirt_run_dir = "{self.run_dir}"\n' + helper_config)
@@ -196,6 +203,9 @@ class PrivateLibvirt:
         if self.qemu_conf is not None:
             with open(os.path.join(self.dir, "etc", "qemu.conf"), "w") as f:
                 f.write(self.qemu_conf)
+        if self.listen:
+            with open(os.path.join(self.dir, "etc", "libvirtd.conf"), "a") as f:
+                f.write(f'\nhost_uuid = "{uuid.uuid4()}"\nlisten_tcp = 1\nlisten_tls = 0\nauth_tcp = "none"\n')
         with netns.entered(self.netns):
             self.helper.start()
         subprocess.run([PYTHON, "-I", "-m", "vmnet", "libvirt", "install-hook", "--config", self.helper.config,
@@ -203,9 +213,11 @@ class PrivateLibvirt:
                        check=True, capture_output=True)
         # /run/libvirt exists only once a libvirtd has run on this machine: the mount point is made
         # (empty, as libvirtd would make it) and left, as libvirtd leaves it
-        mounts = " && ".join(f"mkdir -p {target} && mount --bind {self.dir}/{name} {target}"
-                             for name, target in self.DIRS.items())
-        daemons = (f"virtlogd -d -p {self.dir}/virtlogd.pid && libvirtd -d -p {self.dir}/libvirtd.pid")
+        mounts = " && ".join([f"mkdir -p {target} && mount --bind {self.dir}/{name} {target}"
+                              for name, target in self.DIRS.items()]
+                             + [f"mount --bind {source} {target}" for target, source in self.mounts.items()])
+        daemons = (f"virtlogd -d -p {self.dir}/virtlogd.pid && libvirtd -d {'--listen ' if self.listen else ''}"
+                   f"-p {self.dir}/libvirtd.pid")
         subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                         f"{mounts} && exec nsenter --net=/run/netns/{self.netns} sh -c '{daemons}'"], check=True)
         deadline = time.monotonic() + 30

@@ -246,3 +246,44 @@ def test_status_and_the_hook_leave_a_domain_without_vmnet_ports_alone(hosts):
     assert b.run_hook("stopped", "end", plain).returncode == 0
     with contextlib.suppress(KeyError):
         assert b.helper.vmnet_json("status")["ports"] == []
+
+
+def test_kubevirt_the_target_pods_cni_add_and_the_source_pods_del_each_do_their_part(hosts, port_name):
+    """KubeVirt's migration as the nodes see it: the target virt-launcher pod on B gets its port from
+    B's CNI ADD while the source pod's port on A still carries the VM (same MAC, same network);
+    the source pod's DEL on A removes its port only. With host-local IPAM (per node, per pod) the
+    target pod's address is its own: the reason routed/ipam networks need link-refresh
+    (docs/migration.md)."""
+    from helpers import cni_invoke, install_cni
+    from vmnet.kubevirt import cni
+    a, b, peer, spaces = hosts
+    pods = {"A": spaces.new("vmnet-pa"), "B": spaces.new("vmnet-pb")}
+    mac = "02:00:00:00:22:01"
+    results = {}
+    pod_uids = {"A": str(uuid.uuid4()), "B": str(uuid.uuid4())}
+    for host, container in ((a, "c0ffeea"), (b, "c0ffeeb")):
+        install_cni(host.helper)
+        conf = {"cniVersion": "1.0.0", "name": "vmnet-fast", "type": "vmnet", "socket": host.helper.socket,
+                "runtimeConfig": {"mac": mac},
+                "ipam": {"type": "host-local", "dataDir": os.path.join(host.helper.dir, "ipam"),
+                         "ranges": [[{"subnet": "10.30.0.0/24"}]]}}
+        rc, res, err = cni_invoke(host.helper, "ADD", conf, pods[host.name], container=container,
+                                  pod_uid=pod_uids[host.name])
+        assert rc == 0, (res, err)
+        results[host.name] = (conf, container, res)
+    name_a = cni.port_name("c0ffeea", "vmnet-fast", "pod1a2b3c4d5e6")
+    name_b = cni.port_name("c0ffeeb", "vmnet-fast", "pod1a2b3c4d5e6")
+    port_a, port_b = a.ports()[name_a], b.ports()[name_b]
+    assert port_a["mac"] == port_b["mac"] == mac
+    # each port's sockets go to its own pod only: the target's QEMU cannot take the source's
+    assert (port_a["consumer_pod"]["uid"], port_b["consumer_pod"]["uid"]) == (pod_uids["A"], pod_uids["B"])
+    assert port_a["migration"] is None and port_b["migration"] is None          # no hook on a node
+    # each node's IPAM gives its pod an address of its own (host-local: per node, per container)
+    assert results["A"][2]["ips"][0]["address"] == results["B"][2]["ips"][0]["address"] == "10.30.0.2/24"
+    # the source pod goes after the switch-over: its DEL removes A's port, B's stays
+    conf, container, _ = results["A"]
+    assert cni_invoke(a.helper, "DEL", conf, pods["A"], container=container, pod_uid=pod_uids["A"])[0] == 0
+    assert name_a not in a.ports() and name_b in b.ports()
+    conf, container, _ = results["B"]
+    assert cni_invoke(b.helper, "DEL", conf, pods["B"], container=container, pod_uid=pod_uids["B"])[0] == 0
+    assert b.ports() == {}

@@ -1,0 +1,141 @@
+"""Two libvirt hosts on one machine, for live migration with a real guest.
+
+Hosts A and B are network namespaces, each with a system-mode libvirtd of its own
+(tests/libvirt_env.PrivateLibvirt with listen: private /run/libvirt, /etc/libvirt,
+/var/lib/libvirt..., its own host_uuid, TCP on its addresses) and a vmnet helper
+instance of its own, as two machines have. A fabric (a bridge in a third netns)
+joins them and a peer. On each host, bridge br0 holds the host's uplink fab0
+and carries the host's address (192.0.2.1 on A, .2 on B); the host forwards,
+answers ARP on br0 for what it routes (proxy ARP) and routes by default
+through the peer (192.0.2.100), which reaches the routed VMs' 10.1.2.0/24
+on the fabric's link. A domain's <emulator> is one path, EMULATOR, that
+each libvirtd sees as its own host's vmnet wrapper (bind-mounted in its
+mount namespace), as on two machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+
+from guest_env import Namespaces, make_bridge, run_in, veth_to
+from helpers import SHARED_NETNS
+from libvirt_env import PrivateLibvirt
+
+from vmnet.caps import has_capability
+from vmnet.priv import netns
+
+PEER = "192.0.2.100"
+ADDRESSES = {"A": "192.0.2.1", "B": "192.0.2.2"}
+# where root cannot raise memlock, QEMU keeps CAP_IPC_LOCK only (tests/test_vm_ipc_lock.py)
+ROOT_QEMU_CONF = 'user = "root"\ngroup = "root"\nclear_emulator_capabilities = 0\n'
+
+
+class Pair:
+    def __init__(self, qemu: str):
+        self.qemu = qemu
+        self.spaces = Namespaces()
+        self.hosts: dict[str, PrivateLibvirt] = {}
+        self.emulator = f"/run/vmnet-migration-{uuid.uuid4().hex[:8]}-qemu"
+
+    def start(self) -> "Pair":
+        fabric, a, b, self.peer = (self.spaces.new(p) for p in ("vmnet-f", "vmnet-a", "vmnet-b", "vmnet-p"))
+        with netns.entered(fabric):
+            make_bridge("fab")
+            for i, (ns, ifname) in enumerate(((a, "fab0"), (b, "fab0"), (self.peer, "eth0"))):
+                veth_to(ns, f"f{i}", ifname, master="fab")
+        run_in(self.peer, "ip", "addr", "add", f"{PEER}/24", "dev", "eth0")
+        run_in(self.peer, "ip", "route", "add", "10.1.2.0/24", "dev", "eth0")
+        ipc_lock = not has_capability("sys_resource")
+        config = SHARED_NETNS + ('allow_ipc_lock = true\nlibvirt_qemu_user = "root"\n' if ipc_lock else "")
+        open(self.emulator, "w").close()
+        os.chmod(self.emulator, 0o755)
+        for name, ns in (("A", a), ("B", b)):
+            with netns.entered(ns):
+                make_bridge("br0")
+            run_in(ns, "ip", "link", "set", "fab0", "master", "br0")
+            run_in(ns, "ip", "addr", "add", f"{ADDRESSES[name]}/24", "dev", "br0")
+            run_in(ns, "ip", "route", "add", "default", "via", PEER)
+            run_in(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.br0.proxy_arp=1")
+            host = PrivateLibvirt(ns, config, qemu_conf=ROOT_QEMU_CONF if ipc_lock else None, listen=True)
+            host.mounts[self.emulator] = host.wrapper(self.qemu)
+            self.hosts[name] = host
+            host.start()
+        return self
+
+    def migrate(self, domain: str, source: str, target: str) -> subprocess.CompletedProcess:
+        to = ADDRESSES[target]
+        return self.hosts[source].virsh("migrate", "--live", "--p2p", "--persistent", "--undefinesource",
+                                        domain, f"qemu+tcp://{to}/system", "--migrateuri", f"tcp://{to}")
+
+    def state(self, host: str, domain: str) -> str:
+        out = self.hosts[host].virsh("domstate", domain)
+        return out.stdout.strip() if out.returncode == 0 else "absent"
+
+    def ports(self, host: str) -> dict:
+        return {p["name"]: p for p in self.hosts[host].helper.vmnet_json("status")["ports"]}
+
+    def stop(self):
+        for host in self.hosts.values():
+            host.stop()
+        self.spaces.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.emulator)
+
+
+class Pinger:
+    """The peer pings `address` every 10 ms from start() to stop(); stop() returns (sent,
+    answered)."""
+
+    def __init__(self, peer: str, address: str):
+        self.peer, self.address = peer, address
+        self.proc = None
+
+    def start(self) -> "Pinger":
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.peer}", "ping", "-n", "-q", "-i", "0.01",
+                                      "-W", "1", self.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        return self
+
+    def stop(self) -> tuple[int, int]:
+        import signal
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        found = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        assert found, out
+        return int(found.group(1)), int(found.group(2))
+
+
+class Transfer(threading.Thread):
+    """The peer sends `nbytes` to the guest's TCP sink (it closes at EOF); .sent after join()."""
+
+    def __init__(self, peer: str, address: str, port: int, nbytes: int):
+        super().__init__(daemon=True)
+        self.peer, self.address, self.port, self.nbytes = peer, address, port, nbytes
+        self.result: subprocess.CompletedProcess | None = None
+
+    def run(self):
+        code = ("import socket,sys\n"
+                f"s=socket.create_connection(('{self.address}',{self.port}),timeout=60)\n"
+                "c=b'v'*65536;n=0\n"
+                f"while n<{self.nbytes}:\n s.sendall(c);n+=len(c)\n"
+                "s.shutdown(socket.SHUT_WR)\n"
+                "while s.recv(4096):pass\n"
+                "print(n)\n")
+        import sys
+        self.result = subprocess.run(["nsenter", f"--net=/run/netns/{self.peer}", sys.executable, "-c", code],
+                                     capture_output=True, text=True, timeout=300)
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
