@@ -95,9 +95,10 @@ class Guest:
     consumer_ns): tap g0 with the port's MAC and MTU, relayed to the sockets
     (vmnet.bench.relay)."""
 
-    def __init__(self, helper, port: str, consumer_ns: str, spaces: Namespaces):
+    def __init__(self, helper, port: str, consumer_ns: str, spaces: Namespaces, ns: str | None = None):
+        """ns: the guest's netns, made by the caller (default: a new one)."""
         self.helper, self.port, self.consumer_ns = helper, port, consumer_ns
-        self.ns = spaces.new("vmnet-g")
+        self.ns = ns or spaces.new("vmnet-g")
         self.record = helper.vmnet_json("port", "show", port)
         self.relay = RelayGuest(helper.env, self.record, consumer_ns, self.ns)
 

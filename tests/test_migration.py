@@ -106,8 +106,10 @@ def hosts():
 
 def quiet_guest(host: Host, port: str, spaces: Namespaces) -> Guest:
     """The stand-in guest of `port` on `host`, addressed as the VM, silent until spoken to."""
-    g = Guest(host.helper, port, host.ns, spaces)
-    run_in(g.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.g0.disable_ipv6=1")
+    ns = spaces.new("vmnet-g")
+    # before its device exists: no IPv6 address, so no DAD, router or MLD message ever
+    run_in(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    g = Guest(host.helper, port, host.ns, spaces, ns=ns)
     g.address(f"{VM_IP}/32", gateway="169.254.1.1")
     return g.start()
 
@@ -287,3 +289,24 @@ def test_kubevirt_the_target_pods_cni_add_and_the_source_pods_del_each_do_their_
     conf, container, _ = results["B"]
     assert cni_invoke(b.helper, "DEL", conf, pods["B"], container=container, pod_uid=pod_uids["B"])[0] == 0
     assert b.ports() == {}
+
+
+def test_a_port_added_incoming_by_hand_waits_for_its_consumers_first_frame(hosts, port_name):
+    """`vmnet port add --incoming`, for a VM migrated by QEMU itself (vmnet exec ... -incoming)."""
+    a, b, peer, spaces = hosts
+    out = b.helper.vmnet("port", "add", port_name, "--consumer-user", "nobody", "--routed", "--address", VM_IP,
+                         "--no-dhcp", "--incoming")
+    assert out.returncode == 0, out.stderr
+    assert "migration: waiting for its VM" in b.helper.vmnet("port", "show", port_name).stdout
+    guest = quiet_guest(b, port_name, spaces)
+    try:
+        time.sleep(0.3)
+        assert b.routes() == "" and b.ports()[port_name]["migration"] == "incoming"
+        run_in(guest.ns, "ping", "-c", "1", "-W", "2", "169.254.1.1", check=False)
+        deadline = time.monotonic() + 5
+        while b.ports()[port_name]["migration"] == "incoming" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "vmn-" + port_name in b.routes()
+        assert ping(peer, VM_IP) == 3
+    finally:
+        guest.close()
