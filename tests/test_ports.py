@@ -64,6 +64,26 @@ def test_skb_mode_is_recorded_and_gets_the_larger_mtu(test_netns, port_name, ins
         ports.delete_port(port_name, instance)
 
 
+def test_the_consumer_end_has_no_ipv6_address_and_sends_nothing_of_its_own(test_netns, port_name, instance):
+    """It carries the VM's MAC: a frame its own stack sent (DAD, router solicitation, MLD) would teach
+    switches the VM's MAC on this port, wherever the VM runs."""
+    import subprocess
+    import time
+    c = ports.create_port(PortSpec(name=port_name), instance)
+    try:
+        time.sleep(1.5)         # DAD and the first router solicitation would have gone by now
+        consumer = c.port.spec.consumer_ifname
+        assert subprocess.run(["ip", "-6", "addr", "show", "dev", consumer], capture_output=True,
+                              text=True).stdout.strip().count("inet6") == 0
+        shown = subprocess.run(["ip", "-s", "-j", "link", "show", c.port.spec.host_ifname], capture_output=True,
+                               text=True).stdout
+        import json
+        assert json.loads(shown)[0]["stats64"]["rx"]["packets"] == 0
+    finally:
+        c.close()
+        ports.delete_port(port_name, instance)
+
+
 def test_offloads_are_off_on_the_host_end(test_netns, port_name, instance):
     c = ports.create_port(PortSpec(name=port_name), instance)
     try:

@@ -125,6 +125,17 @@ def address_request(ifindex: int, mac: str) -> bytes:
     return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
 
 
+IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
+
+
+def no_ipv6_address_request(ifindex: int) -> bytes:
+    """Give device `ifindex` no IPv6 link-local address when it comes up (`ip link set D addrgenmode
+    none`): a device with none sends no DAD, router solicitation or MLD of its own. Pure."""
+    inet6 = attr(socket.AF_INET6 | NLA_F_NESTED, attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_AF_SPEC | NLA_F_NESTED, inet6)
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
 def mtu_up_request(ifindex: int, mtu: int) -> bytes:
     """Set device `ifindex`'s MTU and bring it up (what `ip link set D mtu M up` sends). Pure."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, IFF_UP, IFF_UP) + attr(IFLA_MTU, struct.pack("=I", mtu))

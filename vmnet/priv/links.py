@@ -218,11 +218,13 @@ def set_mtu_up(ifname: str, mtu: int, ip: IPRoute | None = None) -> None:
                               fix="choose a smaller MTU for the port") from None
 
 
-def set_mtu_up_raw(ifindex: int, ifname: str, mtu: int) -> None:
-    """set_mtu_up by ifindex in the calling thread's netns, in one raw request (vmnet.rawnl)."""
+def set_mtu_up_raw(ifindex: int, ifname: str, mtu: int, silent: bool = False) -> None:
+    """set_mtu_up by ifindex in the calling thread's netns, in one raw request (vmnet.rawnl).
+    silent: the device comes up with no IPv6 address (so its own stack sends nothing)."""
     from .. import rawnl
     try:
-        rawnl.transact(rawnl.mtu_up_request(ifindex, mtu))
+        rawnl.transact((rawnl.no_ipv6_address_request(ifindex) if silent else b"")
+                       + rawnl.mtu_up_request(ifindex, mtu))
     except OSError as exc:
         raise KernelError(f"cannot set MTU {mtu} on {ifname}", errno=exc.errno,
                           fix="choose a smaller MTU for the port") from None

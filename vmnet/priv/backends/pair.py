@@ -79,7 +79,10 @@ class PairBackend(Backend):
         mtu, why = choose_mtu(spec, host["max_mtu"], ctx.network_mtu)
         links.set_mtu_up_raw(host["ifindex"], spec.host_ifname, mtu)
         with netns.entered(spec.netns):
-            links.set_mtu_up_raw(plugged.consumer_ifindex, spec.consumer_ifname, mtu)
+            # the consumer end has the VM's MAC: were its own stack to speak (IPv6 DAD, router
+            # solicitations, MLD), switches would learn the VM's MAC here, wherever the VM runs
+            # (a migrated VM's old port, until its release)
+            links.set_mtu_up_raw(plugged.consumer_ifindex, spec.consumer_ifname, mtu, silent=True)
         return Configured(mtu=mtu, host_ifindex=host["ifindex"], offloads_off=offloads, mtu_reason=why)
 
     def unplug(self, name, record, instance):
