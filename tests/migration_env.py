@@ -37,8 +37,12 @@ ROOT_QEMU_CONF = 'user = "root"\ngroup = "root"\nclear_emulator_capabilities = 0
 
 
 class Pair:
-    def __init__(self, qemu: str):
+    """no_ipc_lock_on: hosts whose helper may not leave QEMU CAP_IPC_LOCK (where root cannot raise
+    memlock, their QEMU cannot lock its UMEM: a destination that must refuse)."""
+
+    def __init__(self, qemu: str, no_ipc_lock_on: tuple = ()):
         self.qemu = qemu
+        self.no_ipc_lock_on = no_ipc_lock_on
         self.spaces = Namespaces()
         self.hosts: dict[str, PrivateLibvirt] = {}
         self.emulator = f"/run/vmnet-migration-{uuid.uuid4().hex[:8]}-qemu"
@@ -52,7 +56,6 @@ class Pair:
         run_in(self.peer, "ip", "addr", "add", f"{PEER}/24", "dev", "eth0")
         run_in(self.peer, "ip", "route", "add", "10.1.2.0/24", "dev", "eth0")
         ipc_lock = not has_capability("sys_resource")
-        config = SHARED_NETNS + ('allow_ipc_lock = true\nlibvirt_qemu_user = "root"\n' if ipc_lock else "")
         open(self.emulator, "w").close()
         os.chmod(self.emulator, 0o755)
         for name, ns in (("A", a), ("B", b)):
@@ -62,6 +65,9 @@ class Pair:
             run_in(ns, "ip", "addr", "add", f"{ADDRESSES[name]}/24", "dev", "br0")
             run_in(ns, "ip", "route", "add", "default", "via", PEER)
             run_in(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.br0.proxy_arp=1")
+            config = SHARED_NETNS + ('libvirt_qemu_user = "root"\n' if ipc_lock else "")
+            if ipc_lock and name not in self.no_ipc_lock_on:
+                config += "allow_ipc_lock = true\n"
             host = PrivateLibvirt(ns, config, qemu_conf=ROOT_QEMU_CONF if ipc_lock else None, listen=True)
             host.mounts[self.emulator] = host.wrapper(self.qemu)
             self.hosts[name] = host

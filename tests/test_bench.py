@@ -113,8 +113,11 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     assert "error" not in xs, xs
     assert "freplace" in xs.get("skipped", "") or xs["ns_per_packet"]["dispatcher"]["other_queue"] > 0, xs
     assert all(set(g) >= {"value", "limit", "met", "verdict"} for g in result["goals"])
+    mg = result["migration"]            # needs a QEMU with af-xdp (the VM tier's), and says so
+    assert "error" not in mg, mg
+    assert "VMNET_TEST_QEMU" in mg.get("skipped", "") or mg["vmnet"]["port_activated"], mg
     text = format_result(result)
-    assert "goals" in text and "create p99, 1 queue" in text
+    assert "goals" in text and "create p99, 1 queue" in text and "9. live migration" in text
 
 
 @pytest.mark.unit
@@ -178,6 +181,12 @@ def test_guest_behind_af_xdp_is_compared_with_tap_and_everything_goes_away():
         except OSError:
             pass
     assert "tcp/tap" in format_result(result)
+    mg = result["migration"]
+    assert "error" not in mg, result.get("errors", mg)
+    for kind in ("vmnet", "tap"):
+        assert mg[kind]["destination"] == "running" and mg[kind]["pings_sent"] > 100, mg
+    assert mg["vmnet"]["port_activated"], mg
+    assert "vmnet lost" in format_result(result)
 
 
 @pytest.mark.unit

@@ -149,6 +149,20 @@ def _xdp_sharing_lines(r: dict) -> list[str]:
             f"{pp['added']['other_queue']} / {pp['added']['served_queue']}"]
 
 
+def _migration_lines(r: dict) -> list[str]:
+    mg = r.get("migration") or {}
+    if _problem(mg):
+        return ["9. live migration (QEMU's, on one bridge)", f"   {_problem(mg)}"]
+    rows = [(kind, _ms(mg[kind]["downtime_ms"]), _ms(mg[kind]["total_ms"]),
+             f"{mg[kind]['pings_lost']:g} of {mg[kind]['pings_sent']:g}",
+             " ".join(str(run["pings_lost"]) for run in mg[kind].get("runs", ()))) for kind in ("vmnet", "tap")]
+    return (["9. live migration (QEMU's, on one bridge): the same guest, a vmnet NIC and a tap NIC, "
+             f"pinged every {mg['ping_interval_ms']:g} ms; medians of {mg.get('rounds', 1)} round(s)"]
+            + ["   " + line for line in _table(("NIC", "QEMU downtime ms", "total ms", "pings lost", "each round"),
+                                             rows)]
+            + [f"   vmnet lost {mg['extra_pings_lost']:+g} ping(s) against tap"])
+
+
 def format_result(r: dict) -> str:
     out = [f"vmnet bench{' --quick' if r.get('quick') else ''}: kernel {r['machine']['kernel']}, "
            f"{r['machine']['cpus']} CPUs, load {r['machine']['loadavg_start']} -> {r['machine'].get('loadavg_end')}, "
@@ -255,6 +269,8 @@ def format_result(r: dict) -> str:
         out += [""] + _lease_lines(r)
     if "xdp-sharing" in r:
         out += [""] + _xdp_sharing_lines(r)
+    if "migration" in r:
+        out += [""] + _migration_lines(r)
     out += ["", "goals"]
     out += ["   " + line for line in _table(
         ("goal", "limit", "measured", "verdict"),

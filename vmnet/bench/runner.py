@@ -25,7 +25,7 @@ from . import datapath, hook, latency, networks, scale, wrapper
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
 
-PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "networks", "lease", "xdp-sharing")
+PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "networks", "lease", "xdp-sharing", "migration")
 CONSUMER_UID = 65534        # nobody: ports are never handed out here
 
 
@@ -137,6 +137,9 @@ def _run(plan: Plan, progress) -> dict:
         result["lease"] = {"skipped": "no --lease-from NIC"}
     from . import xdpshare
     _part(result, "xdp-sharing", plan, lambda: xdpshare.measure(max(plan.iterations // 4, 5), progress))
+    from . import migration
+    _part(result, "migration", plan, lambda: migration.measure("mg" + tag, rounds=1 if plan.quick else 3,
+                                                                progress=progress))
     if profile and os.path.exists(profile):
         result["profile"] = _summarise_profile(profile, os.path.join(plan.profile_dir, "helper-top.txt"))
     result["machine"]["loadavg_end"] = _loadavg()
