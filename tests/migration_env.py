@@ -118,24 +118,32 @@ class Pinger:
 
 
 class Transfer(threading.Thread):
-    """The peer sends `nbytes` to the guest's TCP sink (it closes at EOF); .sent after join()."""
+    """The peer sends to the guest's TCP sink until stop(), then waits for the sink to have read
+    every byte (it closes at EOF); .result (its output: the bytes sent) and .ended (a
+    time.monotonic()) after join()."""
 
-    def __init__(self, peer: str, address: str, port: int, nbytes: int):
+    def __init__(self, peer: str, address: str, port: int, flag: str):
         super().__init__(daemon=True)
-        self.peer, self.address, self.port, self.nbytes = peer, address, port, nbytes
+        self.peer, self.address, self.port, self.flag = peer, address, port, flag
         self.result: subprocess.CompletedProcess | None = None
+        self.ended = 0.0
+
+    def stop(self, timeout: float = 240):
+        open(self.flag, "w").close()
+        self.join(timeout)
 
     def run(self):
-        code = ("import socket,sys\n"
+        code = ("import os,socket\n"
                 f"s=socket.create_connection(('{self.address}',{self.port}),timeout=60)\n"
                 "c=b'v'*65536;n=0\n"
-                f"while n<{self.nbytes}:\n s.sendall(c);n+=len(c)\n"
+                f"while not os.path.exists({self.flag!r}):\n s.sendall(c);n+=len(c)\n"
                 "s.shutdown(socket.SHUT_WR)\n"
                 "while s.recv(4096):pass\n"
                 "print(n)\n")
         import sys
         self.result = subprocess.run(["nsenter", f"--net=/run/netns/{self.peer}", sys.executable, "-c", code],
-                                     capture_output=True, text=True, timeout=300)
+                                     capture_output=True, text=True, timeout=600)
+        self.ended = time.monotonic()
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):

@@ -51,7 +51,7 @@ def _define(pair, attachment: str) -> tuple[str, str, str, str]:
     vmlinuz, moddir = testguest.find_kernel()
     a = pair.hosts["A"]
     name, pname = "vmnet-t" + uuid.uuid4().hex[:6], "g" + uuid.uuid4().hex[:6]
-    if attachment == "bridge":
+    if attachment in ("bridge", "libvirt-tap"):
         address, option = BRIDGED_IP, f"{pname},bridge=br0"
         initrd = testguest.build_initramfs(os.path.join(a.dir, "guest.cpio"), moddir, BRIDGED_IP)
     else:
@@ -59,8 +59,13 @@ def _define(pair, attachment: str) -> tuple[str, str, str, str]:
         initrd = testguest.build_initramfs(os.path.join(a.dir, "guest.cpio"), moddir, testguest.DHCP)
     os.chmod(initrd, 0o644)
     serial = os.path.join(a.dir, name + ".serial")
-    a.define(name, lx.inject(guest_domain_xml(name, vmlinuz, initrd, pair.emulator, serial),
-                             [lx.port_option(option)], pair.emulator))
+    xml = guest_domain_xml(name, vmlinuz, initrd, pair.emulator, serial)
+    if attachment == "libvirt-tap":         # libvirt's own NIC on the same bridge, for comparison
+        nic = ("<interface type='bridge'><mac address='52:54:00:6d:69:67'/><source bridge='br0'/>"
+               "<model type='virtio'/><driver name='qemu'/></interface>")
+        a.define(name, xml.replace("</devices>", nic + "</devices>"))
+    else:
+        a.define(name, lx.inject(xml, [lx.port_option(option)], pair.emulator))
     return name, pname, address, serial
 
 
@@ -81,8 +86,10 @@ def _restart_later(host, after: float):
     return t
 
 
-@pytest.mark.parametrize("attachment", ["bridge", "routed"])
+@pytest.mark.parametrize("attachment", ["bridge", "routed", "libvirt-tap"])
 def test_a_guest_migrates_to_b_and_back_answering_throughout(pair, qemu, attachment):
+    """libvirt-tap: the same guest on libvirt's own tap NIC on the same bridge (vhost off, as QEMU
+    runs unprivileged here): the losses to compare vmnet's with."""
     from guest_env import ping
     from migration_env import Pinger, Transfer, wait_for
     name, pname, address, serial = _define(pair, attachment)
@@ -92,11 +99,13 @@ def test_a_guest_migrates_to_b_and_back_answering_throughout(pair, qemu, attachm
     wait_for(lambda: os.path.exists(serial) and testguest.READY in open(serial, errors="replace").read(), 240,
              "the guest on A")
     assert ping(pair.peer, address) == 3
-    mac = pair.ports("A")[pname]["mac"]
+    vmnet = attachment != "libvirt-tap"
+    mac = pair.ports("A")[pname]["mac"] if vmnet else None
     losses = []
     for source, target in (("A", "B"), ("B", "A")):
         pinger = Pinger(pair.peer, address).start()
-        transfer = Transfer(pair.peer, address, testguest.TCP_SINK_PORT, 24 << 20)
+        flag = os.path.join(a.dir, f"stop-{source}")
+        transfer = Transfer(pair.peer, address, testguest.TCP_SINK_PORT, flag)
         transfer.start()
         time.sleep(1)
         started = time.monotonic()
@@ -110,30 +119,27 @@ def test_a_guest_migrates_to_b_and_back_answering_throughout(pair, qemu, attachm
         assert out.returncode == 0, out.stderr
         time.sleep(1)
         sent, answered = pinger.stop()
-        transfer.join(240)
+        transfer.stop()
+        # the TCP connection made before the migration carried on across the switch-over, and ended
+        # with the sink having read every byte (it closes at EOF)
         assert transfer.result is not None and transfer.result.returncode == 0, transfer.result
-        assert int(transfer.result.stdout) == 24 << 20          # the TCP transfer across the switch completed
-        losses.append((source, target, sent - answered, round(took, 2)))
+        assert int(transfer.result.stdout) > 0
+        losses.append((source, target, sent - answered, round(took, 2), int(transfer.result.stdout) >> 20))
         assert pair.state(target, name) == "running" and pair.state(source, name) == "absent"
-        wait_for(lambda: pname not in pair.ports(source), 30, "the source's release")
-        port = pair.ports(target)[pname]
-        assert port["mac"] == mac and port["migration"] is None
-        assert port["network"]["plugged"], port["network"]
-        if ping(pair.peer, address) != 3:     # DEBUG
-            import json, subprocess
-            print("PORT", json.dumps({k: port.get(k) for k in ("network", "queue_counters", "sockets", "holder", "arrived")}, indent=1))
-            for ns in (pair.hosts[target].netns, pair.hosts[source].netns, pair.peer):
-                print(ns, subprocess.run(["ip", "netns", "exec", ns, "bridge", "fdb", "show"], capture_output=True, text=True).stdout[-1500:])
-                print(ns, subprocess.run(["ip", "netns", "exec", ns, "ip", "-s", "link"], capture_output=True, text=True).stdout[-3000:])
-            print(pair.hosts[target].helper.read_log()[-3000:])
-            time.sleep(5)
+        if vmnet:
+            wait_for(lambda: pname not in pair.ports(source), 30, "the source's release")
+            port = pair.ports(target)[pname]
+            assert port["mac"] == mac and port["migration"] is None
+            assert port["network"]["plugged"], port["network"]
         assert ping(pair.peer, address) == 3
         # the guest answered throughout: what it missed is the switch-over, not the migration
         assert sent - answered < sent // 2, (sent, answered)
-    print(f"\n{attachment}: pings lost at 10 ms (source, target, lost, migrate s): {losses}")
+    print(f"\n{attachment}: pings lost at 10 ms (source, target, lost, migrate s, MiB sent over TCP across "
+          f"the switch-over): {losses}")
     out = a.virsh("destroy", name)
     assert out.returncode == 0, out.stderr
-    wait_for(lambda: pname not in pair.ports("A"), 30, "the port's release")
+    if vmnet:
+        wait_for(lambda: pname not in pair.ports("A"), 30, "the port's release")
 
 
 def test_a_name_taken_on_b_aborts_the_migration_and_the_vm_runs_on_a_untouched(pair, qemu):
