@@ -131,7 +131,9 @@ class FakePod:
 class SessionLibvirt:
     """libvirtd in session mode as the pod's uid, inside the pod, with the vmnet mounts."""
 
-    def __init__(self, pod: FakePod, base: str, mounts=()):
+    def __init__(self, pod: FakePod, base: str, mounts=(), host_uuid: str | None = None):
+        """host_uuid: this "node's" (two launchers on one machine migrate between them only when
+        their libvirtds have host UUIDs of their own)."""
         self.pod = pod
         self.dir = os.path.join(base, "launcher")
         for d in ("home", "run", "config/libvirt", "cache"):
@@ -142,6 +144,8 @@ class SessionLibvirt:
         with open(os.path.join(self.dir, "config/libvirt/libvirtd.conf"), "w") as f:
             f.write('log_filters = "1:qemu 1:util.command 3:*"\nlog_outputs = "1:file:%s"\n'
                     % os.path.join(self.dir, "libvirtd.log"))
+            if host_uuid:
+                f.write(f'host_uuid = "{host_uuid}"\n')
         # the launcher image's own users: libvirt looks its uid up
         for name, line in (("passwd", f"qemu:x:{LAUNCHER_UID}:{LAUNCHER_UID}:qemu:/:/sbin/nologin\n"),
                            ("group", f"qemu:x:{LAUNCHER_UID}:\n")):

@@ -67,7 +67,7 @@ class Launcher:
     """A helper, a pod with its port (CNI ADD), and the pod's libvirtd."""
 
     def __init__(self, runtime: str, pod_netns: str, qemu: str, helper_config: str = "", queues: int = 1,
-                 wrapper_config: str = ""):
+                 wrapper_config: str = "", host_uuid: str | None = None):
         self.qemu = qemu
         with open(os.path.join(runtime, "etc", "vmnet.toml"), "w") as f:
             f.write(f'qemu = "{qemu}"\nallow_ipc_lock = true\n{wrapper_config}')
@@ -82,7 +82,7 @@ class Launcher:
         self.port = cni.port_name("c0ffee", "vmnet-fast", IFNAME)
         self.mounts = [(os.path.join(self.helper.dir, "consumer"), os.path.dirname(SOCKET_IN_POD), True),
                        (runtime, RUNTIME_IN_POD, True)]
-        self.libvirt = SessionLibvirt(self.pod, self.helper.dir, self.mounts).start()
+        self.libvirt = SessionLibvirt(self.pod, self.helper.dir, self.mounts, host_uuid=host_uuid).start()
         self.wrapper_log = os.path.join(self.libvirt.dir, "wrapper.log")
         open(self.wrapper_log, "w").close()
         os.chown(self.wrapper_log, LAUNCHER_UID, LAUNCHER_UID)
