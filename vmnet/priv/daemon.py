@@ -52,6 +52,15 @@ class Entry:
     holder: Holder | None = None                              # the live process that has the sockets
     addr: addrserver.Running | None = None                    # the port's address server
     addr_restarts: list = dataclasses.field(default_factory=list)   # when it was last restarted
+    parsed: object = None                                     # the record's Attachment, once parsed
+
+    @property
+    def attachment(self):
+        """The record's attachment (it never changes after create), parsed once: status asks for
+        it of every port."""
+        if self.parsed is None:
+            self.parsed = attachments.of_record(self.record)
+        return self.parsed
 
 
 class Helper:
@@ -595,7 +604,7 @@ class Helper:
     def _network_state(self, entry: Entry) -> dict:
         """Where the port is plugged, live; what anti-spoofing dropped; its address server."""
         record = entry.record
-        att = attachments.of_record(record)
+        att = entry.attachment
         out = {"attachment": att.describe(), "kind": att.kind}
         try:
             out.update(attachments.get(att.kind).describe(record, attachments.Context(self.instance, self.cfg)))
@@ -605,7 +614,7 @@ class Helper:
             out["spoofed"] = self.host_filter.stats(record.get("host_ifindex") or 0)
         else:
             out["spoofed"] = None
-        if addrserver.needs_server(record):
+        if addrserver.needs_server(record, att):
             out["addr_server"] = entry.addr.to_dict() if entry.addr else {"alive": False}
         return out
 

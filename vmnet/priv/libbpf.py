@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 
 from ..errors import NotSupported
@@ -228,8 +229,9 @@ def map_delete_key(map_fd: int, key: bytes) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
 def possible_cpus() -> int:
-    """How many values a per-CPU map holds for each key."""
+    """How many values a per-CPU map holds for each key (fixed at boot)."""
     return _check(lib().libbpf_num_possible_cpus(), "count possible CPUs")
 
 

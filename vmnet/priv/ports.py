@@ -310,12 +310,14 @@ def store_pending(record: dict, sockets: list, pending: list[int], instance: Ins
 
 
 def queue_stats(record: dict, instance: Instance = DEFAULT, program=None) -> list[dict] | None:
-    """The program's per-queue counters of a port (layout 2), or None."""
-    port = Port.from_dict(record)
-    if port.layout == 1:
+    """The program's per-queue counters of a port (layout 2), or None. Read off the record as it
+    is (map_keys: the queue ids in socket order), not rebuilt into a Port: status asks this of
+    every port."""
+    if record.get("layout", 1) == 1:
         return None
     with _program(instance, program) as prog:
-        return [dict(prog.stats(slot), queue=q, slot=slot) for slot, q in zip(port.slots, port.queue_ids)]
+        return [dict(prog.stats(slot), queue=q, slot=slot)
+                for slot, q in zip(record.get("slots") or (), record.get("map_keys") or ())]
 
 
 def _remove(name: str, instance: Instance, record: dict | None, program=None, slots=None, config=None,
