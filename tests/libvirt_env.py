@@ -39,6 +39,16 @@ def missing() -> str | None:
     return None
 
 
+def require(what: str = "starts libvirtd") -> None:
+    """Skip, saying why, where a test cannot start a libvirtd of its own (not root, not installed)."""
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {what}")
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+
+
 def write_wrapper(path: str, config: str, qemu: str, log: str | None = None) -> str:
     """vmnet-qemu-wrapper as a domain's <emulator>: pinned to the helper of `config`, execing
     `qemu`, logging its argv to `log` if given."""

@@ -31,14 +31,10 @@ ROUTED_IP = "10.1.2.3"
 
 @pytest.fixture
 def pair(qemu):
-    from libvirt_env import missing
+    from libvirt_env import require
     from migration_env import Pair
     _require_qemu(qemu)
-    if os.geteuid() != 0:
-        pytest.skip("needs root: starts two libvirtds")
-    reason = missing()
-    if reason:
-        pytest.skip(reason)
+    require("starts two libvirtds")
     p = Pair(qemu)
     try:
         yield p.start()
@@ -91,7 +87,8 @@ def test_a_guest_migrates_to_b_and_back_answering_throughout(pair, qemu, attachm
     """libvirt-tap: the same guest on libvirt's own tap NIC on the same bridge (vhost off, as QEMU
     runs unprivileged here): the losses to compare vmnet's with."""
     from guest_env import ping
-    from migration_env import Pinger, Transfer, wait_for
+    from migration_env import Transfer, wait_for
+    from vmnet.bench.migration import Pinger
     name, pname, address, serial = _define(pair, attachment)
     a = pair.hosts["A"]
     out = a.virsh("start", name)
@@ -103,7 +100,7 @@ def test_a_guest_migrates_to_b_and_back_answering_throughout(pair, qemu, attachm
     mac = pair.ports("A")[pname]["mac"] if vmnet else None
     losses = []
     for source, target in (("A", "B"), ("B", "A")):
-        pinger = Pinger(pair.peer, address).start()
+        pinger = Pinger(pair.peer, address)
         flag = os.path.join(a.dir, f"stop-{source}")
         transfer = Transfer(pair.peer, address, testguest.TCP_SINK_PORT, flag)
         transfer.start()
@@ -118,7 +115,7 @@ def test_a_guest_migrates_to_b_and_back_answering_throughout(pair, qemu, attachm
             assert restart.done, "the source's helper did not come back"
         assert out.returncode == 0, out.stderr
         time.sleep(1)
-        sent, answered = pinger.stop()
+        sent, answered, _ = pinger.stop(time.time())
         transfer.stop()
         # the TCP connection made before the migration carried on across the switch-over, and ended
         # with the sink having read every byte (it closes at EOF)
@@ -165,12 +162,11 @@ def test_a_destination_that_cannot_lock_the_umem_aborts_the_migration_and_the_vm
     """B's helper may not leave QEMU CAP_IPC_LOCK and root here cannot raise memlock: B's QEMU
     cannot start; libvirt aborts, releases B's ports, and the VM runs on, on A."""
     from guest_env import ping
-    from libvirt_env import missing
+    from libvirt_env import require
     from migration_env import Pair, wait_for
     from vmnet.caps import has_capability
     _require_qemu(qemu)
-    if missing():
-        pytest.skip(missing())
+    require("starts two libvirtds")
     if has_capability("sys_resource"):
         pytest.skip("root here may raise any memlock limit: there is no refusal to provoke")
     pair = Pair(qemu, no_ipc_lock_on=("B",))

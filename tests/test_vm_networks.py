@@ -76,13 +76,9 @@ def test_a_routed_guest_takes_its_address_gateway_and_mtu_by_dhcp(helper, consum
 
 @pytest.fixture
 def private_libvirt(qemu):
-    from libvirt_env import missing, private_libvirt_on_default
+    from libvirt_env import private_libvirt_on_default, require
     _require_qemu(qemu)
-    if os.geteuid() != 0:
-        pytest.skip("needs root: starts libvirtd")
-    reason = missing()
-    if reason:
-        pytest.skip(reason)
+    require()
     # where root cannot raise memlock, QEMU keeps CAP_IPC_LOCK only (tests/test_vm_ipc_lock.py)
     ipc_lock = not has_capability("sys_resource")
     with private_libvirt_on_default(SHARED_NETNS + ('allow_ipc_lock = true\nlibvirt_qemu_user = "root"\n'
