@@ -250,6 +250,9 @@ def _network_text(r: dict) -> list[str]:
     lines = []
     if r.get("migration"):
         lines.append(f"  migration: {MIGRATION_TEXT.get(r['migration'], r['migration'])}")
+    if r.get("queues_served"):
+        lines.append(f"  queues: its consumer reads {r['queues_served']} of {r['queues']}; the host end sends "
+                     f"to queues {', '.join(str(q) for q in r['map_keys'][:r['queues_served']])} only")
     if net.get("waiting"):
         lines.append(f"  waiting: {net['waiting']}")
     if net.get("missing"):

@@ -7,6 +7,10 @@ netns, refuses a port whose program is not attached in mode= (as QEMU <=
 echo port and TCP SYNs (with RST) for one MAC/IP. It counts per queue what
 it received, bad checksums and oversized frames, and prints JSON lines:
 "ready" once bound (with its credentials), "stats" on SIGUSR1 and at exit.
+
+Signal SIGRTMIN+k makes it read only its first k queues, as QEMU does once
+its guest enables k queue pairs (`ethtool -L eth0 combined k`): the other
+queues' frames stay on their rings until it reads them again.
 """
 
 from __future__ import annotations
@@ -61,6 +65,29 @@ class Counters(dict):
                          bad_checksum=0, oversized=0)
 
 
+class Serving:
+    """Which queues are read (a prefix, like a guest's enabled queue pairs), changed by signal."""
+
+    def __init__(self, poller, queues: list):
+        self.poller, self.queues = poller, queues
+        self.count = self.want = len(queues)
+        for q in queues:
+            poller.register(q.fd, select.POLLIN)
+        for k in range(1, len(queues) + 1):
+            signal.signal(signal.SIGRTMIN + k, lambda _sig, _frame, k=k: setattr(self, "want", k))
+
+    def update(self):
+        if self.want == self.count:
+            return
+        for i, q in enumerate(self.queues):
+            if self.want <= i < self.count:
+                self.poller.unregister(q.fd)
+            elif self.count <= i < self.want:
+                self.poller.register(q.fd, select.POLLIN)
+        self.count = self.want
+        _emit("serving", queues=[q.queue_id for q in self.queues[:self.count]])
+
+
 def relay(queues: list, tap_fd: int, mtu: int, counters: list, stop: list) -> None:
     """Pass frames between the port's queues and a tap device, as QEMU passes them between
     af-xdp and its guest's virtio-net: the tap's network namespace then stands in for the
@@ -69,12 +96,11 @@ def relay(queues: list, tap_fd: int, mtu: int, counters: list, stop: list) -> No
     import os
     os.set_blocking(tap_fd, False)
     poller = select.poll()
-    by_fd = {}
-    for q, c in zip(queues, counters):
-        poller.register(q.fd, select.POLLIN)
-        by_fd[q.fd] = (q, c)
+    by_fd = {q.fd: (q, c) for q, c in zip(queues, counters)}
+    serving = Serving(poller, queues)
     poller.register(tap_fd, select.POLLIN)
     while not stop:
+        serving.update()
         try:
             events = poller.poll(100)
         except InterruptedError:
@@ -141,11 +167,10 @@ def run(netdev: str, device: str, ip: str, udp_port: int = 7, allow_privileged: 
             q.close()
         return 0
     poller = select.poll()
-    by_fd = {}
-    for q, c in zip(queues, counters):
-        poller.register(q.fd, select.POLLIN)
-        by_fd[q.fd] = (q, c)
+    by_fd = {q.fd: (q, c) for q, c in zip(queues, counters)}
+    serving = Serving(poller, queues)
     while not stop:
+        serving.update()
         try:
             events = poller.poll(100)
         except InterruptedError:

@@ -34,8 +34,8 @@ from ..config import Config
 from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
 from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, MemlockPlan, mib, plan_memlock
 from ..model import PortSpec, validate_port_name
-from . import (addrserver, attachments, authz, backends, bindguard, bpf, hostfilter, netns, nichook, ports, state,
-               xsk, xskprog)
+from . import (addrserver, attachments, authz, backends, bindguard, bpf, hostfilter, netns, nichook, ports,
+               queuewatch, state, xsk, xskprog)
 from .confine import apply_memlock
 from .holders import Holder
 from .instance import Instance
@@ -53,6 +53,7 @@ class Entry:
     addr: addrserver.Running | None = None                    # the port's address server
     addr_restarts: list = dataclasses.field(default_factory=list)   # when it was last restarted
     parsed: object = None                                     # the record's Attachment, once parsed
+    queues: queuewatch.QueueWatch | None = None               # which queues its consumer reads
 
     @property
     def attachment(self):
@@ -99,6 +100,7 @@ class Helper:
         # owners (domain uuids) whose migration here the hook announced: their ports are made
         # incoming at prepare; kept for INCOMING_TTL seconds
         self.incoming_owners: dict[str, float] = {}
+        self.queues_looked = 0.0                            # when the multi-queue rings were last read
         assert set(self.verbs) == set(protocol.VERBS) == set(requests.VERBS)
 
     @property
@@ -410,6 +412,50 @@ class Helper:
         log.info("port %s: active (%s)%s", name, why,
                  f"; routes {', '.join(done['routes'])}" if done.get("routes") else "")
 
+    # ---- multi-queue ports: the host end sends to the queues the consumer reads -------
+
+    def watch_queues(self) -> bool:
+        """Read the rings of every multi-queue port a consumer holds (each queuewatch.TICK) and
+        steer its host end to the queues that are read. True while some port is watched."""
+        with self.lock:
+            watched = [(n, e) for n, e in self.ports.items() if e.queues is not None]
+            now = time.monotonic()
+            if not watched or now - self.queues_looked < queuewatch.TICK:
+                return bool(watched)
+            self.queues_looked = now
+            for name, entry in watched:
+                served = entry.queues.tick(now)
+                if served is not None:
+                    self._steer(name, entry, served)
+            return True
+
+    def _steer(self, name: str, entry: Entry, served: int | None) -> None:
+        """Steer port `name`'s host end to its first `served` queues (None: all of them, as when
+        a consumer starts or leaves); recorded as queues_served, for status and the metrics."""
+        record = entry.record
+        if not queuewatch.applies(record):
+            return
+        before = record.get("queues_served")
+        if served is None or served >= record["queues"]:
+            served = None
+        if served == before:
+            return
+        try:
+            queuewatch.steer(record, served if served is not None else record["queues"])
+        except VmnetError as exc:
+            log.warning("port %s: %s", name, exc.message)
+            return
+        record["queues_served"] = served
+        self.state.write(name, record)
+        if self.metrics is not None:
+            self.metrics.changed()
+        if served is None:
+            log.info("port %s: its host end sends to every queue again", name)
+        else:
+            log.info("port %s: its consumer reads %d of %d queues (queue %s holds frames no one takes): "
+                     "its host end sends to those only", name, served, record["queues"],
+                     record["map_keys"][served])
+
     # ---- the handoff ----------------------------------------------------
 
     def fds_for_consumer(self, peer, args):
@@ -451,6 +497,9 @@ class Helper:
         holder = Holder.of_pid(holder_pid) if holder_pid is not None else Holder.of_peer(peer)
         entry.holder = holder
         record["holder"] = holder.to_dict()
+        if queuewatch.applies(record):
+            self._steer(record["name"], entry, None)       # a new consumer starts with every queue
+            entry.queues = queuewatch.QueueWatch(entry.sockets)
         self.state.write(record["name"], record)
         if self.metrics is not None:
             self.metrics.handoffs.inc()
@@ -542,6 +591,7 @@ class Helper:
         entry.holder = None
         entry.record["holder"] = None
         _close_sockets(entry)
+        self._steer(name, entry, None)
         try:
             entry.sockets, entry.pending = ports.new_sockets(entry.record, self.instance,
                                                              self.protection.guard, self.program)
@@ -710,6 +760,9 @@ class Helper:
 
 
 def _close_sockets(entry: Entry):
+    if entry.queues is not None:
+        entry.queues.close()
+        entry.queues = None
     for s in entry.sockets:
         s.close()
     entry.sockets, entry.pending = [], []

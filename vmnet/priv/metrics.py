@@ -220,6 +220,13 @@ class _Collector:
             if r.get("migration"):
                 per_port.add_metric([name, r["migration"]], 1)
         yield per_port
+        served = GaugeMetricFamily("vmnet_port_queues_served",
+                                   "Queues of a multi-queue port its host end sends to: those its consumer "
+                                   "reads (docs/datapath.md, a guest with fewer queue pairs).", labels=["port"])
+        for name, r, _, _ in entries:
+            if r.get("queues", 1) > 1:
+                served.add_metric([name], r.get("queues_served") or r["queues"])
+        yield served
         pinfo = GaugeMetricFamily("vmnet_port_info", "One per port.",
                                   labels=["port", "backend", "mode", "queues", "consumer_uid", "pod"])
         alive = GaugeMetricFamily("vmnet_port_holder_alive", "1 while a live consumer holds the port's sockets.",

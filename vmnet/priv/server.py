@@ -40,7 +40,7 @@ import time
 from .. import protocol
 from ..config import Config
 from ..errors import InvalidInput, KernelError, PermissionDenied
-from . import authz, budget
+from . import authz, budget, queuewatch
 from .daemon import Helper, one_line
 from ..pod import pod_uids
 
@@ -131,14 +131,17 @@ class Server:
             ready()
         try:
             waiting = False
+            watching_queues = False
             while not stop:
                 try:
                     self._watch_holders()
                 except Exception:       # a process it cannot watch must not stop the helper
                     log.exception("error while watching consumers")
                 # while a socket waits for its consumer's rings, or a port for its migrating VM,
-                # look again every 10 ms
-                for key, _ in self.sel.select(timeout=0.01 if waiting else 1.0):
+                # look again every 10 ms; while a multi-queue port has a consumer, every
+                # queuewatch.TICK
+                timeout = 0.01 if waiting else (queuewatch.TICK if watching_queues else 1.0)
+                for key, _ in self.sel.select(timeout=timeout):
                     try:
                         if key.data == "listener":
                             self._accept(listener)
@@ -155,6 +158,10 @@ class Server:
                             self._drop(key.fileobj)
                 waiting = self.helper.store_pending()
                 waiting = self.helper.watch_incoming() or waiting
+                try:
+                    watching_queues = self.helper.watch_queues()
+                except Exception:       # noqa: BLE001 (steering is best effort; the port still works)
+                    log.exception("error while watching multi-queue ports")
                 now = time.monotonic()
                 for conn, c in list(self.conns.items()):
                     if now - c.last > self.cfg.idle_timeout:
