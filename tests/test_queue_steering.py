@@ -192,10 +192,19 @@ def test_the_first_queue_unread_changes_nothing(helper, test_netns, consumer_net
     try:
         guest.start()
         guest.address(f"{GUEST_IP}/24")
+        # no ARP (which would wait on one queue): the datagrams go out at once
+        run_in(test_netns, "ip", "neigh", "replace", GUEST_IP, "lladdr", guest.record["mac"], "dev",
+               "vmn-" + port_name, "nud", "permanent")
+        before = [c["redirected"] for c in helper.vmnet_json("port", "show", port_name)["queue_counters"]]
         serve(guest, 1)
         guest.relay.proc.send_signal(signal.SIGSTOP)       # reads nothing at all
-        flows(test_netns, budget=2.0)
+        # one datagram from each of 16 ports: both queues get some, and neither ring is read
+        py_in(test_netns, "import socket\nfor i in range(16):\n"
+                          "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                          f"    s.sendto(b'x', ({GUEST_IP!r}, 7))\n")
         time.sleep(1.0)
+        after = [c["redirected"] for c in helper.vmnet_json("port", "show", port_name)["queue_counters"]]
+        assert all(a > b for a, b in zip(after, before)), (before, after)
         assert served(helper, port_name) is None
         guest.relay.proc.send_signal(signal.SIGCONT)
     finally:

@@ -102,11 +102,13 @@ WAITING = "VMNET-GUEST-WAITING-FOR-ITS-NIC"
 
 
 def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24, queues: int = 1,
-                    wait_for_nic: bool = False, ping: str | None = None) -> str:
+                    wait_for_nic: bool = False, ping: str | None = None, control: bool = False) -> str:
     """address DHCP: the guest asks for its address with busybox udhcpc (address, netmask,
     router, classless routes, MTU), writes what it got on the serial console (LEASE), and,
     given `ping`, pings that address and writes how many answered (PINGED). queues > 1: the guest enables that many queue pairs (ethtool -L combined, Debian's ethtool
-    and its libraries in the initramfs): Linux enables only as many as it has CPUs."""
+    and its libraries in the initramfs): Linux enables only as many as it has CPUs. control: a
+    shell on the second serial port (qemu_boot_args' control socket; ethtool is there too), for
+    tests that change the guest while it runs (Control)."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     with open(busybox, "rb") as f:
         bb = f.read()
@@ -114,7 +116,7 @@ def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24, queu
     entries = [(n, d, b"") for n in ("bin", "dev", "proc", "sys", "lib", "lib/modules")]
     base_dirs = len(entries)
     entries.append(("bin/busybox", x, bb))
-    if queues > 1:
+    if queues > 1 or control:
         ethtool = shutil.which("ethtool") or "/usr/sbin/ethtool"
         dirs = set()
         for p, data in _with_libraries(ethtool):
@@ -140,7 +142,8 @@ def build_initramfs(path: str, moddir: str, address: str, prefix: int = 24, queu
             inserts.append(f"/bin/busybox insmod /lib/modules/{base}")
     if address == DHCP:
         entries.append(("bin/lease", x, LEASE_SCRIPT.encode()))
-    entries.append(("init", x, init_script(inserts, address, prefix, queues, wait_for_nic, ping).encode()))
+    entries.append(("init", x, init_script(inserts, address, prefix, queues, wait_for_nic, ping,
+                                           control).encode()))
     with open(path, "wb") as fh:
         fh.write(_cpio(entries))
     return path
@@ -164,7 +167,7 @@ echo "{LEASE} ip=$ip mask=$mask router=$router mtu=$mtu staticroutes=$staticrout
 
 
 def init_script(inserts: list[str], address: str, prefix: int = 24, queues: int = 1,
-                wait_for_nic: bool = False, ping: str | None = None) -> str:
+                wait_for_nic: bool = False, ping: str | None = None, control: bool = False) -> str:
     """The guest's /init: modules, eth0 with `address` (and `queues` queue pairs), the TCP
     sink, READY. wait_for_nic: say WAITING and wait for eth0 to be hot-plugged first. Pure."""
     ethtool = shutil.which("ethtool") or "/usr/sbin/ethtool"
@@ -187,9 +190,54 @@ def init_script(inserts: list[str], address: str, prefix: int = 24, queues: int 
         *([f"echo {PINGED} $(/bin/busybox ping -c 3 -W 2 {ping} | /bin/busybox grep -c 'bytes from') > /dev/ttyS0"]
           if ping else []),
         _SINK,
+        *([_CONTROL] if control else []),
         f"echo {READY} > /dev/ttyS0",
         "while true; do /bin/busybox sleep 3600; done",
     ]) + "\n"
+
+
+# the control shell: commands from the second serial port, run one line at a time, their
+# output back on it (no echo, so a test reads only what the commands print)
+_CONTROL = ("(/bin/busybox stty -F /dev/ttyS1 -echo; "
+            "while true; do /bin/busybox sh < /dev/ttyS1 > /dev/ttyS1 2>&1; done) &")
+
+
+class Control:
+    """The test's end of a guest's control shell (build_initramfs(control=True)), through the
+    unix socket QEMU listens on (qemu_boot_args(control=...))."""
+
+    def __init__(self, path: str, timeout: float = 60.0):
+        import socket
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.sock.settimeout(timeout)
+        self.n = 0
+
+    def run(self, command: str) -> str:
+        """Run `command` in the guest; what it printed."""
+        self.n += 1
+        end = f"VMNET-CONTROL-DONE-{self.n}"
+        self.sock.sendall(f"{command}; echo {end}\n".encode())
+        out = b""
+        while end.encode() not in out:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"the guest's control shell went away: {out!r}")
+            out += chunk
+        return out.decode(errors="replace").split(end)[0]
+
+    def close(self):
+        self.sock.close()
 
 
 def firmware_args() -> list[str]:
@@ -198,8 +246,13 @@ def firmware_args() -> list[str]:
             if os.path.isdir(d) for a in ("-L", d)]
 
 
-def qemu_boot_args(vmlinuz: str, initramfs: str, serial_log: str) -> list[str]:
+def qemu_boot_args(vmlinuz: str, initramfs: str, serial_log: str, cpus: int = 1,
+                   control: str | None = None) -> list[str]:
+    """control: a unix socket path QEMU listens on for the guest's second serial port."""
     return firmware_args() + ["-machine", "pc,accel=tcg", "-m", "256", "-nodefaults", "-display", "none",
+            *(["-smp", str(cpus)] if cpus > 1 else []),
             "-kernel", vmlinuz, "-initrd", initramfs,
             "-append", "console=ttyS0 panic=-1 quiet",
-            "-serial", f"file:{serial_log}", "-no-reboot"]
+            "-serial", f"file:{serial_log}", "-no-reboot",
+            *(["-chardev", f"socket,id=vmnetctl,path={control},server=on,wait=off",
+               "-serial", "chardev:vmnetctl"] if control else [])]
