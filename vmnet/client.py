@@ -12,6 +12,7 @@ from __future__ import annotations
 import _socket as socket
 import array
 import os
+import struct
 
 from . import protocol
 from .errors import HelperUnavailable, VmnetError
@@ -21,9 +22,18 @@ class Client:
     def __init__(self, path: str, timeout: float = 30.0):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(timeout)
+        # A blocking connect waits, up to SO_SNDTIMEO, for room in the helper's backlog, which a
+        # boot storm fills; with a Python timeout set the socket is non-blocking, and a full
+        # backlog would fail the connect at once (EAGAIN).
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                             struct.pack("@ll", int(timeout), int(timeout % 1 * 1e6)))
         try:
             self.sock.connect(path)
+        except BlockingIOError:
+            self.sock.close()
+            raise HelperUnavailable(f"the helper on {path} accepted no connection for {timeout:g} s "
+                                    "(its backlog stayed full)",
+                                    fix="the helper is overloaded or stuck: check its log and its CPU") from None
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             self.sock.close()
             raise HelperUnavailable(
@@ -34,6 +44,10 @@ class Client:
             self.sock.close()
             raise HelperUnavailable(f"no permission to connect to {path}", errno=exc.errno,
                                     fix="ask for membership of the helper socket's group") from None
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sock.settimeout(timeout)
 
     def call(self, verb: str, **args) -> tuple[dict, list[int]]:
         """Send one request; return its result and any fds (close-on-exec)."""

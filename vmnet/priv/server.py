@@ -47,6 +47,7 @@ from ..pod import pod_uids
 log = logging.getLogger("vmnet.helper")
 SO_SNDBUFFORCE = 32      # not exported by Python's socket module
 SO_PASSRIGHTS = 83       # Linux >= 6.16
+BACKLOG = 512            # connections waiting to be accepted (the kernel caps it at somaxconn)
 SCM_MAX_FD = 253         # the most fds one message can carry
 ANCILLARY = socket.CMSG_SPACE(SCM_MAX_FD * 4) + socket.CMSG_SPACE(12)
 CLOSER_THREADS = 16
@@ -235,7 +236,9 @@ class Server:
         if group:
             from .daemon import _group_id
             os.chown(path, 0, _group_id(group))
-        listener.listen(64)
+        # room for a boot storm's hooks and wrappers while a request is being served; each waits
+        # in its connect (vmnet.client) rather than failing
+        listener.listen(BACKLOG)
         listener.setblocking(False)
         return listener
 
