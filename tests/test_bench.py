@@ -116,8 +116,15 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     mg = result["migration"]            # needs a QEMU with af-xdp (the VM tier's), and says so
     assert "error" not in mg, mg
     assert "VMNET_TEST_QEMU" in mg.get("skipped", "") or mg["vmnet"]["port_activated"], mg
+    bs = result["boot-storm"]           # 20 VMs with --quick: each a hook and a wrapper process
+    assert "error" not in bs and bs["started"] == bs["vms"] == 20, bs
+    assert bs["release_failures"] == 0 and bs["ports_left_after_release"] == 0, bs
+    assert 0 < bs["slowest_vm_s"] <= bs["wall_s"] and bs["helper_cpu_per_vm_ms"] > 0, bs
+    storm_goals = [g for g in result["goals"] if g["name"].startswith("boot storm")]
+    assert len(storm_goals) == 2 and all("--quick" in g["verdict"] for g in storm_goals), storm_goals
     text = format_result(result)
     assert "goals" in text and "create p99, 1 queue" in text and "9. live migration" in text
+    assert "10. boot storm: 20 VMs at once" in text
 
 
 @pytest.mark.unit

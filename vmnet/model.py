@@ -7,7 +7,6 @@ accepts can be tested anywhere and is applied before anything is created.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 
 from .errors import InvalidInput
@@ -145,6 +144,7 @@ def validate_mac(mac: str) -> str:
 
 def default_mac(port_name: str) -> str:
     """A stable, locally administered unicast MAC derived from the port name."""
+    import hashlib      # here, not at the top: the wrapper imports this module on every VM start
     digest = hashlib.sha256(port_name.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02,) + tuple(digest[:5]))
 

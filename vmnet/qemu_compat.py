@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 from .errors import NotSupported
 
@@ -103,6 +102,7 @@ def version_of(path: str, timeout: float = 10.0) -> tuple[int, int, int] | None:
     if entry and entry.get("id") == list(key[1:]):
         version = tuple(entry["version"]) if entry.get("version") else None
     else:
+        import subprocess       # only on a cache miss: the wrapper runs this on every VM start
         try:
             out = subprocess.run([real, "-version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                  timeout=timeout).stdout

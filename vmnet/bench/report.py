@@ -163,6 +163,20 @@ def _migration_lines(r: dict) -> list[str]:
             + [f"   vmnet lost {mg['extra_pings_lost']:+g} ping(s) against tap"])
 
 
+def _storm_lines(r: dict) -> list[str]:
+    bs = r.get("boot-storm") or {}
+    if _problem(bs):
+        return ["10. boot storm", f"   {_problem(bs)}"]
+    return [f"10. boot storm: {bs['vms']} VMs at once, each its libvirt hook's prepare then the QEMU wrapper's "
+            "hand-off (separate processes)",
+            f"   all with their sockets after {bs['wall_s']:.2f} s; slowest VM {bs['slowest_vm_s']:.2f} s, median "
+            f"{bs['vm_p50_ms'] / 1000:.2f} s (its hook {bs['hook_p50_ms'] / 1000:.2f} s)",
+            f"   CPU per VM: the helper {_ms(bs['helper_cpu_per_vm_ms'])} ms, the hook's and the wrapper's processes "
+            f"{_ms(bs['processes_cpu_per_vm_ms'])} ms, on {bs['cpus']} CPUs",
+            f"   releasing all through the hook: {bs['release_all_s']:.2f} s, {bs['release_failures']} failed, "
+            f"{bs['ports_left_after_release']} port(s) left"]
+
+
 def format_result(r: dict) -> str:
     out = [f"vmnet bench{' --quick' if r.get('quick') else ''}: kernel {r['machine']['kernel']}, "
            f"{r['machine']['cpus']} CPUs, load {r['machine']['loadavg_start']} -> {r['machine'].get('loadavg_end')}, "
@@ -271,6 +285,8 @@ def format_result(r: dict) -> str:
         out += [""] + _xdp_sharing_lines(r)
     if "migration" in r:
         out += [""] + _migration_lines(r)
+    if "boot-storm" in r:
+        out += [""] + _storm_lines(r)
     out += ["", "goals"]
     out += ["   " + line for line in _table(
         ("goal", "limit", "measured", "verdict"),

@@ -25,7 +25,8 @@ from . import datapath, hook, latency, networks, scale, wrapper
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
 
-PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "networks", "lease", "xdp-sharing", "migration")
+PARTS = ("latency", "scale", "hook", "wrapper", "datapath", "networks", "lease", "xdp-sharing", "migration",
+         "boot-storm")
 CONSUMER_UID = 65534        # nobody: ports are never handed out here
 
 
@@ -48,12 +49,13 @@ class Plan:
     hook_path: str | None = None
     profile_dir: str | None = None
     lease_from: str | None = None       # the lease part runs only with a NIC to lease from
+    storm_vms: int = 100
 
     @classmethod
     def make(cls, quick: bool, **overrides) -> "Plan":
         plan = cls(quick=True, iterations=20, ports=64, status_runs=3, hook_runs=5,
                    hook_port_runs=2, pings=5, guest_pings=10, tcp_seconds=2.0,
-                   tcp_rounds=1, network_iterations=10, network_tcp_rounds=2) if quick else cls()
+                   tcp_rounds=1, network_iterations=10, network_tcp_rounds=2, storm_vms=20) if quick else cls()
         for key, value in overrides.items():
             if value is not None:
                 setattr(plan, key, value)
@@ -140,6 +142,8 @@ def _run(plan: Plan, progress) -> dict:
     from . import migration
     _part(result, "migration", plan, lambda: migration.measure("mg" + tag, rounds=1 if plan.quick else 3,
                                                                 progress=progress))
+    from . import storm
+    _part(result, "boot-storm", plan, lambda: storm.measure("bs" + tag, plan.storm_vms, progress))
     if profile and os.path.exists(profile):
         result["profile"] = _summarise_profile(profile, os.path.join(plan.profile_dir, "helper-top.txt"))
     result["machine"]["loadavg_end"] = _loadavg()
@@ -205,6 +209,10 @@ def _headline(result: dict):
 
     wr = result.get("wrapper") or {}
     result["wrapper_added_ms"] = wr.get("added_ms")
+
+    bs = result.get("boot-storm") or {}
+    result["boot_storm_wall_s"] = bs.get("wall_s")
+    result["boot_storm_slowest_vm_s"] = bs.get("slowest_vm_s")
 
     dp = result.get("datapath") or {}
     result["ping_rtt_ms"] = dp.get("rtt_avg_ms")

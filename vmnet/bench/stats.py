@@ -109,7 +109,25 @@ def goals_of(result: dict) -> list[Goal]:
         # live migration: a vmnet NIC loses no more pings (10 ms apart) than a tap NIC + 1
         Goal("migration: pings lost, vmnet - tap", (result.get("migration") or {}).get("extra_pings_lost"), 1.0,
              "pings", note=(result.get("migration") or {}).get("skipped", "")),
+        # a boot storm: 100 VMs' hooks and wrappers at once, all with sockets within 3 s, none over 1.5 s
+        *[Goal(f"boot storm: 100 VMs, {what}", _storm(result, key), limit, "s", note=_storm_note(result))
+          for what, key, limit in (("wall until the last has its sockets", "wall_s", 3.0),
+                                   ("slowest single VM", "slowest_vm_s", 1.5))],
     ]
+
+
+def _storm(result: dict, key: str):
+    bs = result.get("boot-storm") or {}
+    return bs.get(key) if bs.get("vms") == 100 and not bs.get("error") else None
+
+
+def _storm_note(result: dict) -> str:
+    bs = result.get("boot-storm") or {}
+    if bs.get("skipped") or bs.get("error"):
+        return bs.get("skipped") or bs.get("error")
+    if bs.get("vms") not in (None, 100):
+        return f"this run started {bs['vms']} VMs (--quick), not 100"
+    return ""
 
 
 def _network_note(result: dict, kind: str) -> str:
