@@ -231,3 +231,44 @@ def test_xps_masks():
     skb = dict(record, mode="skb", mode_requested="skb")
     # transmit queue k reaches queue k - 1 in skb mode; the host end has one more
     assert queuewatch.xps_masks(skb, 2, 40) == ["000000ff,ffffffff"] * 3 + ["00000000"] * 2
+
+
+class FakeRing:
+    """A ring's (producer, consumer) indexes as a test sets them."""
+
+    def __init__(self):
+        self.producer = self.consumer = 0
+
+    def indexes(self):
+        return self.producer, self.consumer
+
+    def close(self):
+        pass
+
+
+def test_a_queue_stalls_after_its_frames_wait_and_serves_again_once_read():
+    rings = [FakeRing() for _ in range(4)]
+    watch = queuewatch.QueueWatch([], rings=rings)
+    assert watch.tick(0.0) is None and watch.served == 4
+    for r in rings:
+        r.producer = 5                      # frames on every ring
+    rings[0].consumer = rings[1].consumer = 5   # queues 0 and 1 are read
+    assert watch.tick(0.1) is None          # 2 and 3 have waited 0 s
+    assert watch.tick(0.1 + queuewatch.STALL) == 2
+    assert watch.stalled == [False, False, True, True]
+    rings[2].consumer = rings[3].consumer = 5   # the guest enables them again: QEMU drains them
+    assert watch.tick(0.5) is None          # within MIN_INTERVAL of the last change
+    assert watch.tick(0.1 + queuewatch.STALL + queuewatch.MIN_INTERVAL) == 4
+
+
+def test_a_consumer_flipping_its_rings_changes_the_steering_once_a_second_at_most():
+    rings = [FakeRing() for _ in range(2)]
+    watch = queuewatch.QueueWatch([], rings=rings)
+    changes, now = 0, 0.0
+    for step in range(100):                 # 10 s of a QEMU that makes queue 1 stall and drain in turn
+        now = step * queuewatch.TICK
+        rings[1].producer += 1
+        if (step // 4) % 2:
+            rings[1].consumer = rings[1].producer
+        changes += watch.tick(now) is not None
+    assert 2 <= changes <= 10 / queuewatch.MIN_INTERVAL + 1, changes

@@ -41,6 +41,9 @@ from ..xdp_abi import MMAP_OFFSETS, SOL_XDP, XDP_MMAP_OFFSETS
 
 TICK = 0.1          # how often the rings are read
 STALL = 0.25        # a ring that holds frames no one took for this long is not being read
+# at most one steering change per port this often: a guest flipping its queue count, or a QEMU
+# writing its rings' consumer indexes at will, costs the helper (and its log) little
+MIN_INTERVAL = 1.0
 RX_PRODUCER, RX_CONSUMER = 0, 1     # indexes of rx.producer / rx.consumer in MMAP_OFFSETS
 XDP_PGOFF_RX_RING = 0
 
@@ -128,11 +131,12 @@ class Ring:
 class QueueWatch:
     """One port's queues while a consumer holds its sockets: which are read, how many serve."""
 
-    def __init__(self, sockets: list[socket.socket], served: int | None = None):
-        self.rings = [Ring(s) for s in sockets]
-        self.served = served if served is not None else len(sockets)
-        self.last = [None] * len(sockets)            # (consumer index, since when it has not moved)
-        self.stalled = [False] * len(sockets)
+    def __init__(self, sockets: list[socket.socket], rings: list | None = None):
+        self.rings = rings if rings is not None else [Ring(s) for s in sockets]
+        self.served = len(self.rings)
+        self.last = [None] * len(self.rings)         # (consumer index, since when it has not moved)
+        self.stalled = [False] * len(self.rings)
+        self.changed_at = float("-inf")
 
     def tick(self, now: float) -> int | None:
         """Look at the rings; the new number of served queues when it changed, else None."""
@@ -152,9 +156,9 @@ class QueueWatch:
             elif now - self.last[i][1] >= STALL:
                 self.stalled[i] = True
         served = served_count(self.stalled, self.served)
-        if served == self.served:
-            return None
-        self.served = served
+        if served == self.served or now - self.changed_at < MIN_INTERVAL:
+            return None         # unchanged, or changed too recently: looked at again next tick
+        self.served, self.changed_at = served, now
         return served
 
     def close(self):
