@@ -199,6 +199,29 @@ def helper(test_netns):
 
 
 @pytest.fixture
+def metered(test_netns):
+    """A helper with its metrics endpoint on a free loopback port: (helper, port)."""
+    from helpers import HelperProcess, free_port
+    port = free_port()
+    h = HelperProcess(f'metrics = "127.0.0.1:{port}"\nmetrics_port_labels = true\n').start()
+    try:
+        yield h, port
+    finally:
+        h.cleanup()
+
+
+@pytest.fixture
+def spaces():
+    """Namespaces a test's peers and guests live in (tests/guest_env.py), all removed after."""
+    from guest_env import Namespaces
+    s = Namespaces()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
 def shared_helper(test_netns):
     """A helper whose ports may share one netns even where binds cannot be confined."""
     from helpers import SHARED_NETNS, HelperProcess

@@ -25,6 +25,15 @@ ADMIN_GID = 64100           # numeric ids: no /etc/passwd entries are created or
 USER_A, USER_B = 64001, 64002
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (for a helper's metrics endpoint)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def required_or_skip(env: str, failure: str, skip: str):
     """The kernel matrix's rule for a test this kernel cannot run: a skip saying why, or a
     failure where the entry's kernel must run it (scripts/kernel-matrix sets env to 1)."""

@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import HelperProcess
+from helpers import HelperProcess, free_port
 
 pytest.importorskip("prometheus_client", reason="prometheus_client is not installed (install.sh installs it)")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -23,14 +23,6 @@ from vmnet.client import Client  # noqa: E402
 from vmnet.errors import VmnetError  # noqa: E402
 
 pytestmark = pytest.mark.netns
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def scrape(port: int) -> dict:
@@ -42,16 +34,6 @@ def scrape(port: int) -> dict:
 
 def value(samples: dict, name: str, **labels) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
-
-
-@pytest.fixture
-def metered(test_netns):
-    port = _free_port()
-    h = HelperProcess(f'metrics = "127.0.0.1:{port}"\nmetrics_port_labels = true\n').start()
-    try:
-        yield h, port
-    finally:
-        h.cleanup()
 
 
 def test_counters_follow_a_create_delete_loop(metered, consumer_netns, port_name):
@@ -143,7 +125,7 @@ def _tcp(port):
 def test_over_tcp_only_totals_unless_the_operator_asks_for_ports(test_netns, consumer_netns, port_name):
     """Per-port series name ports, pods and uids: `vmnet port list` shows them only to admins
     and consumers, and a TCP scrape cannot be told apart from anyone else's."""
-    port = _free_port()
+    port = free_port()
     h = HelperProcess(f'metrics = "127.0.0.1:{port}"\n').start()
     try:
         h.vmnet_json("port", "add", port_name, "--netns", consumer_netns, "--consumer-user", "65534")
@@ -224,7 +206,7 @@ def test_two_thousand_half_open_scrapes_do_not_stall_the_helper(test_netns, cons
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    port = _free_port()
+    port = free_port()
     h = HelperProcess(f'metrics = "127.0.0.1:{port}"\n')
     h.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
     h.start()

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from guest_env import BUSYBOX, Guest, Namespaces, make_bridge, ping, py_in, run_in, veth_to
+from guest_env import BUSYBOX, Guest, make_bridge, ping, py_in, run_in, veth_to
 
 from vmnet.caps import process_credentials
 from vmnet.priv import links
@@ -21,15 +21,6 @@ from vmnet.priv import links
 pytestmark = pytest.mark.netns
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def spaces():
-    s = Namespaces()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from guest_env import Guest, Namespaces, ping, run_in, veth_to
+from guest_env import Guest, ping, run_in, veth_to
 from helpers import HelperProcess
 from ovs_env import Ovs, missing
 
@@ -42,15 +42,6 @@ def ovs_helper(ovs):
         yield h.start()
     finally:
         h.cleanup()
-
-
-@pytest.fixture
-def spaces():
-    s = Namespaces()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_an_ovs_port_has_its_tag_and_external_ids_and_carries_traffic(ovs, ovs_helper, consumer_netns,

@@ -12,7 +12,7 @@ import os
 
 import pytest
 from helpers import required_or_skip
-from guest_env import Guest, Namespaces, make_bridge, ping, run_in, veth_to
+from guest_env import Guest, make_bridge, ping, run_in, veth_to
 
 from vmnet import doctor
 
@@ -28,15 +28,6 @@ def require_bridge_vlans():
                      f"kernel {os.uname().release} shows CONFIG_BRIDGE_VLAN_FILTERING={state}",
                      f"kernel {os.uname().release} has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING="
                      f"{state or 'unknown'}): Debian's kernels in the kernel matrix run these")
-
-
-@pytest.fixture
-def spaces():
-    s = Namespaces()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from guest_env import Guest, Namespaces, py_in, run_in
+from guest_env import Guest, py_in, run_in
 
 from vmnet.priv import queuewatch
 
@@ -91,27 +91,6 @@ def xps(test_netns: str, ifname: str, tx: int) -> list[str]:
 def serve(guest: Guest, k: int) -> None:
     """The responder reads only its first k queues from now on (its SIGRTMIN+k)."""
     guest.relay.proc.send_signal(signal.SIGRTMIN + k)
-
-
-@pytest.fixture
-def spaces():
-    s = Namespaces()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def metered(test_netns):
-    from helpers import HelperProcess
-    from test_metrics import _free_port
-    port = _free_port()
-    h = HelperProcess(f'metrics = "127.0.0.1:{port}"\nmetrics_port_labels = true\n').start()
-    try:
-        yield h, port
-    finally:
-        h.cleanup()
 
 
 @pytest.mark.parametrize("mode", ["native", "skb"])

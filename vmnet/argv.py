@@ -62,6 +62,14 @@ def ports_in(argv: list[str]) -> list[str]:
     return found
 
 
+def placeholder_netdev(port: str, netdev_id: str = "n0") -> tuple[str, str]:
+    """(-netdev, -device) values for port `port` written with placeholders only, as a launcher
+    that knows nothing but the port's name writes them (vmnet fills every value). Pure."""
+    p = f"vmnet:{port}"
+    return (f"af-xdp,id={netdev_id},ifname={p},queues={p},start-queue={p},mode={p},inhibit=on,sock-fds={p}",
+            f"virtio-net-pci,netdev={netdev_id},mac={p},host_mtu={p}")
+
+
 def port_values(port: dict, fds: list[int]) -> dict:
     """What each key becomes for a port (a port record as the helper reports it)."""
     if len(fds) != port["queues"]:

@@ -202,25 +202,32 @@ _CONTROL = ("(/bin/busybox stty -F /dev/ttyS1 -echo; "
             "while true; do /bin/busybox sh < /dev/ttyS1 > /dev/ttyS1 2>&1; done) &")
 
 
+def connect_unix(path: str, timeout: float):
+    """A stream connection to a unix socket QEMU listens on, retried until QEMU has made it
+    (or `timeout` passed); the socket has `timeout` set."""
+    import socket
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            break
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    sock.settimeout(timeout)
+    return sock
+
+
 class Control:
     """The test's end of a guest's control shell (build_initramfs(control=True)), through the
     unix socket QEMU listens on (qemu_boot_args(control=...))."""
 
     def __init__(self, path: str, timeout: float = 60.0):
-        import socket
-        import time
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        self.sock.settimeout(timeout)
+        self.sock = connect_unix(path, timeout)
         self.n = 0
 
     def run(self, command: str) -> str:

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import time
@@ -52,18 +51,7 @@ class Qmp:
     """QEMU's monitor protocol on a unix socket: one command at a time."""
 
     def __init__(self, path: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(timeout)
+        self.sock = testguest.connect_unix(path, timeout)
         self.buf = b""
         self._read()                                # the greeting
         self.command("qmp_capabilities")

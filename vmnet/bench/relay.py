@@ -21,6 +21,7 @@ import time
 
 from pyroute2 import IPRoute
 
+from ..argv import placeholder_netdev
 from ..priv import netns
 
 TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
@@ -66,10 +67,7 @@ class RelayGuest:
         return fd
 
     def start(self, timeout: float = 30.0) -> "RelayGuest":
-        p = self.record["name"]
-        netdev = (f"af-xdp,id=n0,ifname=vmnet:{p},queues=vmnet:{p},start-queue=vmnet:{p},mode=vmnet:{p},"
-                  f"inhibit=on,sock-fds=vmnet:{p}")
-        device = f"virtio-net-pci,netdev=n0,mac=vmnet:{p},host_mtu=vmnet:{p}"
+        netdev, device = placeholder_netdev(self.record["name"])
         os.set_inheritable(self.tap_fd, True)
         consumer = netns.open_netns(self.consumer_ns)
         try:

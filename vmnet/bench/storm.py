@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 
+from ..argv import placeholder_netdev
 from ..priv import netns
 from . import hook
 from .launcher import BenchHelper
@@ -83,10 +84,8 @@ def _storm(helper: BenchHelper, tag: str, vms: int, progress) -> dict:
         t_hook = time.perf_counter()
         if done.returncode != 0:
             return {"error": f"prepare of {dom} failed (exit {done.returncode}): {hook._last_line(done)}"}
-        netdev = (f"af-xdp,id=n0,ifname=vmnet:{port},queues=vmnet:{port},start-queue=vmnet:{port},"
-                  f"mode=vmnet:{port},inhibit=on,sock-fds=vmnet:{port}")
-        proc = subprocess.Popen([wrapper, "-netdev", netdev, "-device",
-                                 f"virtio-net-pci,netdev=n0,mac=vmnet:{port}"],
+        netdev, device = placeholder_netdev(port)
+        proc = subprocess.Popen([wrapper, "-netdev", netdev, "-device", device],
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd="/", preexec_fn=lambda: netns._setns(target))
         procs[i] = proc

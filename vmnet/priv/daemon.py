@@ -435,13 +435,12 @@ class Helper:
         record = entry.record
         if not queuewatch.applies(record):
             return
-        before = record.get("queues_served")
-        if served is None or served >= record["queues"]:
+        if served is not None and served >= record["queues"]:
             served = None
-        if served == before:
+        if served == record.get("queues_served"):
             return
         try:
-            queuewatch.steer(record, served if served is not None else record["queues"])
+            queuewatch.steer(record, served)
         except VmnetError as exc:
             log.warning("port %s: %s", name, exc.message)
             return
@@ -498,7 +497,8 @@ class Helper:
         entry.holder = holder
         record["holder"] = holder.to_dict()
         if queuewatch.applies(record):
-            self._steer(record["name"], entry, None)       # a new consumer starts with every queue
+            # a new consumer starts with every queue (an earlier helper may have left it steered)
+            self._steer(record["name"], entry, None)
             entry.queues = queuewatch.QueueWatch(entry.sockets)
         self.state.write(record["name"], record)
         if self.metrics is not None:

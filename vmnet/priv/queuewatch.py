@@ -168,11 +168,10 @@ class QueueWatch:
 
 # ---- steering ---------------------------------------------------------------
 
-def steer(record: dict, served: int) -> None:
+def steer(record: dict, served: int | None) -> None:
     """Point the host end's transmit queues at the first `served` queues (XPS), or give the
-    choice back to the kernel's hash when every queue serves."""
-    cpus = os.cpu_count() or 1
-    masks = xps_masks(record, served, cpus)
+    choice back to the kernel's hash when every queue serves (None)."""
+    masks = xps_masks(record, served, os.cpu_count() or 1) if served is not None else None
     if masks is None:
         masks = [_bitmap(0)] * tx_queues(record)
     write_xps(record["host_ifname"], record.get("host_ifindex") or 0, masks)
