@@ -26,7 +26,7 @@ import uuid
 import pytest
 from guest_env import ping
 from helpers import SHARED_NETNS
-from test_networks import fabric, spaces  # noqa: F401 (fixtures)
+from test_networks import fabric  # noqa: F401 (a fixture)
 from test_vm import _boot, _require_qemu, guest_domain_xml, parametrize_qemu
 from test_vm_ipc_lock import ROOT_QEMU_CONF
 
