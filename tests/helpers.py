@@ -144,8 +144,8 @@ class HelperProcess:
 def host_process() -> int | None:
     """A process in the host's (initial) netns that root may inspect, or None: pid 1's netns
     often cannot be opened (no ptrace access to it), the shell that started the suite's can.
-    Known by the initial netns' fixed inode (vmnet.model.HOST_NETNS_INO)."""
-    from vmnet.model import HOST_NETNS_INO
+    Known by the initial netns' fixed inode (vmnet.fields.HOST_NETNS_INO)."""
+    from vmnet.fields import HOST_NETNS_INO
     pid = os.getppid()
     while pid > 1:
         try:

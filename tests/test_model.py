@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vmnet import model
+from vmnet import fields
 from vmnet.errors import InvalidInput
-from vmnet.model import PortSpec
+from vmnet.model import Port, PortSpec
 
 pytestmark = pytest.mark.unit
 
@@ -25,7 +25,7 @@ def assert_invalid(func, *args, **kwargs) -> InvalidInput:
 
 @pytest.mark.parametrize("name", ["a", "vm1", "0", "web_1", "web-1", "a" * 11, "abcdefghij9"])
 def test_port_name_of_lowercase_digits_dash_underscore_up_to_11_chars_is_accepted(name):
-    assert model.validate_port_name(name) == name
+    assert fields.validate_port_name(name) == name
 
 
 def test_port_name_of_11_chars_gives_device_names_of_exactly_15_chars():
@@ -35,11 +35,11 @@ def test_port_name_of_11_chars_gives_device_names_of_exactly_15_chars():
 
 
 def test_empty_port_name_is_refused():
-    assert_invalid(model.validate_port_name, "")
+    assert_invalid(fields.validate_port_name, "")
 
 
 def test_port_name_of_12_chars_is_refused_naming_the_limit():
-    err = assert_invalid(model.validate_port_name, "a" * 12)
+    err = assert_invalid(fields.validate_port_name, "a" * 12)
     assert "11" in err.message
     assert "15" in err.fix
 
@@ -59,53 +59,53 @@ def test_port_name_of_12_chars_is_refused_naming_the_limit():
     "vm\x00",
 ])
 def test_port_name_with_characters_outside_the_safe_set_is_refused(name):
-    assert_invalid(model.validate_port_name, name)
+    assert_invalid(fields.validate_port_name, name)
 
 
 @pytest.mark.parametrize("name", ["vm1\n", "a\n"])
 def test_port_name_with_trailing_newline_is_refused(name):
     # '$' in a re.match pattern also matches before a trailing newline; the
     # device would be named 'vmn-vm1\n'.
-    assert_invalid(model.validate_port_name, name)
+    assert_invalid(fields.validate_port_name, name)
 
 
 @pytest.mark.parametrize("name", [None, 5, b"vm1"])
 def test_port_name_that_is_not_a_string_is_refused(name):
-    assert_invalid(model.validate_port_name, name)
+    assert_invalid(fields.validate_port_name, name)
 
 
 # --- interface names ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["eth0", "enp3s0f1", "br-lan.10", "a" * 15])
 def test_interface_name_up_to_15_safe_chars_is_accepted(name):
-    assert model.validate_ifname(name) == name
+    assert fields.validate_ifname(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "a" * 16, "-eth0", "eth 0", "eth/0", "eth0\n", "ethé", None])
 def test_interface_name_empty_too_long_or_unsafe_is_refused(name):
-    assert_invalid(model.validate_ifname, name)
+    assert_invalid(fields.validate_ifname, name)
 
 
 # --- queues -------------------------------------------------------------------
 
 @pytest.mark.parametrize("queues", [1, 2, 64])
 def test_queue_count_from_1_to_64_is_accepted(queues):
-    assert model.validate_queues(queues) == (queues, 0)
+    assert fields.validate_queues(queues) == (queues, 0)
 
 
 @pytest.mark.parametrize("queues", [0, 65, -1, True, False, "2", 2.0, None])
 def test_queue_count_out_of_range_or_not_an_int_is_refused(queues):
-    assert_invalid(model.validate_queues, queues)
+    assert_invalid(fields.validate_queues, queues)
 
 
 @pytest.mark.parametrize("start", [0, 1, 3, 1023])
 def test_start_queue_from_0_to_1023_is_accepted(start):
-    assert model.validate_queues(1, start) == (1, start)
+    assert fields.validate_queues(1, start) == (1, start)
 
 
 @pytest.mark.parametrize("start", [-1, 1024, True, "0", 0.0, None])
 def test_start_queue_out_of_range_or_not_an_int_is_refused(start):
-    assert_invalid(model.validate_queues, 1, start)
+    assert_invalid(fields.validate_queues, 1, start)
 
 
 def test_portspec_refuses_a_bad_queue_count():
@@ -122,27 +122,27 @@ def test_portspec_refuses_a_bad_start_queue():
 
 @pytest.mark.parametrize("ref", [None, ""])
 def test_missing_netns_reference_means_the_current_netns(ref):
-    assert model.validate_netns(ref) is None
+    assert fields.validate_netns(ref) is None
 
 
 @pytest.mark.parametrize("ref", ["/proc/123/ns/net", "/proc/1/ns/net", "/proc/4194304/ns/net"])
 def test_netns_of_a_pid_is_accepted_unchanged(ref):
-    assert model.validate_netns(ref) == ref
+    assert fields.validate_netns(ref) == ref
 
 
 @pytest.mark.parametrize("ref", ["x", "/run/netns/x", "/var/run/netns/x"])
 def test_named_netns_is_normalised_to_run_netns(ref):
-    assert model.validate_netns(ref) == "/run/netns/x"
+    assert fields.validate_netns(ref) == "/run/netns/x"
 
 
 @pytest.mark.parametrize("ref", ["vm-1.ns_a", "/run/netns/vm-1.ns_a"])
 def test_named_netns_keeps_dots_dashes_and_underscores(ref):
-    assert model.validate_netns(ref) == "/run/netns/vm-1.ns_a"
+    assert fields.validate_netns(ref) == "/run/netns/vm-1.ns_a"
 
 
 def test_named_netns_of_64_chars_is_accepted_and_65_refused():
-    assert model.validate_netns("n" * 64) == "/run/netns/" + "n" * 64
-    assert_invalid(model.validate_netns, "n" * 65)
+    assert fields.validate_netns("n" * 64) == "/run/netns/" + "n" * 64
+    assert_invalid(fields.validate_netns, "n" * 65)
 
 
 @pytest.mark.parametrize("ref", [
@@ -168,22 +168,22 @@ def test_named_netns_of_64_chars_is_accepted_and_65_refused():
     "a b",
 ])
 def test_netns_reference_that_is_neither_a_pid_nor_a_name_is_refused(ref):
-    assert_invalid(model.validate_netns, ref)
+    assert_invalid(fields.validate_netns, ref)
 
 
 @pytest.mark.parametrize("ref", ["/proc/123/ns/net\n", "x\n", "/run/netns/x\n"])
 def test_netns_reference_with_trailing_newline_is_refused(ref):
-    assert_invalid(model.validate_netns, ref)
+    assert_invalid(fields.validate_netns, ref)
 
 
 def test_netns_pid_made_of_non_ascii_digits_is_refused():
     # '\d' matches any Unicode digit: '/proc/١٢٣/ns/net' names no process.
-    assert_invalid(model.validate_netns, "/proc/\u0661\u0662\u0663/ns/net")
+    assert_invalid(fields.validate_netns, "/proc/\u0661\u0662\u0663/ns/net")
 
 
 def test_netns_reference_that_is_not_a_string_is_refused():
     with pytest.raises(InvalidInput) as info:
-        model.validate_netns(123)
+        fields.validate_netns(123)
     assert info.value.exit_code == 2
 
 
@@ -197,18 +197,18 @@ def test_portspec_normalises_its_netns():
 # --- MAC addresses ------------------------------------------------------------
 
 def test_unicast_mac_is_accepted():
-    assert model.validate_mac("02:00:00:00:00:01") == "02:00:00:00:00:01"
-    assert model.validate_mac("52:54:00:12:34:56") == "52:54:00:12:34:56"
+    assert fields.validate_mac("02:00:00:00:00:01") == "02:00:00:00:00:01"
+    assert fields.validate_mac("52:54:00:12:34:56") == "52:54:00:12:34:56"
 
 
 def test_uppercase_mac_is_normalised_to_lowercase():
-    assert model.validate_mac("52:54:00:AB:CD:EF") == "52:54:00:ab:cd:ef"
+    assert fields.validate_mac("52:54:00:AB:CD:EF") == "52:54:00:ab:cd:ef"
 
 
 @pytest.mark.parametrize("mac", ["01:00:5e:00:00:01", "03:00:00:00:00:01", "33:33:00:00:00:01",
                                  "ff:ff:ff:ff:ff:ff", "FF:FF:FF:FF:FF:FF"])
 def test_multicast_or_broadcast_mac_is_refused(mac):
-    err = assert_invalid(model.validate_mac, mac)
+    err = assert_invalid(fields.validate_mac, mac)
     assert "multicast" in err.message
 
 
@@ -216,29 +216,29 @@ def test_multicast_or_broadcast_mac_is_refused(mac):
                                  "0200.0000.0001", "020000000001", "2:0:0:0:0:1", "g2:00:00:00:00:01",
                                  "02:00:00:00:00:01\n", " 02:00:00:00:00:01", None, 0x020000000001])
 def test_malformed_mac_is_refused(mac):
-    assert_invalid(model.validate_mac, mac)
+    assert_invalid(fields.validate_mac, mac)
 
 
 @pytest.mark.parametrize("name", ["vm1", "a", "a" * 11, "web_1"])
 def test_default_mac_is_a_locally_administered_unicast_address(name):
-    mac = model.default_mac(name)
-    assert model.validate_mac(mac) == mac
+    mac = fields.default_mac(name)
+    assert fields.validate_mac(mac) == mac
     first = int(mac[:2], 16)
     assert first & 0x02, "locally administered bit set"
     assert not first & 0x01, "unicast"
 
 
 def test_default_mac_is_stable_and_differs_between_ports():
-    assert model.default_mac("vm1") == model.default_mac("vm1")
-    assert model.default_mac("vm1") != model.default_mac("vm2")
+    assert fields.default_mac("vm1") == fields.default_mac("vm1")
+    assert fields.default_mac("vm1") != fields.default_mac("vm2")
     # pinned: a port must keep its MAC across helper versions and restarts
-    assert model.default_mac("vm1") == "02:" + ":".join(
+    assert fields.default_mac("vm1") == "02:" + ":".join(
         f"{b:02x}" for b in __import__("hashlib").sha256(b"vm1").digest()[:5])
 
 
 def test_portspec_uses_the_default_mac_when_none_is_given():
-    assert PortSpec(name="vm1").mac == model.default_mac("vm1")
-    assert PortSpec(name="vm1", mac="").mac == model.default_mac("vm1")
+    assert PortSpec(name="vm1").mac == fields.default_mac("vm1")
+    assert PortSpec(name="vm1", mac="").mac == fields.default_mac("vm1")
 
 
 def test_portspec_normalises_and_validates_its_mac():
@@ -249,17 +249,17 @@ def test_portspec_normalises_and_validates_its_mac():
 # --- MTU ----------------------------------------------------------------------
 
 def test_largest_mtu_is_one_4k_umem_frame_minus_headroom_and_ethernet_header():
-    assert model.MTU_FRAME_MAX == 4096 - 256 - 14 == 3826
+    assert fields.MTU_FRAME_MAX == 4096 - 256 - 14 == 3826
 
 
 @pytest.mark.parametrize("mtu", [None, 576, 1500, 3826])
 def test_mtu_within_bounds_is_accepted(mtu):
-    assert model.validate_mtu(mtu) == mtu
+    assert fields.validate_mtu(mtu) == mtu
 
 
 @pytest.mark.parametrize("mtu", [575, 3827, 9000, 0, -1, True, "1500", 1500.0])
 def test_mtu_out_of_bounds_or_not_an_int_is_refused(mtu):
-    err = assert_invalid(model.validate_mtu, mtu)
+    err = assert_invalid(fields.validate_mtu, mtu)
     assert "3826" in err.fix
 
 
@@ -273,8 +273,8 @@ def test_portspec_device_names_derive_from_the_port_name():
     spec = PortSpec(name="vm1")
     assert spec.host_ifname == "vmn-vm1"
     assert spec.consumer_ifname == "vmc-vm1"
-    assert model.validate_ifname(spec.host_ifname)
-    assert model.validate_ifname(spec.consumer_ifname)
+    assert fields.validate_ifname(spec.host_ifname)
+    assert fields.validate_ifname(spec.consumer_ifname)
 
 
 @pytest.mark.parametrize("queues, start, keys", [
@@ -338,7 +338,7 @@ def test_portspec_to_dict_holds_the_normalised_values():
 
 def test_port_to_dict_reports_requested_and_attached_mode_and_map_keys():
     spec = PortSpec(name="vm1", queues=2, start_queue=3)
-    port = model.Port(spec=spec, mode="skb", mtu=3826, host_ifindex=5, consumer_ifindex=2)
+    port = Port(spec=spec, mode="skb", mtu=3826, host_ifindex=5, consumer_ifindex=2)
     d = port.to_dict()
     assert d["mode_requested"] == "auto" and d["mode"] == "skb"
     assert d["host_ifname"] == "vmn-vm1" and d["consumer_ifname"] == "vmc-vm1"
@@ -350,7 +350,7 @@ def test_port_to_dict_reports_requested_and_attached_mode_and_map_keys():
 # --- the error contract -----------------------------------------------------------
 
 def test_invalid_input_names_the_object_and_the_fix_in_its_text():
-    err = assert_invalid(model.validate_port_name, "VM1")
+    err = assert_invalid(fields.validate_port_name, "VM1")
     text = str(err)
     assert "'VM1'" in text
     assert "fix:" in text

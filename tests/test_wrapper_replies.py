@@ -89,21 +89,24 @@ class FakeHelper:
         self.thread.join(10)
 
 
-def run_wrapper(tmp_path, answers: dict) -> tuple[subprocess.CompletedProcess, bool, list[str]]:
+def run_wrapper(tmp_path, answers: dict, env: dict | None = None,
+                run: int = 0) -> tuple[subprocess.CompletedProcess, bool, list[str]]:
     """The wrapper, as libvirt starts it, against a fake helper answering `answers` (the rest
-    as a helper would): its result, whether QEMU ran, the verbs it asked."""
-    sock = str(tmp_path / "helper.sock")
-    ran = tmp_path / "qemu-ran"
+    as a helper would): its result, whether QEMU ran, the verbs it asked. `run` numbers
+    runs in the same directory (one config file, a helper socket each)."""
+    sock = str(tmp_path / f"helper{run}.sock")
+    ran = tmp_path / f"qemu-ran{run}"
     qemu = tmp_path / "qemu-system-x86_64"          # named like QEMU: the wrapper asks port-show first
     qemu.write_text(FAKE_QEMU.format(ran=ran))
     qemu.chmod(0o755)
     config = tmp_path / "vmnet.toml"
-    config.write_text("")
+    if not config.exists():
+        config.write_text("")
     helper = FakeHelper(sock, dict(GOOD, **answers))
     try:
         out = subprocess.run([WRAPPER, "-machine", "none", "-netdev", NETDEV, "-device", DEVICE],
                              env={"PATH": "/usr/bin:/bin", "VMNET_CONFIG": str(config), "VMNET_SOCKET": sock,
-                                  "VMNET_QEMU": str(qemu)},
+                                  "VMNET_QEMU": str(qemu), **(env or {})},
                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd="/")
     finally:
         helper.close()
@@ -129,6 +132,11 @@ def test_the_fake_helpers_expected_answers_start_qemu(tmp_path):
     ({"fds-for-consumer": ok(dict(RECORD, mtu=True), 1)}, "'mtu' is bool 'True', not int"),
     ({"fds-for-consumer": ok(dict(RECORD, mac="zz"), 1)}, "MAC address 'zz' is not valid"),
     ({"fds-for-consumer": ok(dict(RECORD, name="web2"), 1)}, "it describes port 'web2'"),
+    ({"fds-for-consumer": ok(dict(RECORD, mode="auto"), 1)}, "'mode' is 'auto', neither 'native' nor 'skb'"),
+    ({"fds-for-consumer": ok(dict(RECORD, consumer_ifname="../eth0"), 1)}, "interface name '../eth0' is not valid"),
+    ({"fds-for-consumer": ok(dict(RECORD, mtu=9000), 1)}, "MTU 9000 is out of range"),
+    ({"fds-for-consumer": ok(dict(RECORD, bind_queues=[0, 1]), 1)}, "'bind_queues' is not a list of 1 queue id(s)"),
+    ({"fds-for-consumer": ok(dict(RECORD, bind_queues=[5000]), 1)}, "start queue 5000 is out of range"),
     ({"fds-for-consumer": ok(RECORD, 0)}, "it carried 0 socket fd(s) for 1 (one per queue)"),
     ({"fds-for-consumer": ok(RECORD, 3)}, "it carried 3 socket fd(s) for 1 (one per queue)"),
     ({"port-show": ok(RECORD, 2)}, "it carried 2 socket fd(s) for 0 (the verb hands out none)"),
@@ -137,7 +145,8 @@ def test_the_fake_helpers_expected_answers_start_qemu(tmp_path):
     ({"raise-memlock-for-peer": ok({"need": 1})}, "to raise-memlock-for-peer for port web1 is not one this vmnet "
                                                   "understands: it has no 'action' string"),
 ], ids=["not-json", "no-ok", "error-not-an-object", "result-a-list", "record-without-queues",
-        "queues-a-string", "record-without-mac", "mtu-a-bool", "bad-mac", "another-port", "no-fds",
+        "queues-a-string", "record-without-mac", "mtu-a-bool", "bad-mac", "another-port", "mode-not-resolved",
+        "bad-ifname", "mtu-too-big", "bind-queues-too-many", "bind-queue-out-of-range", "no-fds",
         "too-many-fds", "fds-with-port-show", "fds-past-the-limit", "ipc-lock-without-need", "plan-without-action"])
 def test_an_unexpected_helper_reply_is_one_clear_wrapper_error_and_no_qemu(tmp_path, answers, words):
     out, ran, verbs = run_wrapper(tmp_path, answers)

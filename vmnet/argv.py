@@ -20,7 +20,7 @@ import json
 import re
 
 from .errors import InvalidInput
-from .model import Port, validate_port_name
+from .fields import record_queue_ids, validate_port_name
 
 PLACEHOLDER = re.compile(r"(?P<key>[a-z_-]+)=vmnet:(?P<port>[^,]*)")
 KEYS = ("sock-fds", "ifname", "queues", "start-queue", "mode", "mac", "host_mtu")
@@ -78,7 +78,7 @@ def port_values(port: dict, fds: list[int]) -> dict:
         "sock-fds": ":".join(str(fd) for fd in fds),
         "ifname": port["consumer_ifname"],
         "queues": str(port["queues"]),
-        "start-queue": str(Port.from_dict(port).queue_ids[0]),
+        "start-queue": str(record_queue_ids(port)[0]),
         "mode": port["mode"],
         "mac": port["mac"],
         "host_mtu": str(port["mtu"]),

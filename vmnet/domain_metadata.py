@@ -93,7 +93,8 @@ def port_from_element(el: ET.Element, validate: bool = True) -> dict:
     if attachment is not None:
         args["attachment"] = attachment
     if validate:
-        from .model import PortSpec, validate_netns
+        from .fields import validate_netns
+        from .model import PortSpec
         PortSpec(**args)        # every rule of a port, before anything is created
         if args.get("netns"):
             args["netns"] = validate_netns(args["netns"])
@@ -175,7 +176,7 @@ def bind_interfaces(domain: ET.Element, ports: list[dict]) -> list[dict]:
 
     An interface that names a port's tap but not its MAC is an error (libvirt would fail to
     open a tap that does not exist, saying nothing of why)."""
-    from .model import default_mac
+    from .fields import default_mac
     ifaces = domain.findall("devices/interface")
     out = []
     for port in ports:

@@ -18,16 +18,14 @@ SHELL and a plain PATH, as `runuser`/`setpriv --reset-env` give).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from . import argv as argvmod
 from . import qemu_compat
 from .client import Client
 from .errors import InvalidInput, MemlockError, NotFound, PermissionDenied, VmnetError
+from .fields import validate_ifname, validate_mac, validate_mtu, validate_port_name, validate_queues
 from .memlock import mib
-from .model import Port
-from .qemu_args import qemu_argv
 
 # what the consumer side reads of a port record, and of what type: a reply without them is no
 # answer this vmnet understands (a helper of another version, or no vmnet helper at all)
@@ -35,13 +33,17 @@ RECORD_FIELDS = {"name": str, "queues": int, "start_queue": int, "mode": str, "c
                  "mac": str, "mtu": int}
 
 
-@dataclasses.dataclass
 class Prepared:
-    argv: list[str]
-    fds: list[int]
-    memlock: dict
-    keep_ipc_lock: bool
-    close: list[int] = dataclasses.field(default_factory=list)   # inherited fds QEMU must not get
+    """What exec_prepared() runs: the final argv, the port sockets it inherits, the memlock
+    plan, whether CAP_IPC_LOCK stays, and inherited fds QEMU must not get. (A plain class:
+    this module runs on every VM start, and dataclasses costs it more than its handoff.)"""
+
+    __slots__ = ("argv", "fds", "memlock", "keep_ipc_lock", "close")
+
+    def __init__(self, argv: list[str], fds: list[int], memlock: dict, keep_ipc_lock: bool,
+                 close: list[int] | None = None):
+        self.argv, self.fds, self.memlock, self.keep_ipc_lock = argv, fds, memlock, keep_ipc_lock
+        self.close = close if close is not None else []
 
 
 def unexpected_reply(verb: str, port: str, why: str) -> VmnetError:
@@ -52,8 +54,8 @@ def unexpected_reply(verb: str, port: str, why: str) -> VmnetError:
 
 def checked_record(verb: str, port: str, record: dict, fds: list[int], want_fds: bool) -> dict:
     """A port record from the helper, checked before anything reads it: every field the
-    argv is built from, of its type; a port of the name asked for; as many socket fds as
-    queues (want_fds) or none. Pure."""
+    argv is built from, of its type and valid by the rules of vmnet.fields; a port of the
+    name asked for; as many socket fds as queues (want_fds) or none. Pure."""
     def bad(why):
         return unexpected_reply(verb, port, why)
     for key, kind in RECORD_FIELDS.items():
@@ -66,12 +68,22 @@ def checked_record(verb: str, port: str, record: dict, fds: list[int], want_fds:
         raise bad(f"it describes port {record['name'][:40]!r}")
     if not isinstance(record.get("extra") or {}, dict):
         raise bad("'extra' is not an object")
+    if record["mode"] not in ("native", "skb"):
+        raise bad(f"'mode' is {record['mode'][:40]!r}, neither 'native' nor 'skb'")
+    bound = record.get("bind_queues")
     try:
-        Port.from_dict(record)
+        validate_port_name(record["name"])
+        validate_queues(record["queues"], record["start_queue"])
+        validate_ifname(record["consumer_ifname"])
+        validate_mac(record["mac"])
+        validate_mtu(record["mtu"])
+        if bound is not None:
+            if not isinstance(bound, list) or len(bound) != record["queues"]:
+                raise bad(f"'bind_queues' is not a list of {record['queues']} queue id(s)")
+            for queue in bound:
+                validate_queues(1, queue)
     except InvalidInput as exc:
         raise bad(exc.message) from None
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise bad(f"{type(exc).__name__}: {exc}") from None
     want = record["queues"] if want_fds else 0
     if len(fds) != want:
         raise bad(f"it carried {len(fds)} socket fd(s) for {want}"
@@ -128,6 +140,8 @@ def prepare(argv: list[str], socket_path: str, extra_ports=(), allow_ipc_lock: b
                 checked_record("fds-for-consumer", name, record, fds, True)
                 values[name] = argvmod.port_values(record, fds)
                 if name in appended:
+                    from .model import Port         # vmnet exec --port only: not on the wrapper's path
+                    from .qemu_args import qemu_argv
                     extra_args += qemu_argv(Port.from_dict(record), fds)
             final_argv = argvmod.substitute(argv, values) + extra_args
             for tap, name, tap_name in takeover:

@@ -11,8 +11,8 @@ before anything is exec'd, saying what is needed.
 
 from __future__ import annotations
 
-import dataclasses
 import resource
+from collections import namedtuple
 
 from .errors import MemlockError
 
@@ -24,12 +24,13 @@ def mib(n: int) -> str:
     return "unlimited" if n == INFINITY or n < 0 else f"{n / 2**20:g} MiB"
 
 
-@dataclasses.dataclass(frozen=True)
-class MemlockPlan:
-    action: str            # "enough", "raise" or "ipc-lock"
-    need: int              # bytes the consumer uid must be able to lock in total
-    soft: int
-    hard: int
+# a named tuple, not a dataclass: the wrapper imports this module on every VM start, and
+# dataclasses pulls in inspect
+class MemlockPlan(namedtuple("MemlockPlan", "action need soft hard")):
+    """action: "enough", "raise" or "ipc-lock"; need: bytes the consumer uid must be able
+    to lock in total; soft, hard: its RLIMIT_MEMLOCK."""
+
+    __slots__ = ()
 
     def describe(self) -> str:
         return {

@@ -14,14 +14,16 @@ from __future__ import annotations
 import re
 
 from .errors import InvalidInput
-from .model import Port
+from .fields import record_queue_ids
 
 
 def netdev_id(port_name: str) -> str:
     return "vmnet-" + port_name
 
 
-def netdev_arg(port: Port, fds: list) -> str:
+def netdev_arg(port, fds: list) -> str:
+    """port: a vmnet.model.Port (not imported: the wrapper imports this module, and the
+    model's dataclasses cost it more than its handoff)."""
     return render_opts(netdev_qapi(port.to_dict(), fds, netdev_id(port.spec.name)))
 
 
@@ -32,7 +34,7 @@ def render_opts(netdev: dict) -> str:
     return ",".join([netdev["type"]] + [f"{k}={kv(v)}" for k, v in netdev.items() if k != "type"])
 
 
-def device_arg(port: Port, driver: str = "virtio-net-pci") -> str:
+def device_arg(port, driver: str = "virtio-net-pci") -> str:
     spec = port.spec
     parts = [driver, f"netdev={netdev_id(spec.name)}", f"mac={spec.mac}", f"host_mtu={port.mtu}"]
     if spec.queues > 1:
@@ -48,11 +50,11 @@ def netdev_qapi(record: dict, sock_fds: list, netdev: str) -> dict:
         raise InvalidInput(f"port {record['name']} has {record['queues']} queues but {len(sock_fds)} "
                            "socket fds were given", fix="pass one socket fd per queue")
     return {"type": "af-xdp", "id": netdev, "ifname": record["consumer_ifname"],
-            "queues": record["queues"], "start-queue": Port.from_dict(record).queue_ids[0],
+            "queues": record["queues"], "start-queue": record_queue_ids(record)[0],
             "mode": record["mode"], "inhibit": True, "sock-fds": ":".join(str(f) for f in sock_fds)}
 
 
-def qemu_argv(port: Port, fds: list) -> list[str]:
+def qemu_argv(port, fds: list) -> list[str]:
     return ["-netdev", netdev_arg(port, fds), "-device", device_arg(port)]
 
 

@@ -162,7 +162,7 @@ def _start_guests(helper, tag, qemu, vmlinuz, moddir, user, uid, gid, tap_ns, ma
     The first port's MTU (vmnet's default: the largest a frame carries) is
     given to every other port and to the tap device and its guest.
     """
-    from ..model import default_mac
+    from ..fields import default_mac
     mtu = None
     for i, (key, label, mode, vnet_hdr) in enumerate(BACKENDS, 1):
         host_ip, guest_ip = f"198.18.{i}.1", f"198.18.{i}.2"

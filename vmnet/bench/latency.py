@@ -18,7 +18,8 @@ from __future__ import annotations
 import statistics
 import time
 
-from ..model import PortSpec, default_mac
+from ..fields import default_mac
+from ..model import PortSpec
 from ..priv import netns, ports
 from . import floor
 from .stats import summary

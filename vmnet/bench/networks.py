@@ -46,7 +46,7 @@ import time
 import uuid
 
 from .. import network
-from ..model import default_mac
+from ..fields import default_mac
 from .. import rawnl
 from ..priv import bpf, hostfilter, libbpf, links, netns
 from . import floor

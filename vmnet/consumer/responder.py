@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 
 from ..caps import process_credentials
 from ..errors import CheckFailed, InvalidInput, NotFound, PermissionDenied
-from ..model import ETH_HLEN
+from ..fields import ETH_HLEN
 from ..packets import Responder
 from ..qemu_args import parse_af_xdp_netdev, parse_opts
 from .afxdp import XskQueue

@@ -48,7 +48,7 @@ import subprocess
 import sys
 
 from ..errors import HelperUnavailable, InvalidInput, NotFound, VmnetError
-from ..model import netns_id as _netns_id
+from ..fields import netns_id as _netns_id
 
 SPEC_VERSION = "1.1.0"
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -278,7 +278,7 @@ def result(version: str, record: dict, netns: str, prev: dict | None = None, ipa
     network, and KubeVirt would take it for the pod's."""
     out = dict(prev or {})
     interfaces = list(out.get("interfaces") or [])
-    from ..model import has_host_end
+    from ..fields import has_host_end
     if has_host_end(record):
         interfaces.append({"name": record["host_ifname"]})
     interfaces.append({"name": record["consumer_ifname"], "mac": record["mac"], "sandbox": netns})
@@ -344,7 +344,7 @@ def refuse_host_netns(ref: str) -> None:
     """A CNI_NETNS that is pid 1's netns or this plugin's own (the runtime's: the host's) is
     never a pod's. The helper refuses it too, and decides; this says so before anything is
     asked of it."""
-    from ..model import HOST_NETNS_INO
+    from ..fields import HOST_NETNS_INO
     here, own = _netns_id(ref), _netns_id("/proc/self/ns/net")
     if here is None or own is None:
         return                              # the helper says what is wrong with it

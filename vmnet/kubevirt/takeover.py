@@ -24,11 +24,11 @@ bottom.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import json
 import struct
+from collections import namedtuple
 
 from ..errors import InvalidInput
 from ..qemu_args import parse_opts, render_opts
@@ -38,12 +38,12 @@ TUNGETIFF = 0x800454D2
 IFF_TAP = 0x0002
 
 
-@dataclasses.dataclass(frozen=True)
-class TapNetdev:
-    id: str
-    fds: tuple[int, ...]        # the tap queue fds libvirt passed
-    vhostfds: tuple[int, ...]
-    json: bool                  # written as JSON (libvirt) or as key=value
+class TapNetdev(namedtuple("TapNetdev", "id fds vhostfds json")):
+    """A tap netdev of the argv: its id, the tap queue fds libvirt passed (a tuple), its
+    vhost fds, and whether it was written as JSON (libvirt) or as key=value. (A named
+    tuple: the wrapper imports this module on every VM start, and dataclasses is costly.)"""
+
+    __slots__ = ()
 
     @property
     def all_fds(self) -> tuple[int, ...]:

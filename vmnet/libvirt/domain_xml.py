@@ -198,7 +198,7 @@ def render(ports: list[dict], emulator: str = WRAPPER, commandline: bool = False
 def with_mac(port: dict, mac: str | None = None) -> dict:
     """The port with its MAC written out (given, else `mac`, else the one derived from its
     name): the metadata and the interface must say the same."""
-    from ..model import default_mac, validate_mac
+    from ..fields import default_mac, validate_mac
     return dict(port, mac=validate_mac(port.get("mac") or mac or default_mac(port["name"])))
 
 

@@ -52,7 +52,7 @@ def guest_config(record: dict, server_mac: str) -> dict:
 def needs_server(record: dict, att=None) -> bool:
     """att: the record's Attachment, when the caller has it already."""
     from ..network import Attachment
-    from ..model import has_host_end
+    from ..fields import has_host_end
     att = att or Attachment.from_dict(record.get("attachment"))
     return has_host_end(record) and att.dhcp and bool(att.ipv4 or (att.kind == "routed" and att.ipv6))
 

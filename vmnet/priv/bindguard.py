@@ -262,7 +262,7 @@ def unsafe_devices(devices: list[str], own: set[str]) -> list[str]:
 
 def _netns_id(ref: str | None) -> str | None:
     """dev:inode of a netns reference (None: the helper's own); None when it is gone."""
-    from ..model import netns_id
+    from ..fields import netns_id
     from . import netns
     if ref is None:
         return netns_id("/proc/thread-self/ns/net")

@@ -33,7 +33,8 @@ from .. import domain, protocol, requests
 from ..config import Config
 from ..errors import InUse, InvalidInput, KernelError, NotFound, PermissionDenied, VmnetError
 from ..memlock import INFINITY, UMEM_BYTES_PER_QUEUE, MemlockPlan, mib, plan_memlock
-from ..model import PortSpec, validate_port_name
+from ..fields import validate_port_name
+from ..model import PortSpec
 from . import (addrserver, attachments, authz, backends, bindguard, bpf, hostfilter, netns, nichook, ports,
                queuewatch, state, xsk, xskprog)
 from .confine import apply_memlock

@@ -24,7 +24,7 @@ import fcntl
 import os
 
 from ..errors import AlreadyExists, KernelError
-from ..model import validate_instance
+from ..fields import validate_instance
 
 PIN_BASE = "/sys/fs/bpf/vmnet"
 ALIAS_PREFIX = "vmnet@"

@@ -51,7 +51,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..config import parse_metrics_listen
 from ..errors import KernelError
-from ..model import has_host_end
+from ..fields import has_host_end
 from .metrics_server import BACKLOG, MetricsServer
 
 log = logging.getLogger("vmnet.helper")

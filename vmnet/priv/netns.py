@@ -19,7 +19,7 @@ import fcntl
 import os
 
 from ..errors import InvalidInput, KernelError, NotFound, PermissionDenied
-from ..model import HOST_NETNS_INO, netns_id as _id_of_path, validate_netns
+from ..fields import HOST_NETNS_INO, netns_id as _id_of_path, validate_netns
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703

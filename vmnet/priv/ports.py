@@ -29,7 +29,8 @@ import socket
 from pyroute2 import IPRoute
 
 from ..errors import AlreadyExists, IfindexTaken, NotFound, VmnetError
-from ..model import Port, PortSpec, has_host_end, validate_port_name
+from ..fields import has_host_end, validate_port_name
+from ..model import Port, PortSpec
 from ..tap_alias import port_of_alias
 from . import attachments, backends, bpf, hostfilter, links, netns, nichook, tap, xdpshare, xsk, xskprog
 from .instance import DEFAULT, Instance

@@ -25,7 +25,7 @@ import struct
 from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 
 from ..errors import InvalidInput, KernelError, NotFound, NotSupported
-from ..model import validate_ifname, validate_mac
+from ..fields import validate_ifname, validate_mac
 
 ETHTOOL_SRXCLSRLDEL = 0x31
 ETHTOOL_SRXCLSRLINS = 0x32

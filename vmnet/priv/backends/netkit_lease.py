@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 
 from ...errors import AlreadyExists, InvalidInput, KernelError, NotFound, NotSupported, VmnetError
-from ...model import MTU_FRAME_MAX, parse_lease_from
+from ...fields import MTU_FRAME_MAX, parse_lease_from
 from .. import links, netdev_genl, netkit, netns, nichook, steering
 from . import Backend, Configured, Plugged
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from ... import rawnl
 from ...errors import InvalidInput, KernelError
-from ...model import MTU_FRAME_MAX, PortSpec
+from ...fields import MTU_FRAME_MAX
+from ...model import PortSpec
 from .. import bpf, links, netns
 from . import Backend, Configured, Context, Plugged
 
