@@ -1,5 +1,8 @@
 """The configuration file: defaults, every setting's type, and clear refusals."""
 
+import json
+import os
+
 import pytest
 
 from vmnet import config
@@ -74,3 +77,80 @@ def test_the_consumer_socket_has_a_directory_of_its_own_unless_turned_off():
     assert config.parse('socket = "/run/t/h.sock"').consumer_socket_path == "/run/t/consumer/consumer.sock"
     assert config.parse('consumer_socket = ""').consumer_socket_path is None
     assert config.parse('consumer_socket = "/run/pods/c.sock"').consumer_socket_path == "/run/pods/c.sock"
+
+
+# --- the decoded files root keeps (CACHE_PATH) ----------------------------------
+
+@pytest.fixture(autouse=True)
+def decoded(monkeypatch, tmp_path):
+    """CACHE_PATH in a directory of the test's own (root-only, as /run/vmnet is), and a
+    counter of the files decoded."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    monkeypatch.setattr(config, "CACHE_PATH", str(run / "config-cache.json"))
+    decoded = []
+    real = config._decode
+    monkeypatch.setattr(config, "_decode", lambda text, origin: decoded.append(origin) or real(text, origin))
+    return decoded
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root keeps decoded files")
+
+
+@needs_root
+def test_root_decodes_a_file_once_while_it_is_unchanged(decoded, tmp_path):
+    path = tmp_path / "vmnet.toml"
+    path.write_text('socket = "/run/a/h.sock"\nallow_ipc_lock = true\n')
+    first = config.load(str(path))
+    assert config.load(str(path)) == first and first.socket == "/run/a/h.sock" and first.allow_ipc_lock
+    assert decoded == [str(path)]
+    path.write_text('socket = "/run/b/h.sock"\nallow_ipc_lock = true\n')    # same size, changed
+    assert config.load(str(path)).socket == "/run/b/h.sock"
+    assert len(decoded) == 2
+
+
+@needs_root
+def test_every_rule_still_runs_on_a_kept_file(decoded, tmp_path):
+    path = tmp_path / "vmnet.toml"
+    path.write_text('socket = "/run/a/h.sock"\n')
+    config.load(str(path))
+    with open(config.CACHE_PATH) as f:
+        kept = json.load(f)
+    kept[str(path)]["data"] = {"socket": "relative.sock"}     # as a rule of this version would refuse
+    with open(config.CACHE_PATH, "w") as f:
+        json.dump(kept, f)
+    with pytest.raises(InvalidInput, match="socket must be an absolute path"):
+        config.load(str(path))
+
+
+@needs_root
+@pytest.mark.parametrize("loosen", ["file", "directory"])
+def test_a_kept_file_that_others_could_write_is_not_trusted(decoded, tmp_path, loosen):
+    path = tmp_path / "vmnet.toml"
+    path.write_text('socket = "/run/a/h.sock"\n')
+    config.load(str(path))
+    target = config.CACHE_PATH if loosen == "file" else os.path.dirname(config.CACHE_PATH)
+    os.chmod(target, 0o777 if loosen == "directory" else 0o666)
+    with open(config.CACHE_PATH) as f:
+        kept = json.load(f)
+    kept[str(path)]["data"] = {"socket": "/run/evil/h.sock"}
+    with open(config.CACHE_PATH, "w") as f:
+        json.dump(kept, f)
+    assert config.load(str(path)).socket == "/run/a/h.sock"
+    assert len(decoded) == 2
+
+
+def test_a_user_other_than_root_decodes_but_keeps_nothing(decoded, tmp_path, monkeypatch):
+    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    path = tmp_path / "vmnet.toml"
+    path.write_text('socket = "/run/a/h.sock"\n')
+    config.load(str(path))
+    assert not os.path.exists(config.CACHE_PATH)
+
+
+def test_a_file_that_is_not_utf8_is_a_clear_error(decoded, tmp_path):
+    path = tmp_path / "vmnet.toml"
+    path.write_bytes(b'socket = "/run/\xff/h.sock"\n')
+    with pytest.raises(InvalidInput, match="is not UTF-8 text") as info:
+        config.load(str(path))
+    assert info.value.fix

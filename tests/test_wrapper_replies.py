@@ -156,3 +156,29 @@ def test_an_unexpected_helper_reply_is_one_clear_wrapper_error_and_no_qemu(tmp_p
     assert len(lines) <= 2 and all(line.startswith("  fix: ") for line in lines[1:]), out.stderr
     assert not ran, "QEMU was started after an answer the wrapper does not understand"
     assert verbs and set(verbs) <= set(GOOD)
+
+
+def imported(stderr: str) -> set[str]:
+    """The modules a process imported, from its -X importtime lines."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root keeps the decoded configuration (vmnet.config)")
+def test_a_vm_start_imports_neither_dataclasses_nor_tomllib(tmp_path):
+    """What the wrapper imports is most of what a VM start costs outside the helper (the boot
+    storm, docs/helper.md): its path stays free of the port model's dataclasses, and once
+    root has decoded the configuration file, of tomllib."""
+    from vmnet import config
+    existed = os.path.exists(config.CACHE_PATH), os.path.isdir(os.path.dirname(config.CACHE_PATH))
+    (tmp_path / "vmnet.toml").write_text('qemu_multiqueue_fixed = false\n')
+    try:
+        cold, _, _ = run_wrapper(tmp_path, {}, env={"PYTHONPROFILEIMPORTTIME": "1"}, run=1)
+        warm, ran, _ = run_wrapper(tmp_path, {}, env={"PYTHONPROFILEIMPORTTIME": "1"}, run=2)
+    finally:
+        if not existed[0] and os.path.exists(config.CACHE_PATH):
+            os.unlink(config.CACHE_PATH)
+        if not existed[1]:
+            os.rmdir(os.path.dirname(config.CACHE_PATH))
+    assert cold.returncode == 0 and warm.returncode == 0 and ran, warm.stderr[-2000:]
+    assert "tomllib" in imported(cold.stderr), "the first start did not decode the file: the check below proves nothing"
+    assert not {"tomllib", "dataclasses", "inspect"} & imported(warm.stderr), sorted(imported(warm.stderr))
