@@ -40,9 +40,16 @@ def bpffs_mounted(root: str = "/sys/fs/bpf") -> bool:
         return any(line.split()[1] == root and line.split()[2] == "bpf" for line in f)
 
 
+_bpffs_seen: set[int] = set()      # mount namespaces (their inodes) where it was found
+
+
 def require_bpffs():
-    """Mount bpffs at /sys/fs/bpf when nothing is there, as systemd does at boot."""
-    if bpffs_mounted():
+    """Mount bpffs at /sys/fs/bpf when nothing is there, as systemd does at boot. Looked up
+    once per mount namespace (the mount table is read on every create otherwise): a bpffs
+    unmounted under a running helper makes its next pin fail, with the kernel's error."""
+    mntns = os.stat("/proc/self/ns/mnt").st_ino
+    if mntns in _bpffs_seen or bpffs_mounted():
+        _bpffs_seen.add(mntns)
         return
     # In a private mount namespace (e.g. under 'ip netns exec', which remounts
     # /sys) this instance is private too, and its pins die with the namespace.

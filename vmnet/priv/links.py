@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 
 from pyroute2 import IPRoute
@@ -33,6 +34,13 @@ XDP_ATTACHED = {0: None, 1: "native", 2: "skb", 3: "hw", 4: "multi",
 def _offload_feature(name: str) -> bool:
     return (name.startswith("tx-checksum") or name.endswith("segmentation")
             or name in ("tx-gso-list", "tx-vlan-hw-insert", "tx-vlan-stag-hw-insert"))
+
+
+@functools.lru_cache(maxsize=4)
+def _offloads(names: tuple) -> tuple[int, list[str]]:
+    """The offload features among the kernel's feature names: (their bits, their names sorted)."""
+    return (sum(1 << i for i, n in enumerate(names) if _offload_feature(n)),
+            sorted(n for n in names if _offload_feature(n)))
 
 
 def netlink(ip: IPRoute | None):
@@ -240,7 +248,7 @@ def disable_offloads(ifname: str) -> list[str]:
     """
     try:
         names = ethtool.feature_names(ifname)
-        offload = sum(1 << i for i, n in enumerate(names) if _offload_feature(n))
+        offload, offload_names = _offloads(tuple(names))
         available, _ = ethtool.get_features(ifname)
         ethtool.set_features(ifname, offload & available, 0)
         _, active = ethtool.get_features(ifname)
@@ -250,7 +258,7 @@ def disable_offloads(ifname: str) -> list[str]:
     if left:
         raise KernelError(f"offloads {', '.join(left)} stay enabled on {ifname}",
                           fix="AF_XDP cannot carry offloaded frames; this driver cannot be used")
-    return sorted(n for n in names if _offload_feature(n))
+    return list(offload_names)
 
 
 def add_address(ifname: str, address: str, prefixlen: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..model import validate_port_name
+from ..fields import validate_port_name
 
 
 class StateDir:
@@ -26,15 +26,21 @@ class StateDir:
         return os.path.join(self.path, validate_port_name(name) + ".json")
 
     def write(self, name: str, record: dict):
+        self._replace(self._file(name), record)
+
+    def _replace(self, final: str, data: dict):
+        """Write a file whole or not at all: a temporary file, renamed over the old one."""
         self.ensure()
-        final = self._file(name)
         tmp = final + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, json.dumps(record, indent=1, sort_keys=True).encode())
-            os.fsync(fd)
+            os.write(fd, json.dumps(data, sort_keys=True).encode())
         finally:
             os.close(fd)
+        # no fsync: the rename is what keeps a record whole when the helper dies (the page
+        # cache outlives the process), and what the kernel dies with — the ports — a record
+        # cannot bring back; one cut short by a power loss reads as unreadable, and is then
+        # removed as a half-made port's would be (vmnet.priv.daemon's recovery)
         os.replace(tmp, final)
 
     def read(self, name: str) -> dict | None:
@@ -56,11 +62,7 @@ class StateDir:
     # An intent is what a port-create will make, written before it starts and removed once
     # the port's record is written: what a helper that stopped in between must remove.
     def write_intent(self, name: str, intent: dict):
-        self.ensure()
-        path = self._file(name)[:-5] + ".intent"
-        with open(path + ".tmp", "w") as f:
-            json.dump(intent, f)
-        os.replace(path + ".tmp", path)
+        self._replace(self._file(name)[:-5] + ".intent", intent)
 
     def remove_intent(self, name: str):
         try:
