@@ -81,7 +81,16 @@ class Helper:
         # held while a request or an event changes state; a metrics scrape (another thread) reads
         # under it
         self.lock = threading.RLock()
-        # work a request leaves for after its reply is sent (vmnet.priv.server calls run_after_reply)
+        # what the server's loop looks at between requests (sockets waiting for rings, incoming
+        # ports, watched queues, holders), kept up to date port by port rather than looked for
+        # on every pass of the loop over every port (at 1,000 ports that cost each request about
+        # a millisecond). Whatever changes a port's entry marks it (changed(name)); None: all.
+        self._dirty: set[str] | None = None
+        self._lists: dict = {}
+        self._holders_of: dict[str, list] = {}
+        self.watch_version = 0          # bumped whenever the lists may have changed
+        # work a request leaves for after its reply is sent (vmnet.priv.server calls run_after_reply):
+        # (the port it changes, a function)
         self.after_reply: list = []
         self.metrics = None                                 # vmnet.priv.metrics.Metrics when serving
         self.verbs = {
@@ -133,6 +142,7 @@ class Helper:
                     record["holder"] = None         # it exited while no helper watched
                     self.state.write(name, record)
                 self.ports[name] = entry
+                self.changed(name)
                 kept.append(name)
             else:
                 log.warning("removing port %s: %s", name, why)
@@ -275,8 +285,8 @@ class Helper:
         entry = self.ports[spec.name] = Entry(record, created.sockets, created.pending)
         # after the reply: starting a process (fork, exec) costs the create several ms, and the
         # guest cannot ask for its address before its consumer has taken the sockets
-        self.after_reply.append(lambda: self._start_addr_server(spec.name, entry)
-                                if self.ports.get(spec.name) is entry and entry.addr is None else None)
+        self.after_reply.append((spec.name, lambda: self._start_addr_server(spec.name, entry)
+                                 if self.ports.get(spec.name) is entry and entry.addr is None else None))
         if self.metrics is not None:
             self.metrics.create.observe(time.perf_counter() - started)
         log.info("created port %s (%s, %d queue(s), consumer uid %s) for %s",
@@ -388,8 +398,9 @@ class Helper:
         QEMU announces the VM as soon as it runs here). True while some port still waits."""
         with self.lock:
             waiting = False
-            for name, entry in list(self.ports.items()):
-                if entry.record.get("migration") != "incoming":
+            for name in list(self.watch_lists()["incoming"]):
+                entry = self.ports.get(name)
+                if entry is None or entry.record.get("migration") != "incoming":
                     continue
                 if any(xsk.tx_produced(s) for s in entry.sockets):
                     self._activate(name, entry, "its VM sent its first frame here")
@@ -407,6 +418,7 @@ class Helper:
             done = {"error": exc.message}
         record["migration"] = None
         record["arrived"] = dict(done, at=time.time())
+        self.changed(name)
         self.state.write(name, record)
         if self.metrics is not None:
             self.metrics.changed()
@@ -419,7 +431,8 @@ class Helper:
         """Read the rings of every multi-queue port a consumer holds (each queuewatch.TICK) and
         steer its host end to the queues that are read. True while some port is watched."""
         with self.lock:
-            watched = [(n, e) for n, e in self.ports.items() if e.queues is not None]
+            watched = [(n, self.ports[n]) for n in self.watch_lists()["queues"]
+                       if n in self.ports and self.ports[n].queues is not None]
             now = time.monotonic()
             if not watched or now - self.queues_looked < queuewatch.TICK:
                 return bool(watched)
@@ -512,11 +525,8 @@ class Helper:
         """Holder -> ("holder" | "addr", port) of every process the server's loop watches: the
         holders of ports' sockets, and the ports' address servers. Keyed by the Holder object,
         not its pidfd's number, which a later pidfd may get once this one is closed."""
-        out = {e.holder: ("holder", name) for name, e in self.ports.items()
-               if e.holder is not None and e.holder.pidfd >= 0}
-        out.update({e.addr.holder: ("addr", name) for name, e in self.ports.items()
-                    if e.addr is not None and e.addr.holder.pidfd >= 0})
-        return out
+        with self.lock:
+            return self.watch_lists()["watched"]
 
     def process_exited(self, kind: str, name: str) -> None:
         if self.metrics is not None:
@@ -550,7 +560,8 @@ class Helper:
         """What requests left for after their replies (see after_reply); errors are logged."""
         with self.lock:
             work, self.after_reply = self.after_reply, []
-            for fn in work:
+            for name, fn in work:
+                self.changed(name)
                 try:
                     fn()
                 except Exception:       # noqa: BLE001 (the helper goes on; the port says what is missing)
@@ -558,6 +569,7 @@ class Helper:
 
     def addr_server_exited(self, name: str) -> None:
         with self.lock:
+            self.changed(name)
             entry = self.ports.get(name)
             if entry is None or entry.addr is None:
                 return
@@ -578,6 +590,7 @@ class Helper:
     def consumer_exited(self, name: str) -> None:
         """The holder of port `name` is gone: fresh sockets for the next consumer."""
         with self.lock:
+            self.changed(name)
             self._consumer_exited(name)
 
     def _consumer_exited(self, name: str) -> None:
@@ -609,9 +622,11 @@ class Helper:
 
     def _store_pending(self) -> bool:
         waiting = False
-        for name, entry in self.ports.items():
-            if not entry.pending:
+        for name in self.watch_lists()["pending"]:
+            entry = self.ports.get(name)
+            if entry is None or not entry.pending:
                 continue
+            self.changed(name)
             try:
                 entry.pending = ports.store_pending(entry.record, entry.sockets, entry.pending,
                                                     self.instance, self.program)
@@ -721,10 +736,62 @@ class Helper:
                 self.metrics.changed()
             return self._handle(peer, data)
 
+    # verbs that change no entry but that of the port they name, and verbs that change none
+    NAMED_VERBS = ("port-create", "port-delete", "fds-for-consumer")
+    READING_VERBS = ("port-list", "port-show", "status", "raise-memlock-for-peer")
+
+    def changed(self, name: str | None = None) -> None:
+        """Port `name`'s entry (None: any entry) may have changed: the watch lists look again."""
+        if name is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.add(name)
+
+    def watch_lists(self) -> dict:
+        """Names of the ports each watch looks at: "pending" (sockets that wait for their
+        consumer's rings), "incoming" (waiting for their migrating VM), "queues" (multi-queue
+        ports a consumer holds); and "watched" (see watched())."""
+        if self._dirty is None:
+            self._lists = {"pending": set(), "incoming": set(), "queues": set(), "watched": {}}
+            self._holders_of = {}
+            names = list(self.ports)
+        else:
+            names = self._dirty
+        for name in names:
+            self._index(name)
+        if names:
+            self.watch_version += 1
+        self._dirty = set()
+        return self._lists
+
+    def _index(self, name: str) -> None:
+        lists = self._lists
+        for key in ("pending", "incoming", "queues"):
+            lists[key].discard(name)
+        for holder in self._holders_of.pop(name, ()):
+            lists["watched"].pop(holder, None)
+        e = self.ports.get(name)
+        if e is None:
+            return
+        if e.pending:
+            lists["pending"].add(name)
+        if e.record.get("migration") == "incoming":
+            lists["incoming"].add(name)
+        if e.queues is not None:
+            lists["queues"].add(name)
+        holders = []
+        for kind, holder in (("holder", e.holder), ("addr", e.addr.holder if e.addr is not None else None)):
+            if holder is not None and holder.pidfd >= 0:
+                lists["watched"][holder] = (kind, name)
+                holders.append(holder)
+        self._holders_of[name] = holders
+
     def _handle(self, peer, data: bytes) -> tuple[bytes, list[int]]:
-        verb = "?"
+        verb, scope = "?", ""
         try:
             verb, args = protocol.decode_request(data)
+            scope = (args.get("name") if verb in self.NAMED_VERBS and isinstance(args.get("name"), str)
+                     else "" if verb in self.READING_VERBS else None)
             if peer.consumer_only and verb not in protocol.CONSUMER_VERBS:
                 raise PermissionDenied(
                     f"the consumer socket serves only {' and '.join(protocol.CONSUMER_VERBS)}, not {verb}",
@@ -742,6 +809,9 @@ class Helper:
         except Exception as exc:      # a bug must not take the helper down
             log.exception("internal error in %s from %s", verb, peer.describe())
             return protocol.encode_reply(error=VmnetError(f"internal error in {verb}: {exc}")), []
+        finally:
+            if scope != "":
+                self.changed(scope)
 
     def close(self):
         for entry in self.ports.values():

@@ -105,6 +105,7 @@ class Server:
         # registers a copy of its own, so a pidfd the helper closes (and whose number a later one
         # reuses) never leaves the selector with a registration it cannot remove
         self.watching: dict = {}
+        self.watched_version = None         # the helper's watch_version at the last pass
         self.passrights_off = False
         self.last_accept_error = 0.0
 
@@ -186,6 +187,10 @@ class Server:
 
     def _watch_holders(self):
         now = self.helper.watched()
+        version = getattr(self.helper, "watch_version", None)
+        if version is not None and version == self.watched_version:
+            return          # nothing changed since the last pass: no pass over every holder
+        self.watched_version = version
         for holder in [h for h in self.watching if h not in now]:
             self._unwatch(holder)
         for holder, what in now.items():
