@@ -20,13 +20,16 @@ class Context:
         self.debug, self.json = debug, as_json
 
 
-def _emit(ctx: Context, data, text=None):
+def _emit(ctx: Context, data, text=None, encoded: str | None = None):
     """Print data as JSON (--json), else text: a string, or a function that makes it (only
-    called when printed: status's text takes longer than the request at 1,000 ports)."""
+    called when printed: status's text takes longer than the request at 1,000 ports).
+    encoded: data as the helper encoded it, printed as it is for a program."""
     if ctx.json:
-        # indented for a person at a terminal; compact (several times faster) for programs
-        indent = 2 if sys.stdout.isatty() else None
-        click.echo(json.dumps(data, indent=indent, sort_keys=True, default=str))
+        # indented and sorted for a person at a terminal; compact and in the helper's order
+        # (several times faster: status at 1,000 ports is 1.5 MB) for programs
+        person = sys.stdout.isatty()
+        click.echo(encoded if encoded is not None and not person else
+                   json.dumps(data, indent=2 if person else None, sort_keys=person, default=str))
     elif text is not None:
         click.echo(text() if callable(text) else text)
 
@@ -471,14 +474,20 @@ def status(ctx):
     kernel's bind guard, or only the netns rule), and which process holds
     each port's sockets now.
     """
-    result = _call("status")
+    from .client import Client
+    from .protocol import result_json
+    with Client(_config().socket) as client:
+        result, fds = client.call("status")
+        encoded = result_json(client.last_reply)
+    for fd in fds:          # (status hands out none)
+        os.close(fd)
     h = result["helper"]
     head = f"helper pid {h['pid']}, {h['ports']} port(s)"
     if h.get("instance", "default") != "default":
         head += f", instance {h['instance']}"
     if h.get("protection"):
         head += f"\nbind confinement: {h['protection']['summary']}"
-    _emit(ctx, result, lambda: head + "\n" + _status_text(result["ports"]))
+    _emit(ctx, result, lambda: head + "\n" + _status_text(result["ports"]), encoded)
 
 
 @cli.command("exec", context_settings={"ignore_unknown_options": True})

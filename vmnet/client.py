@@ -22,6 +22,7 @@ class Client:
     def __init__(self, path: str, timeout: float = 30.0):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.last_reply = b""           # the raw reply of the last call that succeeded
         # A blocking connect waits, up to SO_SNDTIMEO, for room in the helper's backlog, which a
         # boot storm fills; with a Python timeout set the socket is non-blocking, and a full
         # backlog would fail the connect at once (EAGAIN).
@@ -79,6 +80,7 @@ class Client:
             for fd in fds:
                 os.close(fd)
             raise
+        self.last_reply = data
         return result, list(fds)
 
     def close(self):

@@ -55,6 +55,18 @@ def encode_reply(result: dict | None = None, error: VmnetError | None = None) ->
     return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
+RESULT_PREFIX = b'{"ok":true,"result":'
+
+
+def result_json(data: bytes) -> str | None:
+    """A successful reply's result as the helper encoded it (compact JSON, encode_reply), or
+    None: what `vmnet --json` prints for a program without decoding and encoding it again
+    (status at 1,000 ports is 1.5 MB). Call only on a reply decode_reply accepted."""
+    if data.startswith(RESULT_PREFIX) and data.endswith(b"}"):
+        return data[len(RESULT_PREFIX):-1].decode()
+    return None
+
+
 def decode_reply(data: bytes) -> dict:
     """The result of a reply, or the VmnetError it carries, raised."""
     fix = "check that the socket is the vmnet helper's, of the same vmnet version as this client"

@@ -24,6 +24,8 @@ import time
 
 from ..cbpf import fprog, socket_filter
 from ..errors import InvalidInput, KernelError
+from ..fields import has_host_end
+from ..network import Attachment
 from .holders import Holder
 
 log = logging.getLogger("vmnet.helper")
@@ -33,7 +35,6 @@ SO_ATTACH_FILTER, SO_LOCK_FILTER = 26, 44
 
 def guest_config(record: dict, server_mac: str) -> dict:
     """What the guest of a port (its record) is told: vmnet.dhcp.GuestConfig's fields. Pure."""
-    from ..network import Attachment
     att = Attachment.from_dict(record.get("attachment"))
     v4 = att.ipv4
     routed = att.kind == "routed"
@@ -51,10 +52,8 @@ def guest_config(record: dict, server_mac: str) -> dict:
 
 def needs_server(record: dict, att=None) -> bool:
     """att: the record's Attachment, when the caller has it already."""
-    from ..network import Attachment
-    from ..fields import has_host_end
     att = att or Attachment.from_dict(record.get("attachment"))
-    return has_host_end(record) and att.dhcp and bool(att.ipv4 or (att.kind == "routed" and att.ipv6))
+    return bool(att.dhcp) and has_host_end(record) and bool(att.ipv4 or (att.kind == "routed" and att.ipv6))
 
 
 def open_socket(ifname: str, ifindex: int, guest_mac: str) -> socket.socket:

@@ -147,11 +147,7 @@ class HostFilter:
         raw = libbpf.map_lookup(self.fds["stats"], IFINDEX.pack(ifindex), STATS.size * cpus)
         if raw is None:
             return None
-        totals = [0] * len(REASONS)
-        for i in range(cpus):
-            for j, value in enumerate(STATS.unpack_from(raw, i * STATS.size)):
-                totals[j] += value
-        return dict(zip(REASONS, totals))
+        return dict(zip(REASONS, map(sum, zip(*STATS.iter_unpack(raw[:STATS.size * cpus])))))
 
     def ports(self) -> list[int]:
         """ifindexes of every host end with rules (the helper's recovery)."""

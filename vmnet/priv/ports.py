@@ -316,9 +316,15 @@ def queue_stats(record: dict, instance: Instance = DEFAULT, program=None) -> lis
     every port."""
     if record.get("layout", 1) == 1:
         return None
+    if program is not None:         # the helper's own (status asks every port: no context per port)
+        return _queue_stats(record, program)
     with _program(instance, program) as prog:
-        return [dict(prog.stats(slot), queue=q, slot=slot)
-                for slot, q in zip(record.get("slots") or (), record.get("map_keys") or ())]
+        return _queue_stats(record, prog)
+
+
+def _queue_stats(record: dict, prog) -> list[dict]:
+    return [dict(prog.stats(slot), queue=q, slot=slot)
+            for slot, q in zip(record.get("slots") or (), record.get("map_keys") or ())]
 
 
 def _remove(name: str, instance: Instance, record: dict | None, program=None, slots=None, config=None,

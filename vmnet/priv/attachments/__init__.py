@@ -79,10 +79,15 @@ class Kind:
         return False
 
 
+_kinds: dict[str, Kind] = {}
+
+
 def get(name: str) -> Kind:
-    from . import bridge, libvirt_network, none, ovs, routed
-    table = {"none": none.NoAttachment(), "bridge": bridge.Bridge(), "ovs": ovs.Ovs(),
-             "routed": routed.Routed(), "network": libvirt_network.LibvirtNetwork()}
+    if not _kinds:          # made once: status asks for every port's kind
+        from . import bridge, libvirt_network, none, ovs, routed
+        _kinds.update({"none": none.NoAttachment(), "bridge": bridge.Bridge(), "ovs": ovs.Ovs(),
+                       "routed": routed.Routed(), "network": libvirt_network.LibvirtNetwork()})
+    table = _kinds
     if name not in table:
         raise InvalidInput(f"attachment {name!r} is not available", fix=f"use one of: {', '.join(table)}")
     return table[name]

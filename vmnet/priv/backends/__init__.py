@@ -79,10 +79,15 @@ class Backend:
         return {}
 
 
+_backends: dict[str, Backend] = {}
+
+
 def get(name: str) -> Backend:
-    from . import netkit, netkit_lease, veth
-    table = {"veth": veth.Veth(), "netkit": netkit.Netkit(), "netkit-lease": netkit_lease.NetkitLease(),
-             "auto": Auto()}
+    if not _backends:       # made once: status asks for every port's backend
+        from . import netkit, netkit_lease, veth
+        _backends.update({"veth": veth.Veth(), "netkit": netkit.Netkit(),
+                          "netkit-lease": netkit_lease.NetkitLease(), "auto": Auto()})
+    table = _backends
     if name not in table:
         raise InvalidInput(f"backend {name!r} is not available", fix=f"use one of: {', '.join(table)}")
     return table[name]
