@@ -154,7 +154,7 @@ class HostFilter:
         return [IFINDEX.unpack(k)[0] for k in libbpf.map_keys(self.fds["ports"], IFINDEX.size)]
 
     def unpin_if_unused(self) -> bool:
-        if self.ports():
+        if libbpf.map_any_key(self.fds["ports"], IFINDEX.size):
             return False
         bpf.unpin_shared(self.root, pin_dir(self.root), PINS)
         return True

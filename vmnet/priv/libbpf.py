@@ -217,6 +217,18 @@ def map_keys(map_fd: int, key_size: int) -> list[bytes]:
         prev = nxt
 
 
+def map_any_key(map_fd: int, key_size: int) -> bool:
+    """Whether a hash map holds any key (one BPF_MAP_GET_NEXT_KEY)."""
+    nxt = ctypes.create_string_buffer(key_size)
+    ret = lib().bpf_map_get_next_key(map_fd, None, nxt)
+    if ret < 0:
+        err = -ret if ret != -1 else ctypes.get_errno()
+        if err == errno.ENOENT:
+            return False
+        raise OSError(err, f"iterate map: {os.strerror(err)}")
+    return True
+
+
 def map_delete_key(map_fd: int, key: bytes) -> bool:
     """Delete a raw key; False when it was not there."""
     k = ctypes.create_string_buffer(key, len(key))

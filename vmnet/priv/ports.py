@@ -340,8 +340,15 @@ def _remove(name: str, instance: Instance, record: dict | None, program=None, sl
     if layout != 1:
         with contextlib.suppress(NotFound):
             with _program(instance, program) as prog:
-                claims = prog.claims()
-                mine = slots if slots is not None else [s for s, (port, _, _) in claims.items() if port == name]
+                # the slots a record names are looked up one by one (still checked to be this
+                # port's); only a port without a record (a crash mid-create) needs every claim read
+                recorded = slots if slots is not None else (record or {}).get("slots")
+                if recorded is not None:
+                    claims = {s: c for s in recorded if (c := prog.claim_of(s)) is not None}
+                    mine = list(recorded) if slots is not None else [s for s, c in claims.items() if c[0] == name]
+                else:
+                    claims = prog.claims()
+                    mine = [s for s, (port, _, _) in claims.items() if port == name]
                 if not host_ifindexes and mine:
                     host_ifindexes = {xskprog.host_ifindex(s) for s in mine}
                 devices = {claims[s][1] for s in mine if s in claims}
@@ -351,9 +358,13 @@ def _remove(name: str, instance: Instance, record: dict | None, program=None, sl
                 if mine:
                     prog.release(mine)
                     found = True
-                left = {ifindex for _, ifindex, _ in prog.claims().values()}
-                for ifindex in devices - left:          # the last port on a shared device (a NIC)
-                    found = nichook.release(instance, ifindex) or found
+                # the port's own ends carry no other port's queues: only a shared device (a NIC)
+                # needs the claims read, to find whether this was its last port
+                shared = devices - {(record or {}).get("host_ifindex"), (record or {}).get("consumer_ifindex")}
+                if shared:
+                    left = {ifindex for _, ifindex, _ in prog.claims().values()}
+                    for ifindex in shared - left:
+                        found = nichook.release(instance, ifindex) or found
                 prog.unpin_if_unused()
     found = bpf.unpin(name, instance.pin_root) or found
     found = _clear_filter(host_ifindexes, attachments.of_record(record).addresses if record else None,

@@ -107,7 +107,7 @@ class XskProgram:
 
     def unpin_if_unused(self) -> bool:
         """Remove the pins when no slot is claimed any more (the last port went)."""
-        if self.claims():
+        if self.any_claimed():
             return False
         bpf.unpin_shared(self.root, pin_dir(self.root), PINS)
         return True
@@ -157,15 +157,22 @@ class XskProgram:
 
     # ---- slots ---------------------------------------------------------
 
+    def claim_of(self, slot: int) -> tuple[str, int, int] | None:
+        """(port, ifindex, queue) of a claimed slot, or None."""
+        raw = libbpf.map_lookup(self.fds["claims"], SLOT.pack(slot), CLAIM.size)
+        if raw is None:
+            return None
+        port, ifindex, queue = CLAIM.unpack(raw)
+        return port.rstrip(b"\0").decode(), ifindex, queue
+
+    def any_claimed(self) -> bool:
+        """Whether any slot is claimed (one key looked for, not every claim read)."""
+        return libbpf.map_any_key(self.fds["claims"], SLOT.size)
+
     def claims(self) -> dict[int, tuple[str, int, int]]:
         """slot -> (port, ifindex, queue) of every claimed slot."""
-        out = {}
-        for key in libbpf.map_keys(self.fds["claims"], SLOT.size):
-            raw = libbpf.map_lookup(self.fds["claims"], key, CLAIM.size)
-            if raw is not None:
-                port, ifindex, queue = CLAIM.unpack(raw)
-                out[SLOT.unpack(key)[0]] = (port.rstrip(b"\0").decode(), ifindex, queue)
-        return out
+        slots = (SLOT.unpack(key)[0] for key in libbpf.map_keys(self.fds["claims"], SLOT.size))
+        return {slot: claim for slot in slots if (claim := self.claim_of(slot)) is not None}
 
     def claim(self, port: str, count: int) -> list[int]:
         """Take `count` free slots for `port` (atomically: BPF_NOEXIST)."""
