@@ -120,11 +120,12 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     assert "error" not in bs and bs["started"] == bs["vms"] == 20, bs
     assert bs["release_failures"] == 0 and bs["ports_left_after_release"] == 0, bs
     assert 0 < bs["slowest_vm_s"] <= bs["wall_s"] and bs["helper_cpu_per_vm_ms"] > 0, bs
+    assert 0 < bs["floor_slowest_vm_s"] <= bs["floor_wall_s"] and bs["floor_cpu_per_vm_ms"] > 0, bs
     storm_goals = [g for g in result["goals"] if g["name"].startswith("boot storm")]
     assert len(storm_goals) == 2 and all("--quick" in g["verdict"] for g in storm_goals), storm_goals
     text = format_result(result)
     assert "goals" in text and "create p99, 1 queue" in text and "9. live migration" in text
-    assert "10. boot storm: 20 VMs at once" in text
+    assert "10. boot storm: 20 VMs at once" in text and "floor, the same storm" in text
 
 
 @pytest.mark.unit

@@ -174,7 +174,10 @@ def _storm_lines(r: dict) -> list[str]:
             f"   CPU per VM: the helper {_ms(bs['helper_cpu_per_vm_ms'])} ms, the hook's and the wrapper's processes "
             f"{_ms(bs['processes_cpu_per_vm_ms'])} ms, on {bs['cpus']} CPUs",
             f"   releasing all through the hook: {bs['release_all_s']:.2f} s, {bs['release_failures']} failed, "
-            f"{bs['ports_left_after_release']} port(s) left"]
+            f"{bs['ports_left_after_release']} port(s) left",
+            f"   floor, the same storm of two bare interpreter starts per VM (python -I -S -c 'import json'): "
+            f"{bs['floor_wall_s']:.2f} s, slowest VM {bs['floor_slowest_vm_s']:.2f} s, "
+            f"{_ms(bs['floor_cpu_per_vm_ms'])} ms of CPU per VM"]
 
 
 def format_result(r: dict) -> str:
