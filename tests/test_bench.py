@@ -109,6 +109,10 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     assert result["networks"]["datapath"]["spoofed_on_bridge_port"] == {"mac": 0, "arp": 0, "ipv4": 0, "ipv6": 0,
                                                                         "nd": 0}
     assert {g["name"] for g in result["goals"]} >= {"create p99, 1 queue", "scale: helper RSS"}
+    by_name = {g["name"]: g for g in result["goals"]}
+    assert by_name["helper CPU per create / floor CPU, 1 queue"]["value"] > 0, by_name
+    assert all("--ports 1000" in g["verdict"] for n, g in by_name.items() if n.startswith("scale, 1,000 ports")), \
+        by_name
     xs = result["xdp-sharing"]          # measured where the kernel runs freplace programs
     assert "error" not in xs, xs
     assert "freplace" in xs.get("skipped", "") or xs["ns_per_packet"]["dispatcher"]["other_queue"] > 0, xs

@@ -181,11 +181,15 @@ def _headline(result: dict):
         q: ratio(v["create"]["p50"], v["floor_create"]["p50"]) for q, v in per_q.items()}
     result["floor_p50_ms"] = result["floor_create_p50_ms"].get("1")
     result["create_p50_ratio_to_floor"] = result["create_p50_ratio_to_floor_by_queues"].get("1")
+    result["create_cpu_ratio_to_floor_by_queues"] = {
+        q: ratio(v["create_cpu"]["p50"], v["floor_create_cpu"]["p50"]) for q, v in per_q.items()}
+    result["create_cpu_ratio_to_floor"] = result["create_cpu_ratio_to_floor_by_queues"].get("1")
 
     sc = result.get("scale") or {}
     result["scale_last16_over_first16"] = sc.get("last_over_first")
     result["helper_rss_mb"] = sc.get("helper_rss_mb")
     result["status_ms"] = (sc.get("status_cli") or {}).get("p50")
+    result["scale_ports"] = sc.get("ports")
     result["status_in_process_ms"] = (sc.get("status_in_process") or {}).get("p50")
     result["delete_all_s"] = sc.get("delete_total_s")
 
