@@ -358,9 +358,12 @@ def _remove(name: str, instance: Instance, record: dict | None, program=None, sl
                 if mine:
                     prog.release(mine)
                     found = True
-                # the port's own ends carry no other port's queues: only a shared device (a NIC)
+                # a pair's own ends carry no other port's queues: only a device others can share
+                # (a NIC a netkit-lease port leases from, whose ifindex it records as its host's)
                 # needs the claims read, to find whether this was its last port
-                shared = devices - {(record or {}).get("host_ifindex"), (record or {}).get("consumer_ifindex")}
+                own = ({record.get("host_ifindex"), record.get("consumer_ifindex")}
+                       if record and has_host_end(record) else set())
+                shared = devices - own
                 if shared:
                     left = {ifindex for _, ifindex, _ in prog.claims().values()}
                     for ifindex in shared - left:
