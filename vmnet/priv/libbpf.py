@@ -202,31 +202,30 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     return v.raw
 
 
+def _next_key(map_fd: int, prev, key_size: int):
+    """The key after `prev` (None: the first) as a buffer, or None past the last."""
+    nxt = ctypes.create_string_buffer(key_size)
+    ret = lib().bpf_map_get_next_key(map_fd, prev, nxt)
+    if ret < 0:
+        err = -ret if ret != -1 else ctypes.get_errno()
+        if err == errno.ENOENT:
+            return None
+        raise OSError(err, f"iterate map: {os.strerror(err)}")
+    return nxt
+
+
 def map_keys(map_fd: int, key_size: int) -> list[bytes]:
     """Every key of a hash map (a snapshot: entries added meanwhile may be missed)."""
-    keys, prev = [], None
-    while True:
-        nxt = ctypes.create_string_buffer(key_size)
-        ret = lib().bpf_map_get_next_key(map_fd, prev, nxt)
-        if ret < 0:
-            err = -ret if ret != -1 else ctypes.get_errno()
-            if err == errno.ENOENT:
-                return keys
-            raise OSError(err, f"iterate map: {os.strerror(err)}")
-        keys.append(nxt.raw)
-        prev = nxt
+    keys, key = [], _next_key(map_fd, None, key_size)
+    while key is not None:
+        keys.append(key.raw)
+        key = _next_key(map_fd, key, key_size)
+    return keys
 
 
 def map_any_key(map_fd: int, key_size: int) -> bool:
     """Whether a hash map holds any key (one BPF_MAP_GET_NEXT_KEY)."""
-    nxt = ctypes.create_string_buffer(key_size)
-    ret = lib().bpf_map_get_next_key(map_fd, None, nxt)
-    if ret < 0:
-        err = -ret if ret != -1 else ctypes.get_errno()
-        if err == errno.ENOENT:
-            return False
-        raise OSError(err, f"iterate map: {os.strerror(err)}")
-    return True
+    return _next_key(map_fd, None, key_size) is not None
 
 
 def map_delete_key(map_fd: int, key: bytes) -> bool:
