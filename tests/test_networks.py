@@ -87,6 +87,9 @@ def test_a_bridged_port_carries_ping_udp_and_tcp_both_ways(helper, consumer_netn
     assert record["attachment"] == {"kind": "bridge", "bridge": "br0"}
     assert record["mtu"] == 1500 and "br0" in record["mtu_reason"]
     assert links.get_link("vmn-" + port_name).get("IFLA_MASTER") == links.link_state("br0")["ifindex"]
+    # a switch port: no IPv6 of its own on the host end (nor on the consumer end)
+    assert sysctl_of(None, f"net/ipv6/conf/vmn-{port_name}/disable_ipv6") == "1"
+    assert sysctl_of(consumer_netns, f"net/ipv6/conf/vmc-{port_name}/disable_ipv6") == "1"
     g = guest(helper, port_name, consumer_netns, spaces, guests)
     g.address("10.20.0.5/24")
     assert ping(g.ns, "10.20.0.1") == 3
@@ -99,6 +102,14 @@ def test_a_bridged_port_carries_ping_udp_and_tcp_both_ways(helper, consumer_netn
     assert shown["plugged"] and shown["spoofed"] == {"mac": 0, "arp": 0, "ipv4": 0, "ipv6": 0, "nd": 0}
     helper.vmnet("port", "del", port_name)
     assert not [m for m in links_of_bridge("br0") if m.startswith("vmn-")]
+
+
+def sysctl_of(ns: str | None, key: str) -> str:
+    """/proc/sys/KEY as netns `ns` (None: this one) sees it."""
+    if ns is None:
+        with open(f"/proc/sys/{key}") as f:
+            return f.read().strip()
+    return run_in(ns, "cat", f"/proc/sys/{key}").stdout.strip()
 
 
 def links_of_bridge(bridge: str) -> list[str]:
@@ -196,6 +207,8 @@ def test_a_routed_port_is_reached_through_the_hosts_routing_table(helper, consum
     assert "10.1.2.3" in routes
     assert "fd00::3" in run_in(test_netns, "ip", "-6", "route", "show", "dev", "vmn-" + port_name).stdout
     assert "fe80::1" in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy").stdout
+    # the host end answers for the guest's IPv6 gateway: its IPv6 stays on
+    assert sysctl_of(test_netns, f"net/ipv6/conf/vmn-{port_name}/disable_ipv6") == "0"
     g = guest(helper, port_name, consumer_netns, spaces, guests)
     g.run("ip", "addr", "add", "10.1.2.3/32", "dev", "g0")
     g.run("ip", "route", "add", "169.254.1.1", "dev", "g0")

@@ -79,9 +79,20 @@ def test_the_consumer_end_has_no_ipv6_address_and_sends_nothing_of_its_own(test_
                                text=True).stdout
         import json
         assert json.loads(shown)[0]["stats64"]["rx"]["packets"] == 0
+        # IPv6 is off on it altogether (no routes of its own in the netns), while the host end of a
+        # port plugged nowhere keeps its IPv6 for whatever the operator connects there
+        assert ipv6_disabled(consumer) and not ipv6_disabled(c.port.spec.host_ifname)
+        assert consumer not in subprocess.run(["ip", "-6", "route", "show", "table", "all"], capture_output=True,
+                                              text=True).stdout
     finally:
         c.close()
         ports.delete_port(port_name, instance)
+
+
+def ipv6_disabled(ifname: str) -> bool:
+    """Whether device `ifname` of this netns has IPv6 turned off."""
+    with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6") as f:
+        return f.read().strip() == "1"
 
 
 def test_offloads_are_off_on_the_host_end(test_netns, port_name, instance):

@@ -238,6 +238,26 @@ def set_mtu_up_raw(ifindex: int, ifname: str, mtu: int, silent: bool = False) ->
                           fix="choose a smaller MTU for the port") from None
 
 
+def disable_ipv6(ifname: str) -> None:
+    """Turn IPv6 off on device `ifname` of the calling thread's netns, before it comes up.
+
+    It then gets no address and no route, and sends nothing of its own (DAD, router
+    solicitation, MLD). Its routes would also cost every later port: the kernel walks the
+    whole IPv6 table of a netns on each device's MTU change and link up, and every device
+    adds its own ff00::/8 and fe80::/64 — at 1,000 ports most of a create's growth
+    (docs/performance.md). A kernel without IPv6 has nothing to turn off.
+    """
+    try:
+        # /proc/sys/net is the netns of the thread that opens it
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        if os.path.isdir("/proc/sys/net/ipv6/conf"):
+            raise KernelError(f"cannot turn IPv6 off on {ifname}: the device is gone") from None
+    except OSError as exc:
+        raise KernelError(f"cannot turn IPv6 off on {ifname}: {exc.strerror}", errno=exc.errno) from None
+
+
 def disable_offloads(ifname: str) -> list[str]:
     """Turn off checksum/segmentation/VLAN offloads; return the offload features (now off).
 

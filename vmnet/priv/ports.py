@@ -166,7 +166,8 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None, host_
         raise
     spec = dataclasses.replace(spec, attachment=prepared.attachment)
     ctx = backends.Context(instance=instance, host_ip=host_ip, cons_ip=cons_ip, ifindex=0, config=config,
-                           network_mtu=(prepared.mtu, prepared.mtu_of) if prepared.mtu else None)
+                           network_mtu=(prepared.mtu, prepared.mtu_of) if prepared.mtu else None,
+                           host_layer2=prepared.layer2)
     sockets: list[socket.socket] = []
     link_fd = filter_fd = -1
     own_filter = None

@@ -42,6 +42,7 @@ class Prepared:
     mtu: int | None = None          # the network's MTU (None: no network to match)
     mtu_of: str = ""                # whose MTU that is, for messages ("bridge br0")
     filter_hook: str = "tc"         # "xdp" where a packet socket reads the host end before tc
+    layer2: bool = False            # the host end is a switch port (no IPv6 of its own: it has nothing to say)
     facts: dict = dataclasses.field(default_factory=dict)   # what prepare found, for plug (the bridge)
 
 

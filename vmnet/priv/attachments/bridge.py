@@ -87,7 +87,7 @@ class Bridge(Kind):
     def prepare(self, spec, ctx):
         att = spec.attachment
         br = require_bridge(att.bridge, ctx.ip, vlans=att.vlan is not None or bool(att.trunk))
-        return Prepared(att, mtu=br["mtu"], mtu_of=f"bridge {att.bridge}", facts={"bridge": br})
+        return Prepared(att, mtu=br["mtu"], mtu_of=f"bridge {att.bridge}", facts={"bridge": br}, layer2=True)
 
     def plug(self, port, prepared, ctx):
         att = prepared.attachment

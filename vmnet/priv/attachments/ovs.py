@@ -69,7 +69,7 @@ class Ovs(Kind):
         datapath = bridge.datapath_type or "system"
         link = links.link_state(att.bridge, ctx.ip)       # the bridge's own (internal) interface
         return Prepared(att, mtu=link["mtu"] if link else None, mtu_of=f"Open vSwitch bridge {att.bridge}",
-                        filter_hook="xdp" if datapath == "netdev" else "tc")
+                        filter_hook="xdp" if datapath == "netdev" else "tc", layer2=True)
 
     def plug(self, port, prepared, ctx):
         att = prepared.attachment

@@ -39,6 +39,7 @@ class Context:
     host_ifindex: int = 0       # ... and the host end of a pair
     config: object = None       # the helper's Config, when there is a helper
     network_mtu: tuple | None = None    # (MTU, whose) of the network the host end joins
+    host_layer2: bool = False   # the host end joins a switch (bridge, Open vSwitch): no IPv6 of its own
 
 
 @dataclasses.dataclass

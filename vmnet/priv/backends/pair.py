@@ -78,11 +78,14 @@ class PairBackend(Backend):
         if host is None:
             raise KernelError(f"host end {spec.host_ifname} of port {spec.name} went while it was made")
         mtu, why = choose_mtu(spec, host["max_mtu"], ctx.network_mtu)
+        if ctx.host_layer2:
+            links.disable_ipv6(spec.host_ifname)        # a switch port: nothing of its own to say
         links.set_mtu_up_raw(host["ifindex"], spec.host_ifname, mtu)
         with netns.entered(spec.netns):
             # the consumer end has the VM's MAC: were its own stack to speak (IPv6 DAD, router
             # solicitations, MLD), switches would learn the VM's MAC here, wherever the VM runs
-            # (a migrated VM's old port, until its release)
+            # (a migrated VM's old port, until its release); and no IP of its own is ever used
+            links.disable_ipv6(spec.consumer_ifname)
             links.set_mtu_up_raw(plugged.consumer_ifindex, spec.consumer_ifname, mtu, silent=True)
         return Configured(mtu=mtu, host_ifindex=host["ifindex"], offloads_off=offloads, mtu_reason=why)
 
