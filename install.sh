@@ -58,7 +58,8 @@ make -s -C bpf check
 /usr/bin/python3 -m venv "$prefix"
 "$prefix/bin/pip" install -q --disable-pip-version-check ".[test,libvirt,kubevirt]"
 ln -sf "$prefix/bin/vmnet" /usr/local/bin/vmnet
-ln -sf "$prefix/bin/vmnet-qemu-wrapper" /usr/local/bin/vmnet-qemu-wrapper
+# the wrapper for libvirt's <emulator>, started without site (vmnet libvirt install-wrapper --help)
+"$prefix/bin/vmnet" libvirt install-wrapper --path /usr/local/bin/vmnet-qemu-wrapper >/dev/null
 install -D -m 0644 systemd/vmnet-helper.service /usr/local/lib/systemd/system/vmnet-helper.service
 chmod -R a+rX "$prefix"
 if [ "$kubevirt" = yes ]; then

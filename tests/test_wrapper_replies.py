@@ -89,8 +89,8 @@ class FakeHelper:
         self.thread.join(10)
 
 
-def run_wrapper(tmp_path, answers: dict, env: dict | None = None,
-                run: int = 0) -> tuple[subprocess.CompletedProcess, bool, list[str]]:
+def run_wrapper(tmp_path, answers: dict, env: dict | None = None, run: int = 0,
+                wrapper: tuple = (WRAPPER,)) -> tuple[subprocess.CompletedProcess, bool, list[str]]:
     """The wrapper, as libvirt starts it, against a fake helper answering `answers` (the rest
     as a helper would): its result, whether QEMU ran, the verbs it asked. `run` numbers
     runs in the same directory (one config file, a helper socket each)."""
@@ -104,7 +104,7 @@ def run_wrapper(tmp_path, answers: dict, env: dict | None = None,
         config.write_text("")
     helper = FakeHelper(sock, dict(GOOD, **answers))
     try:
-        out = subprocess.run([WRAPPER, "-machine", "none", "-netdev", NETDEV, "-device", DEVICE],
+        out = subprocess.run([*wrapper, "-machine", "none", "-netdev", NETDEV, "-device", DEVICE],
                              env={"PATH": "/usr/bin:/bin", "VMNET_CONFIG": str(config), "VMNET_SOCKET": sock,
                                   "VMNET_QEMU": str(qemu), **(env or {})},
                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd="/")
@@ -182,3 +182,42 @@ def test_a_vm_start_imports_neither_dataclasses_nor_tomllib(tmp_path):
     assert cold.returncode == 0 and warm.returncode == 0 and ran, warm.stderr[-2000:]
     assert "tomllib" in imported(cold.stderr), "the first start did not decode the file: the check below proves nothing"
     assert not {"tomllib", "dataclasses", "inspect"} & imported(warm.stderr), sorted(imported(warm.stderr))
+
+
+def installed_wrapper(tmp_path) -> str:
+    from vmnet.libvirt.hookinstall import install_wrapper
+    path = str(tmp_path / "vmnet-qemu-wrapper")
+    install_wrapper(path)
+    return path
+
+
+def test_the_wrapper_install_wrapper_installs_starts_qemu(tmp_path):
+    """`vmnet libvirt install-wrapper`'s launcher (what install.sh puts in /usr/local/bin) runs the
+    same wrapper: vmnet's own Python, isolated and without site."""
+    path = installed_wrapper(tmp_path)
+    with open(path) as f:
+        assert f.readline() == f"#!{sys.executable} -IS\n"
+    assert os.stat(path).st_mode & 0o777 == 0o755
+    out, ran, verbs = run_wrapper(tmp_path, {}, wrapper=(path,))
+    assert out.returncode == 0 and ran, out.stderr
+    assert verbs == ["port-show", "fds-for-consumer", "raise-memlock-for-peer"]
+    # and its errors are the wrapper's, one clear line
+    out, ran, _ = run_wrapper(tmp_path, {"port-show": (b"\xff{garbage", 0)}, run=1, wrapper=(path,))
+    assert out.returncode not in (0, 127) and not ran
+    assert out.stderr.startswith("vmnet-qemu-wrapper: error: the helper sent a reply that is not JSON"), out.stderr
+
+
+def test_the_installed_wrapper_loads_no_site(tmp_path):
+    """What -S saves every VM start: site and its .pth files are never loaded (a regular install,
+    as install.sh makes; an editable one needs site's .pth hooks to find vmnet at all)."""
+    from vmnet.libvirt.hookinstall import _site_packages
+    if _site_packages() is None:
+        pytest.skip("vmnet is installed editable: its launcher loads site to find it (install.sh installs "
+                    "it regularly, and there this runs)")
+    path = installed_wrapper(tmp_path)
+    # the launcher's own interpreter line, with -X importtime (-I ignores PYTHONPROFILEIMPORTTIME)
+    out, ran, _ = run_wrapper(tmp_path, {}, wrapper=(sys.executable, "-IS", "-X", "importtime", path))
+    assert out.returncode == 0 and ran, out.stderr[-2000:]
+    got = imported(out.stderr)
+    assert "vmnet.handoff" in got, "the check below proves nothing"
+    assert not {"site", "_distutils_hack", "sitecustomize"} & got, sorted(got)

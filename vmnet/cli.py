@@ -669,6 +669,24 @@ def libvirt_install_hook(ctx, path, config_path):
     _emit(ctx, {"installed": path}, f"installed {path}; restart libvirtd (or virtqemud) to enable it")
 
 
+@libvirt_group.command("install-wrapper")
+@click.option("--path", default=None,
+              help="Where to install it, what the domains' <emulator> names "
+                   "(default: /usr/local/bin/vmnet-qemu-wrapper).")
+@click.pass_obj
+def libvirt_install_wrapper(ctx, path):
+    """Install vmnet-qemu-wrapper for libvirt's <emulator>.
+
+    The same wrapper as pip's console script, started without Python's site
+    (-I -S) with vmnet's own packages on its path: about 4 ms less CPU per
+    VM start. install.sh runs it; run it again after moving vmnet."""
+    from .libvirt.domain_xml import WRAPPER
+    from .libvirt.hookinstall import install_wrapper
+    path = path or WRAPPER
+    install_wrapper(path)
+    _emit(ctx, {"installed": path}, f"installed {path}")
+
+
 @libvirt_group.command("uninstall-hook")
 @click.option("--path", default=HOOK_PATH, show_default=True)
 def libvirt_uninstall_hook(path):

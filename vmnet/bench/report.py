@@ -257,9 +257,9 @@ def format_result(r: dict) -> str:
         rows = [(label, _ms(wr[key]["p50"]), _ms(wr[key]["p99"]),
                  "" if key == "qemu" else f"+{wr['added_ms'][key]:.1f}",
                  "" if key == "qemu" else _x(wr["ratios_to_qemu"][key]))
-                for key, label in (("qemu", "QEMU itself"), ("wrapper_venv", "wrapper, virtualenv"),
+                for key, label in (("qemu", "QEMU itself"), ("wrapper_venv", "wrapper, libvirt host (install-wrapper)"),
                                    ("wrapper_runtime", "wrapper, KubeVirt directory"),
-                                   ("wrapper_venv_tap_not_vmnets", "  virtualenv + a tap to look at"),
+                                   ("wrapper_venv_tap_not_vmnets", "  libvirt host + a tap to look at"),
                                    ("wrapper_runtime_tap_not_vmnets", "  KubeVirt dir. + a tap to look at"))
                 if key in wr]
         out += ["   " + line for line in _table(("way", "p50 ms", "p99", "added ms", "ratio"), rows)]

@@ -5,7 +5,8 @@ together. Each VM here is what libvirt does for one domain with a vmnet
 port: its hook's `prepare begin` (the hook `vmnet libvirt install-hook`
 installs, run as a process with the domain XML on stdin; it creates the
 port through the helper), then the wrapper in front of QEMU
-(`vmnet-qemu-wrapper`, a process of its own) fetching the port's sockets
+(`vmnet-qemu-wrapper` as `vmnet libvirt install-wrapper` installs it, a
+process of its own) fetching the port's sockets
 and exec'ing "QEMU" — here a stand-in that says it started and sleeps, so
 that what is timed is vmnet's part. All VMs start at once, each in a
 thread of its own that runs its two processes in turn. Reported: the wall
@@ -35,6 +36,7 @@ from ..argv import placeholder_netdev
 from ..priv import netns
 from . import hook
 from .launcher import BenchHelper
+from .wrapper import as_installed
 
 STAND_IN = "#!/bin/sh\necho up\nexec sleep 600\n"
 
@@ -85,7 +87,7 @@ def _storm(helper: BenchHelper, tag: str, vms: int, progress) -> dict:
     with open(stand_in, "w") as f:
         f.write(STAND_IN)
     os.chmod(stand_in, 0o755)
-    wrapper = os.path.join(os.path.dirname(sys.executable), "vmnet-qemu-wrapper")
+    wrapper = as_installed(helper.dir)
     env = dict(helper.env, VMNET_QEMU=stand_in)
     target = netns.open_netns(helper.netns)
 

@@ -2,7 +2,8 @@
 
 Each way runs the same `-version` (libvirt probes the emulator this way,
 and it is the shortest run QEMU has), as the wrapper is installed on a
-libvirt host (vmnet's virtualenv) and as the KubeVirt directory runs it
+libvirt host (`vmnet libvirt install-wrapper`: vmnet's virtualenv, without
+site) and as the KubeVirt directory runs it
 (`vmnet kubevirt runtime`: Debian's python3.11 through its own loader),
 plus the takeover decision: a tap netdev by fd that is not a placeholder
 (TUNGETIFF, then the tap's alias in one rtnetlink request), through each
@@ -17,7 +18,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -48,14 +48,22 @@ def _in_netns(ref: str):
     return enter
 
 
+def as_installed(directory: str) -> str:
+    """The wrapper as `vmnet libvirt install-wrapper` installs it, written into `directory`."""
+    from ..libvirt.hookinstall import install_wrapper
+    path = os.path.join(directory, "vmnet-qemu-wrapper")
+    install_wrapper(path)
+    return path
+
+
 def measure(tag: str, runs: int, qemu: str | None = None, progress=None) -> dict:
     qemu = qemu or "/usr/bin/qemu-system-x86_64"
     if not os.path.exists(qemu):
         return {"skipped": f"no QEMU at {qemu}"}
-    wrapper = os.path.join(os.path.dirname(sys.executable), "vmnet-qemu-wrapper")
     env = {"PATH": "/usr/bin:/bin", "VMNET_QEMU": qemu, "HOME": "/"}
     out: dict = {"qemu": qemu, "runs": runs}
     tmp = tempfile.mkdtemp(prefix=f"vmnet-bench-{tag}-")
+    wrapper = as_installed(tmp)
     ns = f"vmnet-st{tag}w"
     fd = -1
     try:

@@ -6,6 +6,12 @@ site-packages until needed) so it is fast for domains that do not use vmnet,
 and carries the one setting it needs (the helper's socket) so that a VM
 start parses no configuration file. Run install-hook again after changing
 it. (libvirt's QEMU user is the helper's setting: it resolves consumers.)
+
+The wrapper libvirt's <emulator> names is installed the same way
+(`vmnet libvirt install-wrapper`): pip's console script starts Python with
+site, which costs every VM start about 4 ms of CPU for nothing the wrapper
+uses (in a boot storm, all of them at once); the installed launcher starts
+vmnet's Python with -I -S and puts vmnet's site-packages on its path itself.
 """
 
 from __future__ import annotations
@@ -29,21 +35,57 @@ def hook_text(config_path: str | None = None) -> str:
     cfg = load(config_path)
     settings = {"socket": cfg.socket}
     out = out.replace("SETTINGS = None ", f"SETTINGS = {settings!r} ", 1)
-    # where vmnet is installed (an editable install is found through site.main() instead)
-    # vmnet/libvirt/hookinstall.py -> the directory holding the vmnet package
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.basename(package_parent) == "site-packages":
-        out = out.replace("SITE_PACKAGES = None ", f"SITE_PACKAGES = {package_parent!r} ", 1)
+    site_packages = _site_packages()
+    if site_packages:
+        out = out.replace("SITE_PACKAGES = None ", f"SITE_PACKAGES = {site_packages!r} ", 1)
     return out
 
 
-def install_hook(path: str, config_path: str | None = None):
+def _site_packages() -> str | None:
+    """Where vmnet is installed, or None for an editable install (found through site.main())."""
+    # vmnet/libvirt/hookinstall.py -> the directory holding the vmnet package
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return package_parent if os.path.basename(package_parent) == "site-packages" else None
+
+
+WRAPPER = """#!{python} -IS
+# vmnet-qemu-wrapper, installed by `vmnet libvirt install-wrapper`: vmnet's Python
+# started isolated and without site (-I -S), with vmnet's site-packages put on its
+# path here; pip's console script would load site on every VM start.
+import sys
+
+SITE_PACKAGES = {site_packages!r}
+if SITE_PACKAGES:
+    sys.path.append(SITE_PACKAGES)
+try:
+    from vmnet.wrapper import main
+except ImportError:     # an editable install needs its .pth hooks
+    import site
+    site.main()
+    from vmnet.wrapper import main
+main()
+"""
+
+
+def wrapper_text() -> str:
+    return WRAPPER.format(python=sys.executable, site_packages=_site_packages())
+
+
+def _install(path: str, text: str, what: str) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(hook_text(config_path))
+            f.write(text)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+        os.replace(tmp, path)       # a symlink there (an older install's) is replaced, not followed
     except OSError as exc:
-        raise from_oserror(exc, f"cannot install the hook at {path}") from None
+        raise from_oserror(exc, f"cannot install the {what} at {path}") from None
+
+
+def install_hook(path: str, config_path: str | None = None):
+    _install(path, hook_text(config_path), "hook")
+
+
+def install_wrapper(path: str):
+    _install(path, wrapper_text(), "wrapper")
