@@ -209,3 +209,28 @@ def test_a_port_made_with_a_program_of_its_own_keeps_working_until_deleted(test_
         assert links.link_state("vmn-" + port_name) is None
     finally:
         h.cleanup()
+
+
+def test_pins_appear_complete_or_not_at_all(instance):
+    """bpf.pin_atomically: a directory of pins appears whole under its final name; a temporary one
+    a dead helper of the same pid left is cleared first; a final name that appeared first wins,
+    and nothing of the loser is left."""
+    root = instance.pin_root
+    fds = bpf.load_object(bpf.object_path(), {}, {"a": bpf.MAP_NAME, "b": bpf.MAP_NAME}, "the test's maps")
+    final, tmp = os.path.join(root, "+t"), os.path.join(root, "_t-1")
+    try:
+        os.makedirs(tmp, mode=0o700)
+        from vmnet.priv import libbpf
+        libbpf.obj_pin(fds["a"], os.path.join(tmp, "a"))        # what a dead helper left
+        assert bpf.pin_atomically(final, tmp, fds)
+        assert sorted(os.listdir(final)) == ["a", "b"] and not os.path.exists(tmp)
+        assert not bpf.pin_atomically(final, tmp, {"c": fds["a"]})
+        assert sorted(os.listdir(final)) == ["a", "b"] and not os.path.exists(tmp)
+    finally:
+        for d in (final, tmp):
+            bpf.remove_pin_dir(d, ["a", "b", "c"])
+        bpf.close_fds(fds)
+        try:
+            os.rmdir(root)
+        except FileNotFoundError:
+            pass

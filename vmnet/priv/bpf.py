@@ -134,20 +134,30 @@ def pin_atomically(final: str, tmp: str, pins: dict[str, int]) -> bool:
     directory appears complete or not at all (a helper starting meanwhile never mistakes
     one being made for a half-made one). False, with nothing left, when `final` appeared
     first (another process won). bpffs allows no dots in names."""
-    remove_pin_dir(tmp, pins)
+    try:
+        os.rmdir(tmp)           # one a helper of this pid left: gone if empty, else emptied
+    except FileNotFoundError:
+        pass                    # the usual case: one syscall, not one per pin
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY:
+            raise
+        remove_pin_dir(tmp, pins)
     os.mkdir(tmp, 0o700)
+    renamed = False
     try:
         for name, fd in pins.items():
             libbpf.obj_pin(fd, os.path.join(tmp, name))
         try:
             os.rename(tmp, final)
+            renamed = True
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return False
             raise
         return True
     finally:
-        remove_pin_dir(tmp, pins)
+        if not renamed:
+            remove_pin_dir(tmp, pins)
 
 
 def open_pins(d: str, names) -> dict[str, int] | None:
