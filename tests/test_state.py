@@ -37,6 +37,15 @@ def test_intents_of_earlier_versions_beside_the_records_are_read_and_removed(tmp
     assert state.intents() == {}
 
 
+def test_an_intent_cut_short_still_names_its_port(tmp_path):
+    """An intent is written in place: one whose helper died between its open and its write is
+    empty, and still says which port to look for."""
+    state = StateDir(str(tmp_path / "ports"))
+    state.write_intent("vm1", {"name": "vm1", "backend": "veth"})
+    open(os.path.join(state.work, "vm2.intent"), "w").close()
+    assert state.intents() == {"vm1": {"name": "vm1", "backend": "veth"}, "vm2": {"name": "vm2"}}
+
+
 def test_writes_cut_short_by_a_crash_are_swept_and_never_read(tmp_path):
     state = StateDir(str(tmp_path / "ports"))
     state.write("vm1", {"name": "vm1"})

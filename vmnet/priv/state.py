@@ -33,15 +33,24 @@ class StateDir:
     def write(self, name: str, record: dict):
         self._replace(self._file(name), record)
 
-    def _replace(self, final: str, data: dict):
-        """Write a file whole or not at all: a temporary file, renamed over the old one."""
-        self.ensure()
-        tmp = os.path.join(self.work, os.path.basename(final) + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    def _open_new(self, path: str) -> int:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:       # the directories, made on first use
+            self.ensure()
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
+    def _write_file(self, path: str, data: dict):
+        fd = self._open_new(path)
         try:
             os.write(fd, json.dumps(data, sort_keys=True).encode())
         finally:
             os.close(fd)
+
+    def _replace(self, final: str, data: dict):
+        """Write a file whole or not at all: a temporary file, renamed over the old one."""
+        tmp = os.path.join(self.work, os.path.basename(final) + ".tmp")
+        self._write_file(tmp, data)
         # no fsync: the rename is what keeps a record whole when the helper dies (the page
         # cache outlives the process), and what the kernel dies with — the ports — a record
         # cannot bring back; one cut short by a power loss reads as unreadable, and is then
@@ -68,7 +77,9 @@ class StateDir:
     # the port's record is written: what a helper that stopped in between must remove.
     # (earlier versions kept intents beside the records: those are read and removed too)
     def write_intent(self, name: str, intent: dict):
-        self._replace(os.path.join(self.work, validate_port_name(name) + ".intent"), intent)
+        # in place, in one write: a helper killed before the write leaves an empty intent, read
+        # as the port's name alone (intents()) — and at that point nothing of the port exists yet
+        self._write_file(os.path.join(self.work, validate_port_name(name) + ".intent"), intent)
 
     def remove_intent(self, name: str):
         for directory in (self.work, self.path):
