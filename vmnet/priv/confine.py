@@ -14,7 +14,6 @@ The contract (as passt documents its stages):
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 
@@ -24,9 +23,14 @@ from ..memlock import MemlockPlan
 
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+def _raise_ambient(cap: int) -> None:
+    # python-prctl has no PR_CAP_AMBIENT; ctypes (about 2 ms to import) only on this path
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot raise CAP_IPC_LOCK in the ambient set")
 
 
 def _last_cap() -> int:
@@ -67,12 +71,12 @@ def confine(uid: int | None, gid: int | None, keep_ipc_lock: bool = False):
         prctl.cap_effective.limit(prctl.CAP_IPC_LOCK)
         prctl.cap_permitted.limit(prctl.CAP_IPC_LOCK)
         prctl.cap_inheritable.limit(prctl.CAP_IPC_LOCK)
-        if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, prctl.CAP_IPC_LOCK, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "cannot raise CAP_IPC_LOCK in the ambient set")
+        _raise_ambient(prctl.CAP_IPC_LOCK)
     else:
         prctl.cap_effective.limit()
         prctl.cap_inheritable.limit()
         prctl.cap_permitted.limit()
-        _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    # whatever the caller had in its ambient set is gone with the sets above: the kernel keeps
+    # there only what is both permitted and inheritable (capabilities(7); tests/test_confine.py)
     prctl.set_keepcaps(False)
     prctl.set_no_new_privs(True)
