@@ -340,3 +340,20 @@ def test_a_request_from_another_mac_gets_no_lease(helper, consumer_netns, port_n
     g.run("ip", "link", "set", "g0", "address", "02:00:00:00:66:66")
     assert udhcpc(g, tmp_path, tries=2) is None
     assert helper.vmnet_json("port", "show", port_name)["network"]["spoofed"]["mac"] >= 1
+
+
+def test_proxy_ndp_entries_are_added_and_removed_by_raw_requests(test_netns):
+    """What a routed port's plug and unplug send for its IPv6 gateway (vmnet.rawnl), checked
+    against `ip neigh show proxy`; a second delete finds none."""
+    import errno as _errno
+
+    from vmnet import rawnl
+    run_in(test_netns, "ip", "link", "add", "vmt-pn0", "type", "veth", "peer", "name", "vmt-pn1")
+    ifindex = links.link_state("vmt-pn0")["ifindex"]
+    rawnl.transact(rawnl.proxy_neighbour_request(rawnl.RTM_NEWNEIGH, "fe80::1", ifindex))
+    assert "fe80::1 dev vmt-pn0" in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy").stdout
+    rawnl.transact(rawnl.proxy_neighbour_request(rawnl.RTM_DELNEIGH, "fe80::1", ifindex))
+    assert "fe80::1" not in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy").stdout
+    with pytest.raises(OSError) as exc:
+        rawnl.transact(rawnl.proxy_neighbour_request(rawnl.RTM_DELNEIGH, "fe80::1", ifindex))
+    assert exc.value.errno == _errno.ENOENT

@@ -2,7 +2,7 @@
 the kernel's work on a port's create path, or where importing pyroute2 would cost a process
 more than its whole job (the wrapper reads a placeholder tap's alias with `link`; ~100 ms of
 imports against ~0.1 ms here): the anti-spoofing classifier (two messages in
-one datagram), reading a bridge, making the host end a member and giving it its VLANs, a pair's
+one datagram), reading a bridge, a routed port's proxy NDP entry, making the host end a member and giving it its VLANs, a pair's
 MTU, link state and alias, its host end's ifindex and max MTU, the veth pair itself, a
 routed port's host routes and its gateway check (each ~0.5-1 ms of Python through pyroute2, ~0.05 ms here: see
 docs/performance.md); and the benchmark's floor, which must carry no library's cost at all.
@@ -111,6 +111,19 @@ def veth_request(host: str, peer: str, mac: str, queues: int, host_tx_queues: in
             + u32(IFLA_NUM_TX_QUEUES, host_tx_queues) + u32(IFLA_NUM_RX_QUEUES, queues)
             + attr(IFLA_LINKINFO | NLA_F_NESTED, info))
     return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, 1)
+
+
+RTM_NEWNEIGH, RTM_DELNEIGH, NDA_DST, NUD_PERMANENT, NTF_PROXY = 28, 29, 1, 0x80, 0x08
+NDMSG = struct.Struct("=BxxxiHBB")        # struct ndmsg, 12 bytes
+
+
+def proxy_neighbour_request(kind: int, address: str, ifindex: int) -> bytes:
+    """Add (RTM_NEWNEIGH) or delete (RTM_DELNEIGH) the proxy entry for `address` on device
+    `ifindex` (what `ip neigh add|del proxy ADDR dev D` sends); a delete of none is ENOENT. Pure."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    body = NDMSG.pack(family, ifindex, NUD_PERMANENT, NTF_PROXY, 0) + attr(NDA_DST, socket.inet_pton(family, address))
+    flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == RTM_NEWNEIGH else 0)
+    return message(kind, flags, body, 1)
 
 
 def alias_request(ifindex: int, alias: str) -> bytes:

@@ -25,14 +25,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from ...errors import AlreadyExists, KernelError, NotFound
 from ... import rawnl
 from .. import links
 from . import Kind, Prepared, of_record
 
-NTF_PROXY = 0x08
 GATEWAY_MAC = "ee:ee:ee:ee:ee:ee"       # every routed host end's, on every host
 
 
@@ -122,12 +119,11 @@ class Routed(Kind):
         else:
             routes = self._route(att.addresses, ifname, ifindex, ctx)
         if att.ipv6:
-            with links.netlink(ctx.ip) as ip:
-                try:
-                    ip.neigh("add", dst=att.gateway6, ifindex=ifindex, flags=NTF_PROXY, family=10)
-                except NetlinkError as exc:
-                    raise KernelError(f"cannot answer for {att.gateway6} on {ifname} (proxy NDP)",
-                                      errno=exc.code) from None
+            try:
+                rawnl.transact(rawnl.proxy_neighbour_request(rawnl.RTM_NEWNEIGH, att.gateway6, ifindex))
+            except OSError as exc:
+                raise KernelError(f"cannot answer for {att.gateway6} on {ifname} (proxy NDP)",
+                                  errno=exc.errno) from None
         return {"routes": routes, "gateway4": att.gateway4, "gateway6": att.gateway6}
 
     @staticmethod
@@ -187,9 +183,9 @@ class Routed(Kind):
                         raise KernelError(f"cannot delete the route to {address}", errno=exc.errno) from None
             if att.gateway6 and proxy:
                 try:
-                    ip.neigh("del", dst=att.gateway6, ifindex=idx[0], flags=NTF_PROXY, family=10)
-                except NetlinkError:
-                    pass
+                    rawnl.transact(rawnl.proxy_neighbour_request(rawnl.RTM_DELNEIGH, att.gateway6, idx[0]))
+                except OSError:
+                    pass            # none there (ENOENT): nothing to remove
         return found
 
     def describe(self, record, ctx):
