@@ -21,6 +21,7 @@ advertisements and what anti-spoofing lets it send from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 
@@ -279,11 +280,12 @@ class Attachment:
 
     # ---- views -----------------------------------------------------------
 
-    @property
+    # parsed once per attachment (a port's create asks several times); the cache is no field
+    @functools.cached_property
     def ipv4(self) -> list[ipaddress.IPv4Interface]:
         return [i for i in map(ipaddress.ip_interface, self.addresses) if i.version == 4]
 
-    @property
+    @functools.cached_property
     def ipv6(self) -> list[ipaddress.IPv6Interface]:
         return [i for i in map(ipaddress.ip_interface, self.addresses) if i.version == 6]
 

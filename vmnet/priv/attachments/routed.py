@@ -169,23 +169,23 @@ class Routed(Kind):
 
     def _unroute(self, name, att, ctx, proxy: bool) -> bool:
         found = False
-        with links.netlink(ctx.ip) as ip:
-            idx = ip.link_lookup(ifname="vmn-" + name)
-            if not idx:
-                return False        # its routes and proxy entries went with it
-            for address in att.addresses:
-                iface = ipaddress.ip_interface(address)
-                try:
-                    rawnl.transact(rawnl.host_route_delete_request(str(iface.ip), iface.network.prefixlen, idx[0]))
-                    found = True
-                except OSError as exc:
-                    if exc.errno not in (errno.ESRCH, errno.ENOENT):
-                        raise KernelError(f"cannot delete the route to {address}", errno=exc.errno) from None
-            if att.gateway6 and proxy:
-                try:
-                    rawnl.transact(rawnl.proxy_neighbour_request(rawnl.RTM_DELNEIGH, att.gateway6, idx[0]))
-                except OSError:
-                    pass            # none there (ENOENT): nothing to remove
+        host = rawnl.link("vmn-" + name)        # one request by name, not a dump of every link
+        if host is None:
+            return False            # its routes and proxy entries went with it
+        for address in att.addresses:
+            iface = ipaddress.ip_interface(address)
+            try:
+                rawnl.transact(rawnl.host_route_delete_request(str(iface.ip), iface.network.prefixlen,
+                                                               host["ifindex"]))
+                found = True
+            except OSError as exc:
+                if exc.errno not in (errno.ESRCH, errno.ENOENT):
+                    raise KernelError(f"cannot delete the route to {address}", errno=exc.errno) from None
+        if att.gateway6 and proxy:
+            try:
+                rawnl.transact(rawnl.proxy_neighbour_request(rawnl.RTM_DELNEIGH, att.gateway6, host["ifindex"]))
+            except OSError:
+                pass                # none there (ENOENT): nothing to remove
         return found
 
     def describe(self, record, ctx):
