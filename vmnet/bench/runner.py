@@ -79,11 +79,19 @@ def run(plan: Plan, progress=_quiet) -> dict:
     """Run the plan; SIGTERM is treated as Ctrl-C meanwhile, so that both clean up."""
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    # the benchmark's instances live under the default instance's root: made for them, it goes
+    # with them (rmdir: only while nothing is in it, e.g. a helper started meanwhile)
+    made_root = not os.path.isdir(bpf.PIN_ROOT)
     try:
         return _run(plan, progress)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, old)
+        if made_root:
+            try:
+                os.rmdir(bpf.PIN_ROOT)
+            except OSError:
+                pass
 
 
 def _interrupt(signum, frame):
