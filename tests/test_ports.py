@@ -186,3 +186,20 @@ def test_invalid_queue_counts_are_refused(queues):
     with pytest.raises(InvalidInput) as exc:
         PortSpec(name="q", queues=queues)
     assert "1 to 64" in exc.value.fix
+
+
+def test_where_proc_sys_is_read_only_ipv6_stays_on_and_that_is_said_once(test_netns):
+    """A helper in a container that is not privileged (vmnet's DaemonSet) cannot write /proc/sys:
+    turning IPv6 off is then left out, with one warning, not a failed create."""
+    import sys
+    subprocess.run(["ip", "link", "add", "vmt-ro0", "type", "veth", "peer", "name", "vmt-ro1"], check=True)
+    code = ("import logging; logging.basicConfig(); from vmnet.priv import links; "
+            "print(links.disable_ipv6('vmt-ro0'), links.disable_ipv6('vmt-ro1'))")
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{test_netns}", "unshare", "--mount", "--propagation",
+                          "private", "sh", "-c", 'mount -o bind,ro /proc/sys /proc/sys && exec "$0" -c "$1"',
+                          sys.executable, code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+    assert out.stderr.count("ports keep IPv6 on their devices") == 1, out.stderr
+    assert not ipv6_disabled("vmt-ro0")
+    assert links.disable_ipv6("vmt-ro0") and ipv6_disabled("vmt-ro0")     # where it can be written

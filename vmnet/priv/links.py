@@ -238,24 +238,43 @@ def set_mtu_up_raw(ifindex: int, ifname: str, mtu: int, silent: bool = False) ->
                           fix="choose a smaller MTU for the port") from None
 
 
-def disable_ipv6(ifname: str) -> None:
-    """Turn IPv6 off on device `ifname` of the calling thread's netns, before it comes up.
+def disable_ipv6(ifname: str) -> bool:
+    """Turn IPv6 off on device `ifname` of the calling thread's netns, before it comes up;
+    whether it is off.
 
     It then gets no address and no route, and sends nothing of its own (DAD, router
     solicitation, MLD). Its routes would also cost every later port: the kernel walks the
     whole IPv6 table of a netns on each device's MTU change and link up, and every device
     adds its own ff00::/8 and fe80::/64 — at 1,000 ports most of a create's growth
     (docs/performance.md). A kernel without IPv6 has nothing to turn off.
+
+    Where /proc/sys is read-only (a helper in a container that is not privileged, as
+    vmnet's DaemonSet runs it) IPv6 stays on: the port works as well, a consumer end still
+    sends nothing (it has no address), and creates slow down as ports accumulate. That is
+    said once in the log.
     """
     try:
         # /proc/sys/net is the netns of the thread that opens it
         with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
             f.write("1")
+        return True
     except FileNotFoundError:
         if os.path.isdir("/proc/sys/net/ipv6/conf"):
             raise KernelError(f"cannot turn IPv6 off on {ifname}: the device is gone") from None
+        return True
     except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            _sysctl_read_only(exc.strerror)
+            return False
         raise KernelError(f"cannot turn IPv6 off on {ifname}: {exc.strerror}", errno=exc.errno) from None
+
+
+@functools.cache
+def _sysctl_read_only(why: str) -> None:
+    import logging
+    logging.getLogger("vmnet.helper").warning(
+        "ports keep IPv6 on their devices: /proc/sys cannot be written here (%s; a container that is "
+        "not privileged). They work as well; creates slow down as ports accumulate (docs/backends.md)", why)
 
 
 def disable_offloads(ifname: str) -> list[str]:
