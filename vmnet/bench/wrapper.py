@@ -63,10 +63,10 @@ def measure(tag: str, runs: int, qemu: str | None = None, progress=None) -> dict
     env = {"PATH": "/usr/bin:/bin", "VMNET_QEMU": qemu, "HOME": "/"}
     out: dict = {"qemu": qemu, "runs": runs}
     tmp = tempfile.mkdtemp(prefix=f"vmnet-bench-{tag}-")
-    wrapper = as_installed(tmp)
     ns = f"vmnet-st{tag}w"
     fd = -1
     try:
+        wrapper = as_installed(tmp)
         from ..kubevirt import runtime
         t0 = time.perf_counter()
         made = runtime.build(os.path.join(tmp, "runtime"), qemu=qemu)

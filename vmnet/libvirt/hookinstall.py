@@ -21,7 +21,7 @@ import sys
 from importlib import resources
 
 from ..config import load
-from ..errors import from_oserror
+from ..errors import InvalidInput, from_oserror
 
 
 def hook_text(config_path: str | None = None) -> str:
@@ -57,18 +57,34 @@ import sys
 SITE_PACKAGES = {site_packages!r}
 if SITE_PACKAGES:
     sys.path.append(SITE_PACKAGES)
-try:
-    from vmnet.wrapper import main
-except ImportError:     # an editable install needs its .pth hooks
+else:                   # an editable install, or packages elsewhere: site finds them
     import site
     site.main()
-    from vmnet.wrapper import main
+from vmnet.wrapper import main
 main()
 """
+# what the wrapper imports on its way to QEMU, beside the standard library
+WRAPPER_PACKAGES = ("vmnet", "prctl", "_prctl")
+
+
+def _all_in(directory: str | None) -> bool:
+    """Whether every package the wrapper imports is found in `directory`."""
+    import importlib.util
+    if directory is None:
+        return False
+    for name in WRAPPER_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not os.path.abspath(spec.origin).startswith(directory + os.sep):
+            return False
+    return True
 
 
 def wrapper_text() -> str:
-    return WRAPPER.format(python=sys.executable, site_packages=_site_packages())
+    if len(sys.executable) > 120 or any(c.isspace() for c in sys.executable):
+        raise InvalidInput(f"vmnet's Python {sys.executable} cannot be named in a #! line (spaces, or longer "
+                           "than the kernel reads)", fix="install vmnet under a shorter path without spaces")
+    site_packages = _site_packages()
+    return WRAPPER.format(python=sys.executable, site_packages=site_packages if _all_in(site_packages) else None)
 
 
 def _install(path: str, text: str, what: str) -> None:

@@ -23,6 +23,23 @@ from ..memlock import MemlockPlan
 
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def _ambient() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapAmb:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _ambient_clear(keep: int | None) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if keep is not None:
+        _raise_ambient(keep)
 
 
 def _raise_ambient(cap: int) -> None:
@@ -78,5 +95,8 @@ def confine(uid: int | None, gid: int | None, keep_ipc_lock: bool = False):
         prctl.cap_permitted.limit()
     # whatever the caller had in its ambient set is gone with the sets above: the kernel keeps
     # there only what is both permitted and inheritable (capabilities(7); tests/test_confine.py)
+    # — for the capabilities python-prctl knows; one newer than it is cleared here
+    if _ambient() & ~((1 << prctl.CAP_IPC_LOCK) if keep_ipc_lock else 0):
+        _ambient_clear(prctl.CAP_IPC_LOCK if keep_ipc_lock else None)
     prctl.set_keepcaps(False)
     prctl.set_no_new_privs(True)

@@ -44,6 +44,9 @@ class StateDir:
         fd = self._open_new(path)
         try:
             os.write(fd, json.dumps(data, sort_keys=True).encode())
+        except BaseException:
+            os.unlink(path)         # a failed write (ENOSPC) leaves nothing to be read as an intent
+            raise
         finally:
             os.close(fd)
 
