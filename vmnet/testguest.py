@@ -233,15 +233,17 @@ class Control:
     def run(self, command: str) -> str:
         """Run `command` in the guest; what it printed."""
         self.n += 1
-        end = f"VMNET-CONTROL-DONE-{self.n}"
-        self.sock.sendall(f"{command}; echo {end}\n".encode())
+        end = f"VMNET-CONTROL-DONE-{self.n}\n"
+        # the marker is typed split by quotes: a terminal echoing the command line back
+        # (the serial line's echo is not always off yet) must not end the read early
+        self.sock.sendall(f"{command}; echo VMNET-CONTROL-''DONE-{self.n}\n".encode())
         out = b""
-        while end.encode() not in out:
+        while end.encode() not in out.replace(b"\r\n", b"\n"):
             chunk = self.sock.recv(4096)
             if not chunk:
                 raise ConnectionError(f"the guest's control shell went away: {out!r}")
             out += chunk
-        return out.decode(errors="replace").split(end)[0]
+        return out.decode(errors="replace").replace("\r\n", "\n").split(end)[0]
 
     def close(self):
         self.sock.close()
