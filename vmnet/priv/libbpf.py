@@ -78,6 +78,14 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
+def _not_found(ret: int, what: str) -> bool:
+    """For a call that may find nothing: whether it found nothing (ENOENT); other errors raised."""
+    if ret < 0 and (-ret if ret != -1 else ctypes.get_errno()) == errno.ENOENT:
+        return True
+    _check(ret, what)
+    return False
+
+
 def _ptr(ret, what: str):
     if not ret:
         err = ctypes.get_errno() or 2
@@ -193,25 +201,13 @@ def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY):
 def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     """The raw value at key (value_size: all CPUs' values for per-CPU maps), or None."""
     k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
-    ret = lib().bpf_map_lookup_elem(map_fd, k, v)
-    if ret < 0:
-        err = -ret if ret != -1 else ctypes.get_errno()
-        if err == errno.ENOENT:
-            return None
-        raise OSError(err, f"look up map: {os.strerror(err)}")
-    return v.raw
+    return None if _not_found(lib().bpf_map_lookup_elem(map_fd, k, v), "look up map") else v.raw
 
 
 def _next_key(map_fd: int, prev, key_size: int):
     """The key after `prev` (None: the first) as a buffer, or None past the last."""
     nxt = ctypes.create_string_buffer(key_size)
-    ret = lib().bpf_map_get_next_key(map_fd, prev, nxt)
-    if ret < 0:
-        err = -ret if ret != -1 else ctypes.get_errno()
-        if err == errno.ENOENT:
-            return None
-        raise OSError(err, f"iterate map: {os.strerror(err)}")
-    return nxt
+    return None if _not_found(lib().bpf_map_get_next_key(map_fd, prev, nxt), "iterate map") else nxt
 
 
 def map_keys(map_fd: int, key_size: int) -> list[bytes]:
