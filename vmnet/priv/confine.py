@@ -34,20 +34,11 @@ def _ambient() -> int:
     return 0
 
 
-def _ambient_clear(keep: int | None) -> None:
+def _ambient_prctl(op: int, cap: int = 0) -> None:
+    # python-prctl has no PR_CAP_AMBIENT; ctypes (about 2 ms to import) only when it is needed
     import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    if keep is not None:
-        _raise_ambient(keep)
-
-
-def _raise_ambient(cap: int) -> None:
-    # python-prctl has no PR_CAP_AMBIENT; ctypes (about 2 ms to import) only on this path
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "cannot raise CAP_IPC_LOCK in the ambient set")
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_CAP_AMBIENT, op, cap, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot change the ambient capability set")
 
 
 def _last_cap() -> int:
@@ -88,7 +79,7 @@ def confine(uid: int | None, gid: int | None, keep_ipc_lock: bool = False):
         prctl.cap_effective.limit(prctl.CAP_IPC_LOCK)
         prctl.cap_permitted.limit(prctl.CAP_IPC_LOCK)
         prctl.cap_inheritable.limit(prctl.CAP_IPC_LOCK)
-        _raise_ambient(prctl.CAP_IPC_LOCK)
+        _ambient_prctl(PR_CAP_AMBIENT_RAISE, prctl.CAP_IPC_LOCK)
     else:
         prctl.cap_effective.limit()
         prctl.cap_inheritable.limit()
@@ -97,6 +88,8 @@ def confine(uid: int | None, gid: int | None, keep_ipc_lock: bool = False):
     # there only what is both permitted and inheritable (capabilities(7); tests/test_confine.py)
     # — for the capabilities python-prctl knows; one newer than it is cleared here
     if _ambient() & ~((1 << prctl.CAP_IPC_LOCK) if keep_ipc_lock else 0):
-        _ambient_clear(prctl.CAP_IPC_LOCK if keep_ipc_lock else None)
+        _ambient_prctl(PR_CAP_AMBIENT_CLEAR_ALL)
+        if keep_ipc_lock:
+            _ambient_prctl(PR_CAP_AMBIENT_RAISE, prctl.CAP_IPC_LOCK)
     prctl.set_keepcaps(False)
     prctl.set_no_new_privs(True)
