@@ -80,11 +80,12 @@ class HelperProcess:
         self.env = dict(os.environ, VMNET_CONFIG=self.config)
         self.proc = None
         self.preexec = None                 # run in the helper's process before exec (e.g. fewer caps)
+        self.prefix: list[str] = []         # a command the helper runs under (it must exec it)
         self.log = os.path.join(self.dir, "helper.log")
 
     def start(self, timeout: float = 60.0):
         self._logf = open(self.log, "a")
-        self.proc = subprocess.Popen([PYTHON, "-I", "-m", "vmnet", "helper"], env=self.env,
+        self.proc = subprocess.Popen([*self.prefix, PYTHON, "-I", "-m", "vmnet", "helper"], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf,
                                      preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout

@@ -117,12 +117,17 @@ def test_open_vswitch_columns_and_external_ids():
                    "vm-uuid": "u-1", "vmnet-port": "web1", "vmnet-instance": "t1"}
 
 
-def test_routed_host_settings():
-    from vmnet.priv.attachments.routed import host_settings
-    assert host_settings("vmn-a", True, False) == {
-        "/proc/sys/net/ipv4/conf/vmn-a/forwarding": "1", "/proc/sys/net/ipv4/conf/vmn-a/proxy_arp": "1",
-        "/proc/sys/net/ipv4/neigh/vmn-a/proxy_delay": "0"}
-    assert "/proc/sys/net/ipv6/conf/vmn-a/proxy_ndp" in host_settings("vmn-a", False, True)
+def test_a_routed_host_end_writes_only_the_ipv6_settings_the_hosts_defaults_lack():
+    from vmnet.priv.attachments.routed import ipv6_unset
+    base = "/proc/sys/net/ipv6/conf/"
+    fresh = {base + "default/disable_ipv6": "0", base + "default/forwarding": "0",
+             base + "default/proxy_ndp": "0", base + "all/proxy_ndp": "0"}
+    assert [name for name, _, _ in ipv6_unset("default", fresh.get)] == ["forwarding", "proxy_ndp"]
+    router = dict(fresh, **{base + "default/forwarding": "1", base + "all/proxy_ndp": "1"})
+    assert ipv6_unset("default", router.get) == []
+    off = dict(router, **{base + "default/disable_ipv6": "1"})
+    assert ipv6_unset("default", off.get) == [("disable_ipv6", "0", "net.ipv6.conf.default.disable_ipv6=0")]
+    assert len(ipv6_unset("default", {}.get)) == 3         # nothing readable: nothing assumed
 
 
 @pytest.mark.parametrize("asked, network, want", [

@@ -196,20 +196,9 @@ def fabric(test_netns, spaces):
     return peer
 
 
-def test_a_routed_port_is_reached_through_the_hosts_routing_table(helper, consumer_netns, port_name, fabric,
-                                                                   spaces, guests, test_netns):
-    record = add_port(helper, port_name, consumer_netns, "--routed", "--address", "10.1.2.3",
-                      "--address", "fd00::3", "--no-dhcp")
-    att = record["attachment"]
-    assert att["addresses"] == ["10.1.2.3/32", "fd00::3/128"]
-    assert att["gateway4"] == "169.254.1.1" and att["gateway6"] == "fe80::1"
-    routes = run_in(test_netns, "ip", "route", "show", "dev", "vmn-" + port_name).stdout
-    assert "10.1.2.3" in routes
-    assert "fd00::3" in run_in(test_netns, "ip", "-6", "route", "show", "dev", "vmn-" + port_name).stdout
-    assert "fe80::1" in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy").stdout
-    # the host end answers for the guest's IPv6 gateway: its IPv6 stays on
-    assert sysctl_of(test_netns, f"net/ipv6/conf/vmn-{port_name}/disable_ipv6") == "0"
-    g = guest(helper, port_name, consumer_netns, spaces, guests)
+def reach_routed_guest(g, fabric: str) -> None:
+    """Configure guest `g` as 10.1.2.3/32 and fd00::3/128 behind its link-local gateways, and
+    check that the peer beyond the host and the guest reach each other both ways."""
     g.run("ip", "addr", "add", "10.1.2.3/32", "dev", "g0")
     g.run("ip", "route", "add", "169.254.1.1", "dev", "g0")
     g.run("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "g0")
@@ -221,12 +210,86 @@ def test_a_routed_port_is_reached_through_the_hosts_routing_table(helper, consum
     assert ping(g.ns, "fd02::2") == 3
     assert tcp_echo(g.ns, "10.1.2.3", fabric) == 200_000
     assert tcp_echo(fabric, "fd02::2", g.ns) == 200_000
+
+
+def test_a_routed_port_is_reached_through_the_hosts_routing_table(helper, consumer_netns, port_name, fabric,
+                                                                   spaces, guests, test_netns):
+    # new devices come with IPv6 off here: vmnet turns it on for the host end that needs it
+    run_in(test_netns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+    record = add_port(helper, port_name, consumer_netns, "--routed", "--address", "10.1.2.3",
+                      "--address", "fd00::3", "--no-dhcp")
+    att = record["attachment"]
+    assert att["addresses"] == ["10.1.2.3/32", "fd00::3/128"]
+    assert att["gateway4"] == "169.254.1.1" and att["gateway6"] == "fe80::1"
+    routes = run_in(test_netns, "ip", "route", "show", "dev", "vmn-" + port_name).stdout
+    assert "10.1.2.3" in routes
+    assert "fd00::3" in run_in(test_netns, "ip", "-6", "route", "show", "dev", "vmn-" + port_name).stdout
+    assert "fe80::1" in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy").stdout
+    # the host end answers for the guest's IPv6 gateway: its IPv6 is on, and proxies NDP
+    assert sysctl_of(test_netns, f"net/ipv6/conf/vmn-{port_name}/disable_ipv6") == "0"
+    assert sysctl_of(test_netns, f"net/ipv6/conf/vmn-{port_name}/proxy_ndp") == "1"
+    reach_routed_guest(guest(helper, port_name, consumer_netns, spaces, guests), fabric)
     shown = helper.vmnet_json("port", "show", port_name)["network"]
     assert shown["plugged"] and shown["kind"] == "routed" and not shown.get("notes")
     helper.vmnet("port", "del", port_name)
     assert "10.1.2.3" not in run_in(test_netns, "ip", "route").stdout
     assert "fd00::3" not in run_in(test_netns, "ip", "-6", "route").stdout
     assert "fe80::1" not in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy").stdout
+
+
+@pytest.fixture
+def read_only_sysctl_helper(test_netns):
+    """A helper whose /proc/sys is read-only, as in vmnet's DaemonSet (a container that is not
+    privileged): a mount namespace of its own, which still receives the host's new mounts."""
+    from helpers import HelperProcess
+    h = HelperProcess()
+    h.prefix = ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
+                'mount -o bind,ro /proc/sys /proc/sys && exec "$@"', "sh"]
+    try:
+        h.start()
+        with open(f"/proc/{h.proc.pid}/mountinfo") as f:     # the helper really cannot write there
+            assert any(line.split()[4] == "/proc/sys" and line.split()[5].startswith("ro")
+                       for line in f), "the helper's /proc/sys is not read-only"
+        yield h
+    finally:
+        h.cleanup()
+
+
+def test_a_routed_port_works_where_proc_sys_is_read_only(read_only_sysctl_helper, consumer_netns, port_name,
+                                                         fabric, spaces, guests, test_netns):
+    """IPv4's settings go by rtnetlink; IPv6's come from the host's defaults, which a router has
+    (all.forwarding) and the operator gives (all.proxy_ndp)."""
+    helper = read_only_sysctl_helper
+    run_in(test_netns, "sysctl", "-qw", "net.ipv6.conf.all.proxy_ndp=1")
+    add_port(helper, port_name, consumer_netns, "--routed", "--address", "10.1.2.3", "--address", "fd00::3",
+             "--no-dhcp")
+    host = "vmn-" + port_name
+    assert [sysctl_of(test_netns, f"net/ipv4/conf/{host}/{key}") for key in ("forwarding", "proxy_arp")] == ["1", "1"]
+    assert sysctl_of(test_netns, f"net/ipv4/neigh/{host}/proxy_delay") == "0"
+    assert sysctl_of(test_netns, f"net/ipv6/conf/{host}/forwarding") == "1"       # inherited
+    assert sysctl_of(test_netns, f"net/ipv6/conf/{host}/proxy_ndp") == "0"        # the host's `all` serves
+    reach_routed_guest(guest(helper, port_name, consumer_netns, spaces, guests), fabric)
+    helper.vmnet("port", "del", port_name)
+    assert "10.1.2.3" not in run_in(test_netns, "ip", "route").stdout
+    assert "fe80::1" not in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy").stdout
+
+
+def test_where_proc_sys_is_read_only_an_ipv6_port_the_host_cannot_serve_is_refused_with_the_fix(
+        read_only_sysctl_helper, consumer_netns, port_name, fabric, test_netns):
+    helper = read_only_sysctl_helper
+    assert sysctl_of(test_netns, "net/ipv6/conf/all/proxy_ndp") == "0"
+    out = helper.vmnet("port", "add", port_name, "--netns", consumer_netns, "--consumer-user", str(NOBODY),
+                       "--routed", "--address", "10.1.2.3", "--address", "fd00::3", "--no-dhcp")
+    assert out.returncode == 5, out.stderr
+    assert "needs proxy_ndp=1" in out.stderr and "/proc/sys cannot be written here" in out.stderr, out.stderr
+    assert "sysctl -w net.ipv6.conf.all.proxy_ndp=1" in out.stderr and "IPv4 addresses only" in out.stderr
+    assert links.link_state("vmn-" + port_name) is None
+    assert helper.vmnet_json("port", "list")["ports"] == []
+    # IPv4 alone needs nothing of the host's defaults
+    add_port(helper, port_name, consumer_netns, "--routed", "--address", "10.1.2.3", "--no-dhcp")
+    assert sysctl_of(test_netns, f"net/ipv4/conf/vmn-{port_name}/proxy_arp") == "1"
+    assert "10.1.2.3" in run_in(test_netns, "ip", "route", "show", "dev", "vmn-" + port_name).stdout
+    helper.vmnet("port", "del", port_name)
 
 
 def test_a_routed_address_someone_else_routes_is_refused_with_nothing_made(

@@ -2,7 +2,8 @@
 the kernel's work on a port's create path, or where importing pyroute2 would cost a process
 more than its whole job (the wrapper reads a placeholder tap's alias with `link`; ~100 ms of
 imports against ~0.1 ms here): the anti-spoofing classifier (two messages in
-one datagram), reading a bridge, a routed port's proxy NDP entry, making the host end a member and giving it its VLANs, a pair's
+one datagram), reading a bridge, a routed port's proxy NDP entry and its host end's
+settings, making the host end a member and giving it its VLANs, a pair's
 MTU, link state and alias, its host end's ifindex and max MTU, the veth pair itself, a
 routed port's host routes and its gateway check (each ~0.5-1 ms of Python through pyroute2, ~0.05 ms here: see
 docs/performance.md); and the benchmark's floor, which must carry no library's cost at all.
@@ -132,10 +133,31 @@ def alias_request(ifindex: int, alias: str) -> bytes:
     return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
 
 
-def address_request(ifindex: int, mac: str) -> bytes:
-    """Set device `ifindex`'s MAC address (IFLA_ADDRESS). Pure."""
+IFLA_INET_CONF, IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_PROXY_ARP = 1, 1, 3
+
+
+def address_request(ifindex: int, mac: str, ipv4_conf: dict[int, int] | None = None) -> bytes:
+    """Set device `ifindex`'s MAC address (IFLA_ADDRESS) and, in the same message, IPv4
+    settings of the device (IPV4_DEVCONF_* -> value: IFLA_INET_CONF, the same values as
+    /proc/sys/net/ipv4/conf/D/*, which a container that is not privileged cannot write). Pure."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+    if ipv4_conf:
+        conf = b"".join(attr(key, struct.pack("=I", value)) for key, value in sorted(ipv4_conf.items()))
+        inet = attr(socket.AF_INET | NLA_F_NESTED, attr(IFLA_INET_CONF | NLA_F_NESTED, conf))
+        body += attr(IFLA_AF_SPEC | NLA_F_NESTED, inet)
     return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, 1)
+
+
+RTM_SETNEIGHTBL, NDTA_NAME, NDTA_PARMS, NDTPA_IFINDEX, NDTPA_PROXY_DELAY = 67, 1, 6, 1, 13
+
+
+def proxy_delay_request(ifindex: int, msecs: int) -> bytes:
+    """Set how long device `ifindex` waits before a proxy ARP answer (the ARP table's parameter
+    proxy_delay, /proc/sys/net/ipv4/neigh/D/proxy_delay). Pure."""
+    parms = attr(NDTA_PARMS | NLA_F_NESTED, attr(NDTPA_IFINDEX, struct.pack("=I", ifindex))
+                 + attr(NDTPA_PROXY_DELAY, struct.pack("=Q", msecs)))
+    body = struct.pack("=Bxxx", socket.AF_INET) + attr(NDTA_NAME, b"arp_cache\0") + parms
+    return message(RTM_SETNEIGHTBL, NLM_F_REQUEST | NLM_F_ACK, body, 2)
 
 
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1

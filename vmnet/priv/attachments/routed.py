@@ -18,27 +18,30 @@ migration gets its routes only when the VM runs here (activate), and the
 port it left loses them as soon as the VM has stopped there (withdraw);
 activation also announces the addresses where the host proxies ARP for
 them (vmnet.priv.announce).
+
+The host end's IPv4 settings (forwarding, proxy ARP, no proxy delay) go by
+rtnetlink, so a helper whose /proc/sys is read-only (vmnet's DaemonSet: a
+container that is not privileged) sets them too. IPv6 has no rtnetlink setter
+for a device's settings: its are written to /proc/sys only where the host's
+defaults do not give them to a new device already, and where that is needed
+and /proc/sys cannot be written an IPv6 port is refused, before anything is
+made, with the host-wide settings that would serve.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 
-from ...errors import AlreadyExists, KernelError, NotFound
+from ...errors import AlreadyExists, KernelError, NotFound, NotSupported
 from ... import rawnl
 from .. import links
 from . import Kind, Prepared, of_record
 
 GATEWAY_MAC = "ee:ee:ee:ee:ee:ee"       # every routed host end's, on every host
-
-
-def _sysctl(path: str, value: str) -> None:
-    try:
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError as exc:
-        raise KernelError(f"cannot set {path} to {value}", errno=exc.errno) from None
+# the host end forwards and answers ARP for the guest's gateway at once (proxy_delay 0)
+IPV4_SETTINGS = {rawnl.IPV4_DEVCONF_FORWARDING: 1, rawnl.IPV4_DEVCONF_PROXY_ARP: 1}
 
 
 def _read(path: str) -> str | None:
@@ -49,18 +52,44 @@ def _read(path: str) -> str | None:
         return None
 
 
-def host_settings(ifname: str, v4: bool, v6: bool) -> dict[str, str]:
-    """The host end's settings a routed port needs (/proc/sys paths). Pure."""
-    out = {}
-    if v4:
-        out.update({f"/proc/sys/net/ipv4/conf/{ifname}/forwarding": "1",
-                    f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp": "1",
-                    f"/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay": "0"})
-    if v6:
-        out.update({f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6": "0",
-                    f"/proc/sys/net/ipv6/conf/{ifname}/forwarding": "1",
-                    f"/proc/sys/net/ipv6/conf/{ifname}/proxy_ndp": "1"})
-    return out
+# the IPv6 settings of a routed host end: on, forwarding (a proxy NDP entry is answered only on a
+# forwarding device), and proxy NDP (the device's or the host's `all`); as the host needs to set
+# them so that its new devices inherit them, where vmnet cannot write them
+IPV6_SETTINGS = (("disable_ipv6", "0", "net.ipv6.conf.default.disable_ipv6=0"),
+                 ("forwarding", "1", "net.ipv6.conf.all.forwarding=1"),
+                 ("proxy_ndp", "1", "net.ipv6.conf.all.proxy_ndp=1"))
+
+
+def ipv6_unset(scope: str, read=_read) -> list[tuple[str, str, str]]:
+    """The IPv6 settings of /proc/sys/net/ipv6/conf/<scope> a routed host end still needs
+    (name, value, the host-wide setting that gives it to new devices); proxy NDP is on
+    where the host's `all` has it."""
+    base = "/proc/sys/net/ipv6/conf/"
+    return [(name, want, host) for name, want, host in IPV6_SETTINGS
+            if read(base + scope + "/" + name) != want
+            and not (name == "proxy_ndp" and read(base + "all/proxy_ndp") == "1")]
+
+
+def _ipv6_unsettable(unset) -> NotSupported:
+    return NotSupported(
+        "a routed port's IPv6 needs " + ", ".join(f"{name}={want}" for name, want, _ in unset) + " on its host "
+        "end, and /proc/sys cannot be written here (a helper in a container that is not privileged)",
+        fix="set them once on the host, for every new device: sysctl -w "
+            + " ".join(host for _, _, host in unset) + " (and in /etc/sysctl.d); or give the port IPv4 "
+            "addresses only")
+
+
+def _set_ipv6(ifname: str) -> None:
+    """Give host end `ifname` the IPv6 settings it lacks (none, where the host's defaults have them)."""
+    unset = ipv6_unset(ifname)
+    for name, want, _ in unset:
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{ifname}/{name}", "w") as f:
+                f.write(want)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise _ipv6_unsettable(unset) from None
+            raise KernelError(f"cannot set net.ipv6.conf.{ifname}.{name} to {want}", errno=exc.errno) from None
 
 
 def host_route_oif(ip, address: str) -> int | None:
@@ -98,17 +127,29 @@ class Routed(Kind):
                            "the host answers the guest for it) needs one through another device",
                            fix="a default route provides it (ip route add default via ROUTER); or give "
                                f"{att.gateway4} a route of its own, e.g. ip route add {att.gateway4}/32 dev lo")
+        if att.ipv6:
+            # IPv6 has no rtnetlink setter for a device's settings: where /proc/sys is read-only,
+            # the host's defaults must give a new device what it needs, or nothing is made
+            unset = ipv6_unset("default")
+            if unset and not os.access("/proc/sys/net/ipv6/conf/default/forwarding", os.W_OK):
+                raise _ipv6_unsettable(unset)
         return Prepared(att)
 
     def plug(self, port, prepared, ctx):
         att = prepared.attachment
         ifname, ifindex = port.spec.host_ifname, port.host_ifindex
-        for path, value in host_settings(ifname, bool(att.ipv4), bool(att.ipv6)).items():
-            _sysctl(path, value)
+        # the MAC and IPv4's settings in one rtnetlink datagram: no /proc/sys write, which a
+        # helper in a container that is not privileged could not make
+        request = rawnl.address_request(ifindex, GATEWAY_MAC, IPV4_SETTINGS if att.ipv4 else None)
+        if att.ipv4:
+            request += rawnl.proxy_delay_request(ifindex, 0)
         try:
-            rawnl.transact(rawnl.address_request(ifindex, GATEWAY_MAC))
+            rawnl.transact(request)
         except OSError as exc:
-            raise KernelError(f"cannot give {ifname} the gateway's MAC {GATEWAY_MAC}", errno=exc.errno) from None
+            raise KernelError(f"cannot give {ifname} the gateway's MAC {GATEWAY_MAC}"
+                              + (", forwarding and proxy ARP" if att.ipv4 else ""), errno=exc.errno) from None
+        if att.ipv6:
+            _set_ipv6(ifname)
         if port.spec.incoming:
             # nothing draws the VM's traffic here before it runs here; but an address the host
             # routes elsewhere is refused now, not when the VM arrives
