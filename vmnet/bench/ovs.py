@@ -40,9 +40,17 @@ class Ovs:
                        capture_output=True, timeout=60)
 
     def start(self) -> "Ovs":
+        return self.start_db().start_switch()
+
+    def start_db(self) -> "Ovs":
+        """ovsdb-server alone: it has nothing to do with the netns's devices."""
         subprocess.run(["ovsdb-tool", "create", f"{self.dir}/conf.db", SCHEMA], check=True, capture_output=True)
         self._daemon(["ovsdb-server", f"{self.dir}/conf.db", f"--remote=punix:{self.db}"], "ovsdb")
         self.vsctl("--no-wait", "init")
+        return self
+
+    def start_switch(self) -> "Ovs":
+        """ovs-vswitchd in the netns: from now on it wakes on every rtnetlink change there."""
         self._daemon(["ovs-vswitchd", self.endpoint], "vswitchd", in_netns=True)
         return self
 

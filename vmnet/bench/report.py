@@ -90,6 +90,10 @@ def _network_lines(r: dict) -> list[str]:
         ("kind", "", "create p50", "p99", "cpu p50", "added", "floor p50", "floor added", "delete p50"), rows)]
     out.append("   added: over plain's create p50; one port with anti-spoofing stays meanwhile (a host where a VM "
                "runs)")
+    ovs_plain = ((cr.get("kinds") or {}).get("ovs") or {}).get("plain_meanwhile")
+    if ovs_plain:
+        out.append(f"   ovs-vswitchd runs only for ovs, measured last: its \"added\" is over plain ports made meanwhile "
+                   f"(create p50 {_ms(ovs_plain['p50'])} ms), as it slows every create in its netns")
     fp = cr.get("first_port_ms") or {}
     if fp:
         out.append(f"   a host's first port with anti-spoofing (its filter's pins, the kernel's switch for tc "

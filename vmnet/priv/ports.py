@@ -28,7 +28,7 @@ import socket
 
 from pyroute2 import IPRoute
 
-from ..errors import AlreadyExists, IfindexTaken, NotFound, VmnetError
+from ..errors import AlreadyExists, IfindexTaken, KernelError, NotFound, VmnetError
 from ..fields import has_host_end, validate_port_name
 from ..model import Port, PortSpec
 from ..tap_alias import port_of_alias
@@ -169,7 +169,8 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None, host_
                            network_mtu=(prepared.mtu, prepared.mtu_of) if prepared.mtu else None,
                            host_layer2=prepared.layer2)
     sockets: list[socket.socket] = []
-    link_fd = filter_fd = -1
+    link_fd = -1
+    filter_fd = None
     own_filter = None
     attached: dict = {}
     try:
@@ -189,27 +190,33 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None, host_
             else:
                 link_fd, xdp["mode"] = program.attach(xdp["ifindex"], xdp["ifname"], xdp["mode"])
                 link_id = libbpf_link_id(link_fd)
+        att = spec.attachment
+        if att.spoofcheck and has_host_end({"backend": spec.backend}):
+            # before the host end is up, let alone joins anything: nothing the VM sends may get
+            # there unchecked (and the kernel adds a classifier to a device that is down in a
+            # third of the time). A pair's host end has the ifindex its slots imply.
+            if host_filter is None:
+                host_filter = own_filter = hostfilter.HostFilter.ensure(instance.pin_root)
+            else:
+                host_filter.pin()
+            host_filter.set_port(ctx.host_ifindex, spec.mac, att.addresses,
+                                 (bool(att.ipv4) or att.kind == "routed", bool(att.ipv6) or att.kind == "routed"))
+            filter_fd = host_filter.attach(ctx.host_ifindex, spec.host_ifname, prepared.filter_hook)
         configured = backends.get(spec.backend).configure(plugged, ctx)
+        if filter_fd is not None and configured.host_ifindex != ctx.host_ifindex:
+            raise KernelError(f"host end {spec.host_ifname} has ifindex {configured.host_ifindex}, not "
+                              f"{ctx.host_ifindex} as its anti-spoofing rules say")
         port = Port(spec=spec, mode=xdp["mode"], mtu=configured.mtu, host_ifindex=configured.host_ifindex,
                     consumer_ifindex=plugged.consumer_ifindex, prog_id=program.prog_id, link_id=link_id,
                     map_id=0, backend_requested=requested, backend_reason=plugged.reason,
                     layout=LAYOUT, slots=slots, bind_queues=plugged.bind_queues, xdp=xdp,
                     extra=plugged.extra, mtu_reason=configured.mtu_reason)
-        att = spec.attachment
-        if att.spoofcheck and has_host_end({"backend": spec.backend}):
-            # before the host end joins anything: nothing the VM sends may get there unchecked
-            if host_filter is None:
-                host_filter = own_filter = hostfilter.HostFilter.ensure(instance.pin_root)
-            else:
-                host_filter.pin()
-            host_filter.set_port(port.host_ifindex, spec.mac, att.addresses,
-                                 (bool(att.ipv4) or att.kind == "routed", bool(att.ipv6) or att.kind == "routed"))
-            filter_fd = host_filter.attach(port.host_ifindex, spec.host_ifname, prepared.filter_hook)
+        if filter_fd is not None:
             port.filter = {"hook": prepared.filter_hook}
         attached = kind.plug(port, prepared, att_ctx)
         port.attached = attached
         pins = {"link": link_fd} if link_fd >= 0 else {}
-        if filter_fd >= 0:
+        if filter_fd is not None and filter_fd >= 0:
             pins["filter"] = filter_fd
         if pins:
             bpf.pin_port_links(spec.name, pins, instance.pin_root)
@@ -236,7 +243,7 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None, host_
         raise
     finally:
         for fd in (link_fd, filter_fd):
-            if fd >= 0:
+            if fd is not None and fd >= 0:
                 os.close(fd)
         if own_filter is not None:
             own_filter.close()
