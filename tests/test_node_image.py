@@ -174,3 +174,35 @@ def test_the_sidecar_image_answers_the_hook_manager(images, tmp_path):
             subprocess.run(["podman", "stop", "-t", "5", name], capture_output=True, timeout=60)
             proc.wait(30)
 
+
+
+def test_the_helper_in_the_node_image_makes_a_routed_port_with_its_read_only_proc_sys(
+        test_netns, consumer_netns, port_name, node_image):
+    """The DaemonSet's helper cannot write /proc/sys: a routed port's IPv4 settings go by
+    rtnetlink, its IPv6 ones come from the host's defaults (here set as a router has them)."""
+    from guest_env import run_in
+    from test_networks import sysctl_of
+    run_in(test_netns, "ip", "link", "set", "lo", "up")
+    run_in(test_netns, "ip", "route", "add", "169.254.1.1/32", "dev", "lo")
+    run_in(test_netns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.all.proxy_ndp=1")
+    h = ContainerHelper(node_image)
+    try:
+        h.start()
+        pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", h.name], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout)
+        with open(f"/proc/{pid}/mountinfo") as f:
+            assert any(line.split()[4] == "/proc/sys" and line.split()[5].startswith("ro") for line in f), \
+                "the container's /proc/sys is writable: this test proves nothing"
+        h.vmnet_json("port", "add", port_name, "--netns", consumer_netns, "--consumer-user", str(NOBODY),
+                     "--routed", "--address", "10.1.2.3", "--address", "fd00::3", "--no-dhcp")
+        host = "vmn-" + port_name
+        assert sysctl_of(test_netns, f"net/ipv4/conf/{host}/proxy_arp") == "1"
+        assert sysctl_of(test_netns, f"net/ipv4/conf/{host}/forwarding") == "1"
+        assert "10.1.2.3" in run_in(test_netns, "ip", "route", "show", "dev", host).stdout
+        assert "fd00::3" in run_in(test_netns, "ip", "-6", "route", "show", "dev", host).stdout
+        assert "fe80::1" in run_in(test_netns, "ip", "-6", "neigh", "show", "proxy", "dev", host).stdout
+        h.vmnet_json("port", "del", port_name)
+        assert links.link_state(host) is None
+        assert "10.1.2.3" not in run_in(test_netns, "ip", "route").stdout
+    finally:
+        h.cleanup()

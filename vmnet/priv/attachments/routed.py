@@ -22,7 +22,7 @@ them (vmnet.priv.announce).
 The host end's IPv4 settings (forwarding, proxy ARP, no proxy delay) go by
 rtnetlink, so a helper whose /proc/sys is read-only (vmnet's DaemonSet: a
 container that is not privileged) sets them too. IPv6 has no rtnetlink setter
-for a device's settings: its are written to /proc/sys only where the host's
+for a device's settings: they are written to /proc/sys only where the host's
 defaults do not give them to a new device already, and where that is needed
 and /proc/sys cannot be written an IPv6 port is refused, before anything is
 made, with the host-wide settings that would serve.
