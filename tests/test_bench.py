@@ -6,6 +6,8 @@ to whoever runs the benchmark; this only keeps the benchmark from rotting.
 
 import json
 import os
+import socket
+import struct
 
 import pytest
 from click.testing import CliRunner
@@ -46,8 +48,6 @@ def test_a_minimum_goal_is_met_at_or_above_its_limit():
 
 @pytest.mark.unit
 def test_raw_requests_carry_what_the_kernel_needs():
-    import socket
-    import struct
     master = rawnl.set_master_request(7, 3)
     assert rawnl.NLMSGHDR.unpack_from(master)[1] == rawnl.RTM_NEWLINK
     assert struct.pack("=HHI", 8, rawnl.IFLA_MASTER, 3) in master
@@ -70,6 +70,32 @@ def test_raw_requests_carry_what_the_kernel_needs():
     route = rawnl.host_route_request("10.99.1.2", 32, 7)
     assert rawnl.NLMSGHDR.unpack_from(route)[1] == rawnl.RTM_NEWROUTE
     assert socket.inet_aton("10.99.1.2") in route and route[rawnl.NLMSGHDR.size + 1] == 32
+
+
+@pytest.mark.unit
+def test_a_routed_host_ends_settings_are_packed_as_the_kernel_reads_them():
+    """IFLA_AF_SPEC > AF_INET > IFLA_INET_CONF > {IPV4_DEVCONF_*: u32} beside the MAC, and the ARP
+    table's per-device proxy_delay (u64 milliseconds) by name."""
+    req = rawnl.address_request(7, "ee:ee:ee:ee:ee:ee", {rawnl.IPV4_DEVCONF_FORWARDING: 1,
+                                                         rawnl.IPV4_DEVCONF_PROXY_ARP: 1})
+    size, kind, flags, _, _ = rawnl.NLMSGHDR.unpack_from(req)
+    assert size == len(req) and kind == rawnl.RTM_NEWLINK and flags & rawnl.NLM_F_ACK
+    assert rawnl.IFINFOMSG.unpack_from(req, rawnl.NLMSGHDR.size)[2] == 7
+    top = rawnl.attrs(req, rawnl.NLMSGHDR.size + rawnl.IFINFOMSG.size)
+    assert top[rawnl.IFLA_ADDRESS] == b"\xee" * 6
+    inet = rawnl.attrs(rawnl.attrs(top[rawnl.IFLA_AF_SPEC])[socket.AF_INET])
+    conf = rawnl.attrs(inet[rawnl.IFLA_INET_CONF])
+    assert {k: struct.unpack("=I", v)[0] for k, v in conf.items()} == {1: 1, 3: 1}      # forwarding, proxy_arp
+    assert rawnl.IFLA_AF_SPEC not in rawnl.attrs(rawnl.address_request(7, "ee:ee:ee:ee:ee:ee"),
+                                                 rawnl.NLMSGHDR.size + rawnl.IFINFOMSG.size)
+    req = rawnl.proxy_delay_request(7, 0)
+    size, kind, _, _, _ = rawnl.NLMSGHDR.unpack_from(req)
+    assert size == len(req) and kind == 67                                      # RTM_SETNEIGHTBL
+    assert req[rawnl.NLMSGHDR.size] == socket.AF_INET
+    table = rawnl.attrs(req, rawnl.NLMSGHDR.size + 4)                           # struct ndtmsg
+    assert table[rawnl.NDTA_NAME] == b"arp_cache\0"
+    parms = rawnl.attrs(table[rawnl.NDTA_PARMS])
+    assert struct.unpack("=I", parms[1]) == (7,) and struct.unpack("=Q", parms[13]) == (0,)
 
 
 @pytest.mark.unit
@@ -205,7 +231,6 @@ def test_guest_behind_af_xdp_is_compared_with_tap_and_everything_goes_away():
 
 @pytest.mark.unit
 def test_the_classifier_request_makes_clsact_then_a_direct_action_bpf_filter():
-    import struct
     req = rawnl.classifier_request(7, 42, "vmnet_hf_tc_v1")
     first = rawnl.NLMSGHDR.unpack_from(req)
     second = rawnl.NLMSGHDR.unpack_from(req, first[0])

@@ -292,6 +292,26 @@ def test_where_proc_sys_is_read_only_an_ipv6_port_the_host_cannot_serve_is_refus
     helper.vmnet("port", "del", port_name)
 
 
+def test_a_routed_ipv6_address_on_a_kernel_without_ipv6_is_refused_with_nothing_made(
+        consumer_netns, port_name, fabric, test_netns):
+    """A kernel booted with ipv6.disable=1 has no /proc/sys/net/ipv6: here the helper's view of
+    /proc/sys/net is an empty tmpfs, so it sees such a kernel (its netlink is this one's)."""
+    from helpers import HelperProcess
+    h = HelperProcess()
+    h.prefix = ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
+                'mount -t tmpfs none /proc/sys/net && exec "$@"', "sh"]
+    try:
+        h.start()
+        out = h.vmnet("port", "add", port_name, "--netns", consumer_netns, "--consumer-user", str(NOBODY),
+                      "--routed", "--address", "10.1.2.3", "--address", "fd00::3", "--no-dhcp")
+        assert out.returncode == 5 and "this kernel runs without IPv6" in out.stderr, out.stderr
+        assert "IPv4 addresses only" in out.stderr
+        assert links.link_state("vmn-" + port_name) is None
+        assert h.vmnet_json("port", "list")["ports"] == []
+    finally:
+        h.cleanup()
+
+
 def test_a_routed_address_someone_else_routes_is_refused_with_nothing_made(
         helper, consumer_netns, port_name, fabric, test_netns):
     run_in(test_netns, "ip", "route", "add", "10.1.2.3/32", "via", "192.0.2.2")

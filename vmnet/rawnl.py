@@ -249,7 +249,8 @@ def classifier_request(ifindex: int, prog_fd: int, name: str) -> bytes:
 def transact(request: bytes) -> None:
     """Send one datagram of requests on a fresh rtnetlink socket; wait for every ack.
 
-    The kernel stops at the first message that fails and acks only up to it.
+    The kernel runs every message of the datagram and answers each; the first error is
+    raised (the messages after the failed one may still have been applied).
     """
     pending = 0
     offset = 0

@@ -16,8 +16,10 @@ rotating with it.
 Each kind's floor is the latency part's floor port (vmnet.bench.floor) plus
 that kind's own kernel work done directly with hand-packed rtnetlink: the
 filter's map entry, a clsact qdisc and the cls_bpf classifier, an RTM_NEWLINK setting the master, an
-AF_BRIDGE RTM_DELLINK of the default VLAN and an RTM_SETLINK with the access VLAN, an RTM_NEWROUTE and the proxy_arp
-sysctl. OVS has no floor (its create is a transaction with ovsdb-server
+AF_BRIDGE RTM_DELLINK of the default VLAN and an RTM_SETLINK with the access VLAN, an RTM_NEWROUTE and
+the routed host end's MAC, IPv4 settings and proxy delay (vmnet's own requests). The floor port's
+host end is up from its creation, so its classifier costs the kernel more than vmnet's, which goes
+on while the host end is down (about 0.15 ms: docs/performance.md). OVS has no floor (its create is a transaction with ovsdb-server
 and ovs-vswitchd adding the port to its datapath).
 
 Data path: three ports with the same MTU (1500) and a stand-in guest
@@ -52,6 +54,7 @@ from .. import network
 from ..fields import default_mac
 from .. import rawnl
 from ..priv import bpf, hostfilter, libbpf, links, netns
+from ..priv.attachments import routed
 from . import floor
 from .launcher import BenchHelper, uninterrupted
 from .relay import RelayGuest
@@ -106,8 +109,8 @@ def _floor_create(kind: str, name: str, mtu: int, filter_fds: dict, masters: dic
                                                       [(BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED, VLAN)]))
         if kind == "routed":
             rawnl.transact(rawnl.host_route_request(FLOOR_ROUTED_ADDRESS, 32, ifindex))
-            with open(f"/proc/sys/net/ipv4/conf/{port.host}/proxy_arp", "w") as f:
-                f.write("1")
+            rawnl.transact(rawnl.address_request(ifindex, routed.GATEWAY_MAC, routed.IPV4_SETTINGS)
+                           + rawnl.proxy_delay_request(ifindex, 0))
         t1, c1 = time.perf_counter(), time.thread_time()
     finally:
         port.remove(missing_ok=True)

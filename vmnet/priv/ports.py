@@ -194,7 +194,8 @@ def _create(spec, host_ip, cons_ip, instance, guard, program, config=None, host_
         if att.spoofcheck and has_host_end({"backend": spec.backend}):
             # before the host end is up, let alone joins anything: nothing the VM sends may get
             # there unchecked (and the kernel adds a classifier to a device that is down in a
-            # third of the time). A pair's host end has the ifindex its slots imply.
+            # third of the time). A pair's host end has the ifindex its slots imply: the backend
+            # asked the kernel for exactly that one, and a taken one is refused, not replaced.
             if host_filter is None:
                 host_filter = own_filter = hostfilter.HostFilter.ensure(instance.pin_root)
             else:

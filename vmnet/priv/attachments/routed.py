@@ -127,6 +127,9 @@ class Routed(Kind):
                            "the host answers the guest for it) needs one through another device",
                            fix="a default route provides it (ip route add default via ROUTER); or give "
                                f"{att.gateway4} a route of its own, e.g. ip route add {att.gateway4}/32 dev lo")
+        if att.ipv6 and not os.path.isdir("/proc/sys/net/ipv6"):
+            raise NotSupported("this kernel runs without IPv6 (booted with ipv6.disable=1?): it cannot route "
+                               "the port's IPv6 addresses", fix="give the port IPv4 addresses only")
         if att.ipv6:
             # IPv6 has no rtnetlink setter for a device's settings: where /proc/sys is read-only,
             # the host's defaults must give a new device what it needs, or nothing is made
