@@ -238,6 +238,10 @@ def set_mtu_up_raw(ifindex: int, ifname: str, mtu: int, silent: bool = False) ->
                           fix="choose a smaller MTU for the port") from None
 
 
+# how a write to /proc/sys fails where it is mounted read-only (a container that is not privileged)
+SYSCTL_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def disable_ipv6(ifname: str) -> bool:
     """Turn IPv6 off on device `ifname` of the calling thread's netns, before it comes up;
     whether it is off.
@@ -263,7 +267,7 @@ def disable_ipv6(ifname: str) -> bool:
             raise KernelError(f"cannot turn IPv6 off on {ifname}: the device is gone") from None
         return True
     except OSError as exc:
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        if exc.errno in SYSCTL_READ_ONLY:
             _sysctl_read_only(exc.strerror)
             return False
         raise KernelError(f"cannot turn IPv6 off on {ifname}: {exc.strerror}", errno=exc.errno) from None

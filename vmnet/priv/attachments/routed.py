@@ -87,7 +87,7 @@ def _set_ipv6(ifname: str) -> None:
             with open(f"/proc/sys/net/ipv6/conf/{ifname}/{name}", "w") as f:
                 f.write(want)
         except OSError as exc:
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            if exc.errno in links.SYSCTL_READ_ONLY:
                 raise _ipv6_unsettable(unset) from None
             raise KernelError(f"cannot set net.ipv6.conf.{ifname}.{name} to {want}", errno=exc.errno) from None
 
@@ -127,10 +127,10 @@ class Routed(Kind):
                            "the host answers the guest for it) needs one through another device",
                            fix="a default route provides it (ip route add default via ROUTER); or give "
                                f"{att.gateway4} a route of its own, e.g. ip route add {att.gateway4}/32 dev lo")
-        if att.ipv6 and not os.path.isdir("/proc/sys/net/ipv6"):
-            raise NotSupported("this kernel runs without IPv6 (booted with ipv6.disable=1?): it cannot route "
-                               "the port's IPv6 addresses", fix="give the port IPv4 addresses only")
         if att.ipv6:
+            if not os.path.isdir("/proc/sys/net/ipv6"):
+                raise NotSupported("this kernel runs without IPv6 (booted with ipv6.disable=1?): it cannot "
+                                   "route the port's IPv6 addresses", fix="give the port IPv4 addresses only")
             # IPv6 has no rtnetlink setter for a device's settings: where /proc/sys is read-only,
             # the host's defaults must give a new device what it needs, or nothing is made
             unset = ipv6_unset("default")
