@@ -16,6 +16,7 @@ from vmnet.bench import bench
 from vmnet.bench import floor
 from vmnet import rawnl
 from vmnet.bench.report import format_result
+from vmnet.doctor import filesystem
 from vmnet.bench.stats import Goal, goals_of, percentile, summary
 
 HEADLINE_BY_QUEUES = ("create_p50_ms", "create_p99_ms", "delete_p99_ms")
@@ -125,6 +126,7 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
             continue        # the hook may be absent; the report then says why
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     assert result["scale"]["ports"] == 4 and len(result["scale"]["create_ms"]) == 4
+    assert result["scale"]["state_fs"] != "unknown", result["scale"]     # the helper's records, under /run
     assert result["datapath"]["ok"], result["datapath"]
     kinds = result["networks"]["create"]["kinds"]
     assert "error" not in result["networks"] and "error" not in result["networks"]["datapath"], result["networks"]
@@ -158,6 +160,44 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     text = format_result(result)
     assert "goals" in text and "create p99, 1 queue" in text and "9. live migration" in text
     assert "10. boot storm: 20 VMs at once" in text and "floor, the same storm" in text
+
+
+MOUNTINFO = """\
+21 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+22 21 0:20 / /run rw,nosuid shared:5 - tmpfs tmpfs rw,mode=755
+23 22 0:21 / /run/user/0 rw shared:6 - tmpfs tmpfs rw
+24 21 0:22 / /srv/vm\\040images rw shared:7 - xfs /dev/vdb1 rw
+25 21 0:23 / /running rw shared:8 - btrfs /dev/vdc rw
+"""
+
+
+@pytest.mark.unit
+def test_the_records_file_system_is_the_longest_mount_point_that_holds_them():
+    assert filesystem("/run/vmnet/ports", MOUNTINFO) == "tmpfs"
+    assert filesystem("/run/user/0/x", MOUNTINFO) == "tmpfs" and filesystem("/run", MOUNTINFO) == "tmpfs"
+    assert filesystem("/running/x", MOUNTINFO) == "btrfs"           # a prefix of the name is not a parent
+    assert filesystem("/srv/vm images/a", MOUNTINFO) == "xfs"       # mountinfo escapes the space
+    assert filesystem("/var/lib/vmnet", MOUNTINFO).startswith("ext4")
+    assert filesystem("/var", "garbage\n") == "unknown"
+
+
+def test_the_scale_part_names_the_records_file_system_and_removes_its_directory():
+    """--state-dir puts the helper's records in a directory of its own under DIR, named in the
+    report with its file system, and removed afterwards; DIR itself and what else it holds stay."""
+    parent = "/dev/shm"
+    if filesystem(parent) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    before = set(os.listdir(parent))
+    skips = [a for part in ("latency", "hook", "wrapper", "datapath", "networks", "lease", "xdp-sharing",
+                            "migration", "boot-storm") for a in ("--skip", part)]
+    out = CliRunner().invoke(bench, ["--quick", "--json", "--ports", "3", "--state-dir", parent] + skips,
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    scale = json.loads(out.output)["scale"]
+    assert scale["state_fs"] == "tmpfs" and scale["state_dir"].startswith(parent + "/vmnet-bench-"), scale
+    assert set(os.listdir(parent)) == before
+    refused = CliRunner().invoke(bench, ["--state-dir", "/nonexistent/vmnet"])
+    assert refused.exit_code == 2 and "does not exist" in refused.output
 
 
 @pytest.mark.unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import types
 from types import SimpleNamespace
 
 import pytest
@@ -41,7 +42,7 @@ def row(checks: list[Check], name: str) -> Check:
 def test_run_checks_returns_every_named_check_once_in_order(tmp_path):
     checks = doctor.run_checks(qemu=str(tmp_path / "absent"))
     assert tuple(c.name for c in checks) == doctor.CHECK_NAMES
-    assert len(doctor.CHECK_NAMES) == 19
+    assert len(doctor.CHECK_NAMES) == 20
     for check in checks:
         assert check.status in ("ok", "missing", "warn"), check
         assert check.detail
@@ -286,3 +287,28 @@ def test_af_xdp_check_is_ok_as_root():
     check = doctor.check_af_xdp()
     assert check.status == "ok", check
     assert row(doctor.run_checks(), "af-xdp").status == "ok"
+
+
+@unit
+@pytest.mark.parametrize("fs, status, says", [
+    ("tmpfs", "ok", "go with the ports at a reboot"),
+    ("ext4", "ok", "outlive a reboot"),
+    ("ext4 (no journal)", "warn", "skips and reads each inode freed"),
+])
+def test_state_dir_says_what_its_file_system_means(monkeypatch, fs, status, says):
+    seen = []
+    monkeypatch.setattr(doctor, "filesystem", lambda path: seen.append(path) or fs)
+    config = types.SimpleNamespace(state_dir="/run/vmnet-doctor-test-absent/ports")
+    check = doctor.check_state_dir(config)
+    assert check.status == status and says in check.detail, check
+    assert seen == ["/run"]                 # the nearest directory that exists: the records' is made later
+    if status == "warn":
+        assert "no ports left" in check.fix and "state_dir" in check.fix
+
+
+@unit
+def test_state_dir_on_a_real_tmpfs_is_ok(tmp_path):
+    if doctor.filesystem("/dev/shm") != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    check = doctor.check_state_dir(types.SimpleNamespace(state_dir="/dev/shm/vmnet-doctor-test/ports"))
+    assert check.status == "ok" and "tmpfs" in check.detail, check

@@ -39,10 +39,14 @@ __all__ = ["bench", "run", "Plan"]
 @click.option("--lease-from", metavar="NIC",
               help="Also measure netkit-lease ports leasing from NIC (in this netns), against their "
                    "floor; needs queue-create (Linux >= 7.1) and a NIC that lends queues.")
+@click.option("--state-dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, resolve_path=True),
+              help="Keep the records of the latency, scale and hook parts' helper in a new directory "
+                   "under DIR, removed afterwards (default: under /run, as the helper's own). The scale "
+                   "part names the file system; compare one with another.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a goal is missed.")
 @click.pass_context
 def bench(click_ctx, quick, storm_vms, as_json, iterations, ports, queue_counts, skip, hook_path, profile_dir,
-          lease_from, strict):
+          lease_from, state_dir, strict):
     """Benchmark port setup, scale, the libvirt hook and the data path (root).
 
     Everything runs against a throwaway helper in a throwaway network
@@ -56,7 +60,8 @@ def bench(click_ctx, quick, storm_vms, as_json, iterations, ports, queue_counts,
     as_json = as_json or bool(getattr(parent, "json", False))
     plan = Plan.make(quick, iterations=iterations, ports=ports,
                      queue_counts=tuple(queue_counts) or None, skip=tuple(skip),
-                     hook_path=hook_path, profile_dir=profile_dir, lease_from=lease_from, storm_vms=storm_vms)
+                     hook_path=hook_path, profile_dir=profile_dir, lease_from=lease_from, storm_vms=storm_vms,
+                     state_dir=state_dir)
     progress = progress_to_terminal if sys.stderr.isatty() else (lambda *_: None)
     result = run(plan, progress)
     if progress is progress_to_terminal:

@@ -29,7 +29,8 @@ from ..priv.instance import Instance
 
 
 class BenchHelper:
-    def __init__(self, tag: str, profile_to: str | None = None, extra_config: str = ""):
+    def __init__(self, tag: str, profile_to: str | None = None, extra_config: str = "",
+                 state_parent: str | None = None):
         self.tag = tag
         self.extra_config = extra_config    # more lines for its vmnet.toml (e.g. an ovsdb endpoint)
         self.netns = f"vmnet-bench-{tag}"
@@ -37,6 +38,10 @@ class BenchHelper:
         self.socket = os.path.join(self.dir, "helper.sock")
         self.config = os.path.join(self.dir, "vmnet.toml")
         self.log = os.path.join(self.dir, "helper.log")
+        # its records: in its own directory, as the helper's default (/run/vmnet/ports) is under
+        # /run, or in a fresh directory under state_parent (a file system to compare)
+        self.state_dir = (os.path.join(state_parent, f"vmnet-bench-{tag}-{uuid.uuid4().hex[:4]}")
+                          if state_parent else os.path.join(self.dir, "state"))
         self.env = dict(os.environ, VMNET_CONFIG=self.config)
         self.env.pop("VMNET_SOCKET", None)
         self.profile_to = profile_to
@@ -51,7 +56,7 @@ class BenchHelper:
         with open(self.config, "w") as f:
             # every port's consumer end shares the benchmark's netns; where the kernel cannot
             # confine binds (no bpf LSM) the helper must be allowed that
-            f.write(f'socket = "{self.socket}"\nstate_dir = "{os.path.join(self.dir, "state")}"\n'
+            f.write(f'socket = "{self.socket}"\nstate_dir = "{self.state_dir}"\n'
                     f'instance = "{self.instance.name}"\nallow_unconfined = true\n' + self.extra_config)
         os.chmod(self.config, 0o644)
         netns.create_named(self.netns)
@@ -145,6 +150,8 @@ class BenchHelper:
         sweep_pins(self.library_instance, self.tag)
         netns.remove_named(self.netns)      # takes any device left in it along
         shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.state_dir.startswith(self.dir + "/"):
+            shutil.rmtree(self.state_dir, ignore_errors=True)     # made by the helper, for this run
 
 
 @contextlib.contextmanager

@@ -216,7 +216,8 @@ def format_result(r: dict) -> str:
                        + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
     out.append("")
     sc = r.get("scale") or {}
-    out.append(f"2. scale: {sc.get('ports', r['plan']['ports'])} one-queue ports")
+    out.append(f"2. scale: {sc.get('ports', r['plan']['ports'])} one-queue ports"
+               + (f" (records on {sc['state_fs']})" if sc.get("state_fs") else ""))
     if _problem(sc):
         out.append(f"   {_problem(sc)}")
     else:

@@ -50,6 +50,7 @@ class Plan:
     profile_dir: str | None = None
     lease_from: str | None = None       # the lease part runs only with a NIC to lease from
     storm_vms: int = 100
+    state_dir: str | None = None        # where the main helper's records go (default: under /run)
 
     @classmethod
     def make(cls, quick: bool, **overrides) -> "Plan":
@@ -113,7 +114,7 @@ def _run(plan: Plan, progress) -> dict:
     profile = os.path.join(plan.profile_dir, "helper.prof") if plan.profile_dir else None
     if plan.profile_dir:
         os.makedirs(plan.profile_dir, exist_ok=True)
-    helper = BenchHelper(tag, profile_to=profile)
+    helper = BenchHelper(tag, profile_to=profile, state_parent=plan.state_dir)
     try:
         helper.start()
         _part(result, "latency", plan, lambda: latency.measure(

@@ -6,6 +6,12 @@ create, first vs last (an O(n) of ours shows there whatever the kernel
 waits), the helper's resident memory with N ports, `vmnet --json status`
 as an operator runs it (a new process, Python start-up included) and the
 same status request made in-process, and the time to delete them all.
+The file system that holds the helper's records is reported with them:
+where it is ext4 without a journal (as /run is on some virtual machines,
+not on a systemd host, whose /run is a tmpfs), every new file skips and
+reads each inode freed there in the last 1-6 minutes, so the creates that
+follow many deletes are slower for reasons that are not vmnet's
+(docs/performance.md); `vmnet bench --state-dir` measures on another.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from ..doctor import filesystem
 from .stats import ratio, summary
 
 EDGE = 16
@@ -82,6 +89,8 @@ def measure(helper, count: int, tag: str, consumer_uid: int, status_runs: int, p
     past = creates[DISPATCHER_MAX:DISPATCHER_MAX + edge] if count >= DISPATCHER_MAX + 2 * edge else None
     return {
         "ports": count,
+        "state_dir": helper.state_dir,
+        "state_fs": filesystem(helper.state_dir),
         "edge": edge,
         "first_p50_ms": round(statistics.median(first), 3),
         "last_p50_ms": round(statistics.median(last), 3),
