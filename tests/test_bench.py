@@ -200,6 +200,22 @@ def test_the_scale_part_names_the_records_file_system_and_removes_its_directory(
     assert refused.exit_code == 2 and "does not exist" in refused.output
 
 
+def test_a_records_directory_someone_else_made_first_is_refused_and_left_alone(tmp_path):
+    """Under a directory others may write to, the bench makes its records' directory itself:
+    one that is already there (a guess of its name) is never used, nor removed."""
+    from vmnet.bench.launcher import BenchHelper
+    helper = BenchHelper("bnt" + os.urandom(2).hex(), state_parent=str(tmp_path))
+    os.mkdir(helper.state_dir)
+    with open(os.path.join(helper.state_dir, "theirs"), "w") as f:
+        f.write("x")
+    try:
+        with pytest.raises(FileExistsError):
+            helper.start()
+    finally:
+        helper.close()
+    assert os.listdir(helper.state_dir) == ["theirs"] and not os.path.exists(helper.dir)
+
+
 @pytest.mark.unit
 def test_guest_starts_its_tcp_sink_before_it_says_ready():
     from vmnet import testguest

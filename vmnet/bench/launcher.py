@@ -42,6 +42,7 @@ class BenchHelper:
         # /run, or in a fresh directory under state_parent (a file system to compare)
         self.state_dir = (os.path.join(state_parent, f"vmnet-bench-{tag}-{uuid.uuid4().hex[:4]}")
                           if state_parent else os.path.join(self.dir, "state"))
+        self._made_state_dir = False
         self.env = dict(os.environ, VMNET_CONFIG=self.config)
         self.env.pop("VMNET_SOCKET", None)
         self.profile_to = profile_to
@@ -53,6 +54,11 @@ class BenchHelper:
 
     def start(self, timeout: float = 20.0) -> "BenchHelper":
         os.makedirs(self.dir, mode=0o755)
+        if not self._state_inside():
+            # made here, not by the helper's makedirs: under a directory others may write to
+            # (/dev/shm), a name someone else took first is refused, never used
+            os.mkdir(self.state_dir, 0o700)
+            self._made_state_dir = True
         with open(self.config, "w") as f:
             # every port's consumer end shares the benchmark's netns; where the kernel cannot
             # confine binds (no bpf LSM) the helper must be allowed that
@@ -150,8 +156,12 @@ class BenchHelper:
         sweep_pins(self.library_instance, self.tag)
         netns.remove_named(self.netns)      # takes any device left in it along
         shutil.rmtree(self.dir, ignore_errors=True)
-        if not self.state_dir.startswith(self.dir + "/"):
-            shutil.rmtree(self.state_dir, ignore_errors=True)     # made by the helper, for this run
+        if self._made_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            self._made_state_dir = False
+
+    def _state_inside(self) -> bool:
+        return self.state_dir.startswith(self.dir + "/")
 
 
 @contextlib.contextmanager
