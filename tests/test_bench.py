@@ -111,6 +111,39 @@ def test_floor_batches_the_pair_and_the_link_up_in_one_datagram():
 
 
 @pytest.mark.netns
+def test_the_floor_does_a_default_ports_anti_spoofing_too_and_forgets_it_at_removal(test_netns):
+    """A port has anti-spoofing by default, so the floor a create is compared with makes the same
+    classifier and rules: on its host end while that is down, which then comes up."""
+    import subprocess
+    from vmnet.priv import bpf, hostfilter
+    fds = bpf.load_object(hostfilter.object_path(), hostfilter.PROGRAMS, hostfilter.MAPS, "test")
+    try:
+        port = floor.create("tfl", 1, 1500, "02:00:00:00:00:07", fds)
+        try:
+            ifindex = socket.if_nametoindex(port.host)
+            shown = subprocess.run(["tc", "filter", "show", "dev", port.host, "ingress"], capture_output=True,
+                                   text=True, check=True).stdout
+            assert "vmnet_hf_tc_v1" in shown and "direct-action" in shown, shown
+            link = subprocess.run(["ip", "-o", "link", "show", "dev", port.host], capture_output=True, text=True,
+                                  check=True).stdout
+            assert ",UP" in link or "<UP" in link, link     # up, after the classifier
+            assert "filter" in port.steps and all(v >= 0 for v in port.steps.values()), port.steps
+            from vmnet.priv import libbpf
+            assert hostfilter.IFINDEX.pack(ifindex) in libbpf.map_keys(fds["ports"], hostfilter.IFINDEX.size)
+        finally:
+            port.remove()
+        assert libbpf.map_keys(fds["ports"], hostfilter.IFINDEX.size) == []
+        assert subprocess.run(["ip", "link", "show", "dev", port.host], capture_output=True).returncode != 0
+        plain = floor.create("tfm", 1, 1500, "02:00:00:00:00:08")
+        try:
+            assert "filter" not in plain.steps and plain.filtered is None
+        finally:
+            plain.remove()
+    finally:
+        bpf.close_fds(fds)
+
+
+@pytest.mark.netns
 def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     out = CliRunner().invoke(bench, ["--quick", "--json", "--iterations", "2", "--ports", "4",
                                      "--queues", "1", "--queues", "2"], catch_exceptions=False)
@@ -119,6 +152,8 @@ def test_quick_bench_reports_every_part_as_json_and_cleans_up():
     assert "errors" not in result, result["errors"]
     for part in ("latency", "scale", "hook", "datapath"):
         assert "error" not in result[part], (part, result[part])
+    assert all(result["latency"][q]["anti_spoofing"] and "filter" in result["latency"][q]["floor_steps_p50_ms"]
+               for q in ("1", "2")), result["latency"]      # the floor does a default port's classifier too
     for key in HEADLINE_BY_QUEUES:
         assert set(result[key]) == {"1", "2"} and all(v > 0 for v in result[key].values()), key
     for key in HEADLINE:

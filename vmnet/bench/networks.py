@@ -17,10 +17,9 @@ Each kind's floor is the latency part's floor port (vmnet.bench.floor) plus
 that kind's own kernel work done directly with hand-packed rtnetlink: the
 filter's map entry, a clsact qdisc and the cls_bpf classifier, an RTM_NEWLINK setting the master, an
 AF_BRIDGE RTM_DELLINK of the default VLAN and an RTM_SETLINK with the access VLAN, an RTM_NEWROUTE and
-the routed host end's MAC, IPv4 settings and proxy delay (vmnet's own requests). The floor port's
-host end is up from its creation, so its classifier costs the kernel more than vmnet's, which goes
-on while the host end is down (about 0.15 ms: docs/performance.md). OVS has no floor (its create is a transaction with ovsdb-server
-and ovs-vswitchd adding the port to its datapath).
+the routed host end's MAC, IPv4 settings and proxy delay (vmnet's own requests); the classifier goes
+on while the host end is down, as vmnet's does (vmnet.bench.floor). OVS has no floor (its create is a
+transaction with ovsdb-server and ovs-vswitchd adding the port to its datapath).
 
 Data path: three ports with the same MTU (1500) and a stand-in guest
 behind each (vmnet.bench.relay: vmnet's responder relaying the port's
@@ -91,16 +90,10 @@ def _floor_create(kind: str, name: str, mtu: int, filter_fds: dict, masters: dic
     kind = "routed" if kind == "routed_dhcp" else kind      # an address server is no kernel work
     mac = default_mac(name)
     c0, t0 = time.thread_time(), time.perf_counter()
-    port = floor.create(name, 1, mtu, mac)
+    port = floor.create(name, 1, mtu, mac, None if kind == "plain" else filter_fds,
+                        [FLOOR_ROUTED_ADDRESS + "/32"] if kind == "routed" else [], (kind == "routed", False))
     try:
         ifindex = socket.if_nametoindex(port.host)
-        if kind != "plain":
-            value, addrs = hostfilter.rules(mac, [FLOOR_ROUTED_ADDRESS + "/32"] if kind == "routed" else [],
-                                            (kind == "routed", False))
-            for family, packed in addrs:
-                libbpf.map_update(filter_fds["addrs"], hostfilter.ADDR.pack(ifindex, family, packed), b"\1")
-            libbpf.map_update(filter_fds["ports"], hostfilter.IFINDEX.pack(ifindex), value)
-            rawnl.transact(rawnl.classifier_request(ifindex, filter_fds["tc"], hostfilter.PROGRAMS["tc"]))
         if kind in ("bridge", "vlan"):
             rawnl.transact(rawnl.set_master_request(ifindex, masters[kind]))
         if kind == "vlan":
@@ -114,8 +107,6 @@ def _floor_create(kind: str, name: str, mtu: int, filter_fds: dict, masters: dic
         t1, c1 = time.perf_counter(), time.thread_time()
     finally:
         port.remove(missing_ok=True)
-        if kind != "plain":
-            hostfilter.HostFilter("", filter_fds).clear_port(ifindex)
     t2 = time.perf_counter()
     return (t1 - t0) * 1000, (t2 - t1) * 1000, (c1 - c0) * 1000
 
