@@ -75,14 +75,16 @@ def measure(helper, queue_counts, iterations: int, tag: str, consumer_uid: int, 
         program = xskprog.XskProgram.ensure(helper.library_instance.pin_root)
         program.hold_in_dispatcher()
         host_filter = hostfilter.HostFilter.ensure(helper.library_instance.pin_root)
-    # the floor's own copy of the filter, loaded once (never pinned): its classifiers and rules
-    floor_filter = bpf.load_object(hostfilter.object_path(), hostfilter.PROGRAMS, hostfilter.MAPS,
-                                   "vmnet's host filter (the floor's)")
+    floor_filter = None
     try:
+        # the floor's own copy of the filter, loaded once (never pinned): its classifiers and rules
+        floor_filter = bpf.load_object(hostfilter.object_path(), hostfilter.PROGRAMS, hostfilter.MAPS,
+                                       "vmnet's host filter (the floor's)")
         return _measure(helper, queue_counts, iterations, tag, consumer_uid, progress, program, host_filter,
                         floor_filter)
     finally:
-        bpf.close_fds(floor_filter)
+        if floor_filter is not None:
+            bpf.close_fds(floor_filter)
         program.unpin_if_unused()
         program.close()
         host_filter.unpin_if_unused()
