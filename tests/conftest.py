@@ -100,17 +100,11 @@ def libxdp_bpffs_of_the_session():
 
 @pytest.fixture(scope="session", autouse=True)
 def pin_base_of_the_session():
-    """The test helpers' instances pin under /sys/fs/bpf/vmnet/@<instance>: where the session
-    made that directory, it removes it again once empty (a helper of the host's own that
-    pinned there meanwhile keeps it: rmdir removes only an empty directory)."""
-    from vmnet.priv.instance import PIN_BASE
-    made = os.geteuid() == 0 and not os.path.exists(PIN_BASE)
-    yield
-    if made:
-        try:
-            os.rmdir(PIN_BASE)
-        except OSError:
-            pass
+    """The test helpers' instances pin under /sys/fs/bpf/vmnet/@<instance>: made by the session,
+    it goes again once empty."""
+    from vmnet.priv.instance import pin_base_removed_if_made
+    with pin_base_removed_if_made():
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

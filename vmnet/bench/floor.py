@@ -104,6 +104,13 @@ class FloorPort:
                 self.filtered = None
 
 
+def load_filter() -> dict:
+    """The host filter's object for floor ports, loaded once by the caller and never pinned:
+    its programs' and maps' fds (bpf.close_fds when done)."""
+    return bpf.load_object(hostfilter.object_path(), hostfilter.PROGRAMS, hostfilter.MAPS,
+                           "vmnet's host filter (the floor's)")
+
+
 def create(name: str, queues: int, mtu: int, mac: str, filter_fds: dict | None = None,
            addresses=(), enforce: tuple[bool, bool] = (False, False)) -> FloorPort:
     """The kernel work of one port in the current netns; see the module docstring. With the

@@ -78,8 +78,7 @@ def measure(helper, queue_counts, iterations: int, tag: str, consumer_uid: int, 
     floor_filter = None
     try:
         # the floor's own copy of the filter, loaded once (never pinned): its classifiers and rules
-        floor_filter = bpf.load_object(hostfilter.object_path(), hostfilter.PROGRAMS, hostfilter.MAPS,
-                                       "vmnet's host filter (the floor's)")
+        floor_filter = floor.load_filter()
         return _measure(helper, queue_counts, iterations, tag, consumer_uid, progress, program, host_filter,
                         floor_filter)
     finally:

@@ -42,6 +42,7 @@ class BenchHelper:
         # /run, or in a fresh directory under state_parent (a file system to compare)
         self.state_dir = (os.path.join(state_parent, f"vmnet-bench-{tag}-{uuid.uuid4().hex[:4]}")
                           if state_parent else os.path.join(self.dir, "state"))
+        self.state_parent = state_parent
         self._made_state_dir = False
         self.env = dict(os.environ, VMNET_CONFIG=self.config)
         self.env.pop("VMNET_SOCKET", None)
@@ -54,7 +55,7 @@ class BenchHelper:
 
     def start(self, timeout: float = 20.0) -> "BenchHelper":
         os.makedirs(self.dir, mode=0o755)
-        if not self._state_inside():
+        if self.state_parent:
             # made here, not by the helper's makedirs: under a directory others may write to
             # (/dev/shm), a name someone else took first is refused, never used
             os.mkdir(self.state_dir, 0o700)
@@ -159,9 +160,6 @@ class BenchHelper:
         if self._made_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
             self._made_state_dir = False
-
-    def _state_inside(self) -> bool:
-        return self.state_dir.startswith(self.dir + "/")
 
 
 @contextlib.contextmanager

@@ -83,7 +83,7 @@ class Pinger:
     before the next is sent (-O)."""
 
     def __init__(self, ns: str, address: str):
-        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "ping", "-n", "-D", "-O", "-i",
+        self.proc = subprocess.Popen(netns.command_in(ns) + ["ping", "-n", "-D", "-O", "-i",
                                       str(PING_INTERVAL), "-W", "1", address],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -44,7 +44,6 @@ import contextlib
 import os
 import statistics
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -151,8 +150,7 @@ class Setting:
                 self.masters["vlan"] = ip.link_lookup(ifname=VLAN_BRIDGE)[0]
         if self.ovs is not None:
             self.ovs.start_db()         # ovs-vswitchd only for the OVS kind (start_switch)
-        self.filter_fds = bpf.load_object(hostfilter.object_path(), hostfilter.PROGRAMS, hostfilter.MAPS,
-                                          "vmnet's host filter (the floor's)")
+        self.filter_fds = floor.load_filter()
         return self
 
     def start_switch(self) -> None:

@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 import time
 
+from ..priv import netns
+
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 
@@ -33,7 +35,7 @@ class Ovs:
         self.endpoint = f"unix:{self.db}"
 
     def _daemon(self, argv: list[str], name: str, in_netns: bool = False):
-        prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if in_netns else []
+        prefix = netns.command_in(self.netns) if in_netns else []
         subprocess.run(prefix + argv + [f"--pidfile={self.dir}/{name}.pid", f"--unixctl={self.dir}/{name}.ctl",
                                         f"--log-file={self.dir}/{name}.log", "--detach", "--no-chdir"],
                        check=True, env=dict(os.environ, OVS_RUNDIR=self.dir, OVS_DBDIR=self.dir),

@@ -20,7 +20,7 @@ import uuid
 
 from ..errors import VmnetError
 from ..priv import bpf, netns
-from ..priv.instance import DEFAULT
+from ..priv.instance import DEFAULT, pin_base_removed_if_made
 from . import datapath, hook, latency, networks, scale, wrapper
 from .launcher import BenchHelper, sweep_pins, uninterrupted
 from .stats import goals_of, ratio
@@ -80,19 +80,12 @@ def run(plan: Plan, progress=_quiet) -> dict:
     """Run the plan; SIGTERM is treated as Ctrl-C meanwhile, so that both clean up."""
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
-    # the benchmark's instances live under the default instance's root: made for them, it goes
-    # with them (rmdir: only while nothing is in it, e.g. a helper started meanwhile)
-    made_root = not os.path.isdir(bpf.PIN_ROOT)
     try:
-        return _run(plan, progress)
+        with pin_base_removed_if_made():       # the benchmark's instances pin under it
+            return _run(plan, progress)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, old)
-        if made_root:
-            try:
-                os.rmdir(bpf.PIN_ROOT)
-            except OSError:
-                pass
 
 
 def _interrupt(signum, frame):

@@ -34,7 +34,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -56,12 +55,7 @@ def _helper_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def in_netns(path: str) -> list[str]:
-    """The command prefix that runs a program in the netns at `path`."""
-    return [shutil.which("nsenter") or "nsenter", f"--net={path}"]
-
-
-def interpreter_floor(vms: int, python: str, netns_path: str) -> dict:
+def interpreter_floor(vms: int, python: str, ns: str) -> dict:
     """The same storm without vmnet: each VM two bare interpreter starts that import json (what
     the hook and the wrapper cannot do without), in turn, all VMs at once, the second launched
     into the netns as the wrapper is. What 2 cores take for that alone bounds what any Python
@@ -70,7 +64,7 @@ def interpreter_floor(vms: int, python: str, netns_path: str) -> dict:
 
     def one_vm(_):
         t0 = time.perf_counter()
-        for prefix in ([], in_netns(netns_path)):
+        for prefix in ([], netns.command_in(ns)):
             subprocess.run(prefix + argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, cwd="/",
                            check=True)
         return t0, time.perf_counter()
@@ -99,9 +93,6 @@ def _storm(helper: BenchHelper, tag: str, vms: int, progress) -> dict:
     argv, found = hook.find_hook(helper, None)
     if argv is None:
         return {"skipped": found}
-    if shutil.which("nsenter") is None:
-        return {"skipped": "needs nsenter (util-linux) to start each VM's wrapper in the port's netns"}
-    netns_path = netns.validate_netns(helper.netns)
     stand_in = os.path.join(helper.dir, "vmnet-bench-vm")
     with open(stand_in, "w") as f:
         f.write(STAND_IN)
@@ -127,7 +118,7 @@ def _storm(helper: BenchHelper, tag: str, vms: int, progress) -> dict:
         if done.returncode != 0:
             return {"error": f"prepare of {dom} failed (exit {done.returncode}): {hook._last_line(done)}"}
         netdev, device = placeholder_netdev(port)
-        proc = subprocess.Popen(in_netns(netns_path) + [wrapper, "-netdev", netdev, "-device", device],
+        proc = subprocess.Popen(netns.command_in(helper.netns) + [wrapper, "-netdev", netdev, "-device", device],
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd="/")
         procs[i] = proc
@@ -139,7 +130,7 @@ def _storm(helper: BenchHelper, tag: str, vms: int, progress) -> dict:
                              f"{proc.stderr.read().decode(errors='replace').strip()[-300:]}"}
         return {"start": t0, "hook_ms": (t_hook - t0) * 1000, "up": t_up, "vm_ms": (t_up - t0) * 1000}
 
-    floor = interpreter_floor(vms, sys.executable, netns_path)
+    floor = interpreter_floor(vms, sys.executable, helper.netns)
     cpu0 = _helper_cpu_s(helper.proc.pid)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:

@@ -19,6 +19,7 @@ stays until the next helper of the instance takes it over.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -29,6 +30,22 @@ from ..fields import validate_instance
 PIN_BASE = "/sys/fs/bpf/vmnet"
 ALIAS_PREFIX = "vmnet@"
 LOCK = "+helper"
+
+
+@contextlib.contextmanager
+def pin_base_removed_if_made():
+    """For a run whose instances pin under PIN_BASE (the benchmark's, the test suite's): where
+    the run made that directory, it goes again at the end once empty (a helper of the host's
+    own that pinned there meanwhile keeps it: rmdir removes only an empty directory)."""
+    made = os.geteuid() == 0 and not os.path.isdir(PIN_BASE)
+    try:
+        yield
+    finally:
+        if made:
+            try:
+                os.rmdir(PIN_BASE)
+            except OSError:
+                pass
 
 
 class Instance:

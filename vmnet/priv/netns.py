@@ -154,6 +154,12 @@ def same_netns(ref: str | None) -> bool:
     return os.stat(validate_netns(ref)).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
 
 
+def command_in(ref: str) -> list[str]:
+    """The prefix that runs a command in netns `ref` (a name or /run/netns/<name>): nsenter,
+    which, unlike `ip netns exec`, leaves /sys and the mount namespace as they are."""
+    return ["nsenter", f"--net={validate_netns(ref)}"]
+
+
 def create_named(name: str) -> str:
     """Create /run/netns/<name> (as 'ip netns add' does); return its path."""
     from pyroute2 import netns as _pr_netns
