@@ -32,6 +32,8 @@ __all__ = ["bench", "run", "Plan"]
 @click.option("--queues", "queue_counts", multiple=True, type=click.IntRange(1, 64),
               help="Queue counts of the latency part (default 1, 4 and 8; repeatable).")
 @click.option("--skip", multiple=True, type=click.Choice(PARTS), help="Leave out a part (repeatable).")
+@click.option("--only", multiple=True, type=click.Choice(PARTS),
+              help="Run only this part (repeatable); the others are reported as skipped.")
 @click.option("--hook", "hook_path", metavar="PATH",
               help="Hook to measure (default: the one `vmnet libvirt install-hook` installs).")
 @click.option("--profile", "profile_dir", metavar="DIR",
@@ -45,8 +47,8 @@ __all__ = ["bench", "run", "Plan"]
                    "part names the file system; compare one with another.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a goal is missed.")
 @click.pass_context
-def bench(click_ctx, quick, storm_vms, as_json, iterations, ports, queue_counts, skip, hook_path, profile_dir,
-          lease_from, state_dir, strict):
+def bench(click_ctx, quick, storm_vms, as_json, iterations, ports, queue_counts, skip, only, hook_path,
+          profile_dir, lease_from, state_dir, strict):
     """Benchmark port setup, scale, the libvirt hook and the data path (root).
 
     Everything runs against a throwaway helper in a throwaway network
@@ -57,6 +59,11 @@ def bench(click_ctx, quick, storm_vms, as_json, iterations, ports, queue_counts,
     from ..errors import CheckFailed
     from .report import format_result
     parent = click_ctx.obj                      # `vmnet --json bench` works too
+    if only and skip:
+        raise click.UsageError("--only and --skip together: name the parts to run with --only, "
+                               "or the parts to leave out with --skip, not both")
+    if only:
+        skip = tuple(part for part in PARTS if part not in only)
     as_json = as_json or bool(getattr(parent, "json", False))
     plan = Plan.make(quick, iterations=iterations, ports=ports,
                      queue_counts=tuple(queue_counts) or None, skip=tuple(skip),

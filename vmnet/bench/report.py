@@ -192,6 +192,9 @@ def format_result(r: dict) -> str:
     if busy > 0.5 * (r["machine"]["cpus"] or 1):
         out[-1:-1] = [f"note: load average {busy:.1f} on {r['machine']['cpus']} CPUs: other work shares this "
                       "machine; p99s and absolute times reflect it, ratios and CPU times much less"]
+    if "TCG" in r["machine"].get("cpu_model", ""):
+        out[-1:-1] = [f"note: an emulated CPU ({r['machine']['cpu_model']}): times are many times a real CPU's, so "
+                      "the goals' limits do not apply; compare the rows of this run with each other"]
     lat = r.get("latency") or {}
     out.append(f"1. port create/delete latency, ms ({r['plan']['iterations']} iterations each, veth, "
                "client-side wall time)")

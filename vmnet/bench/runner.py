@@ -76,6 +76,19 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The first CPU's model name ("QEMU TCG CPU ..." in an emulated guest: the kernel matrix's)."""
+    try:
+        with open(cpuinfo, errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def run(plan: Plan, progress=_quiet) -> dict:
     """Run the plan; SIGTERM is treated as Ctrl-C meanwhile, so that both clean up."""
     in_main = threading.current_thread() is threading.main_thread()
@@ -101,7 +114,8 @@ def _run(plan: Plan, progress) -> dict:
     started = time.monotonic()
     result: dict = {
         "quick": plan.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"kernel": os.uname().release, "cpus": os.cpu_count(), "loadavg_start": _loadavg()},
+        "machine": {"kernel": os.uname().release, "cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                    "loadavg_start": _loadavg()},
         "plan": dataclasses.asdict(plan), "errors": {},
     }
     profile = os.path.join(plan.profile_dir, "helper.prof") if plan.profile_dir else None
