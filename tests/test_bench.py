@@ -223,16 +223,39 @@ def test_the_scale_part_names_the_records_file_system_and_removes_its_directory(
     if filesystem(parent) != "tmpfs":
         pytest.skip("no tmpfs at /dev/shm on this machine")
     before = set(os.listdir(parent))
-    skips = [a for part in ("latency", "hook", "wrapper", "datapath", "networks", "lease", "xdp-sharing",
-                            "migration", "boot-storm") for a in ("--skip", part)]
-    out = CliRunner().invoke(bench, ["--quick", "--json", "--ports", "3", "--state-dir", parent] + skips,
+    out = CliRunner().invoke(bench, ["--quick", "--json", "--ports", "3", "--state-dir", parent, "--only", "scale"],
                              catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    scale = json.loads(out.output)["scale"]
+    result = json.loads(out.output)
+    scale = result["scale"]
+    assert all(result[part] == {"skipped": f"--skip {part}"} for part in ("latency", "hook", "networks")), result
+    assert "emulated CPU" not in format_result(result)      # a real CPU here
+    result["machine"]["cpu_model"] = "QEMU TCG CPU version 2.5+"
+    assert "note: an emulated CPU (QEMU TCG CPU version 2.5+)" in format_result(result)
     assert scale["state_fs"] == "tmpfs" and scale["state_dir"].startswith(parent + "/vmnet-bench-"), scale
     assert set(os.listdir(parent)) == before
     refused = CliRunner().invoke(bench, ["--state-dir", "/nonexistent/vmnet"])
     assert refused.exit_code == 2 and "does not exist" in refused.output
+
+
+@pytest.mark.unit
+def test_the_cpu_model_is_the_first_model_name(tmp_path):
+    from vmnet.bench.runner import cpu_model
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: QEMU TCG CPU version 2.5+\n"
+                    "\nprocessor\t: 1\nmodel name\t: other\n")
+    assert cpu_model(str(info)) == "QEMU TCG CPU version 2.5+"
+    assert cpu_model(str(tmp_path / "absent")) == "unknown"
+    assert cpu_model() != "unknown"
+
+
+def test_only_and_skip_together_are_refused_before_anything_is_made():
+    before = set(os.listdir("/run"))
+    out = CliRunner().invoke(bench, ["--only", "networks", "--skip", "scale"])
+    assert out.exit_code == 2 and "--only and --skip together" in out.output, out.output
+    assert set(os.listdir("/run")) == before
+    unknown = CliRunner().invoke(bench, ["--only", "vlan"])
+    assert unknown.exit_code == 2 and "'vlan' is not one of" in unknown.output, unknown.output
 
 
 def test_a_records_directory_someone_else_made_first_is_refused_and_left_alone(tmp_path):
@@ -344,3 +367,20 @@ def test_the_vm_start_benchmark_refuses_a_qemu_without_af_xdp_saying_so():
     assert out.returncode != 0 and "needs a QEMU built with af-xdp" in out.stderr, out.stderr
     shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
     assert shown.returncode == 0 and "--runs" in shown.stdout and "libvirt's own NIC" in shown.stdout
+
+
+def test_the_kernel_matrix_runs_one_bench_part_in_a_kernel_and_fails_when_it_does():
+    """scripts/kernel-matrix --bench PART: `vmnet bench --only PART` instead of pytest, its report
+    printed; the entry fails when the bench does. The host entry here (no guest, same code path
+    but the boot): the 6.12 entry is what measures a bridge VLAN port."""
+    import subprocess
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "kernel-matrix")
+    ran = subprocess.run([script, "--kernel", "host", "--bench", "scale", "--", "--quick", "--ports", "3"],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "2. scale: 3 one-queue ports" in ran.stdout and "--skip networks" in ran.stdout, ran.stdout
+    assert "vmnet bench exit 0" in ran.stdout and "1 passed, 0 failed" in ran.stdout
+    bad = subprocess.run([script, "--kernel", "host", "--bench", "scale", "--", "--ports", "1"],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "vmnet bench exited 2" in bad.stdout and "0 passed, 1 failed" in bad.stdout
